@@ -1,0 +1,57 @@
+"""The translation prompt, shared by calibration, training, evaluation and the gateway.
+
+One instruction ("Translate this passage from S to T.") rendered through the tokenizer's chat template, so
+each family gets its own format (GPT-OSS harmony, Qwen3 ChatML, the bundled translator's template).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# ISO 639-1/3 codes of FLORES languages we know by name; any code in this table is accepted by the API.
+LANGUAGE_NAMES: dict[str, str] = {
+    "en": "English",
+    "de": "German",
+    "fr": "French",
+    "cs": "Czech",
+    "ru": "Russian",
+    "es": "Spanish",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "bn": "Bengali",
+    "arz": "Egyptian Arabic",
+}
+
+
+def language_name(code: str) -> str:
+    if code not in LANGUAGE_NAMES:
+        raise ValueError(f"unknown language code {code!r}; known: {', '.join(sorted(LANGUAGE_NAMES))}")
+    return LANGUAGE_NAMES[code]
+
+
+def instruction(source: str, target: str, text: str) -> str:
+    """The user turn: 'Translate this passage from <S> to <T>.' then the passage."""
+    return f"Translate this passage from {language_name(source)} to {language_name(target)}.\n\n{text}"
+
+
+def translation_messages(source: str, target: str, text: str, translation: str | None = None) -> list[dict]:
+    messages = [{"role": "user", "content": instruction(source, target, text)}]
+    if translation is not None:
+        messages.append({"role": "assistant", "content": translation})
+    return messages
+
+
+def render(tokenizer: Any, source: str, target: str, text: str, translation: str | None = None) -> str:
+    """Prompt text (``translation is None``: ends where the model starts translating) or the whole
+    conversation (instruction + passage + translation) used as a calibration or training sequence."""
+    messages = translation_messages(source, target, text, translation)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=translation is None
+        )
+    # No chat template (a raw base model): a plain completion prompt.
+    prompt = f"{messages[0]['content']}\n\n{language_name(target)}:"
+    if translation is None:
+        return prompt
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    return f"{prompt} {translation}{eos}"

@@ -1,0 +1,86 @@
+"""transformers model classes whose MoE layers have different expert counts (pruned specialists).
+
+Each class is the family's own causal LM with every MoE block rebuilt from a copy of the config whose
+scalar expert count is that layer's count (``config.num_experts_per_layer[l]``). Nothing else changes, so
+the standard loading path (including the on-disk -> fused expert conversion) loads the sliced weights.
+``register_transformers()`` makes ``AutoModelForCausalLM.from_pretrained(dir)`` pick the pruned class when
+config.json says ``architectures: [Pruned...]`` and the family's own class otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+from transformers import AutoModelForCausalLM, GptOssConfig, GptOssForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
+from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+from models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter, decoder_layers
+
+
+def layer_config(config, adapter: FamilyAdapter, num_experts: int):
+    """A copy of ``config`` whose scalar expert count is ``num_experts``."""
+    out = copy.deepcopy(config)
+    setattr(out, adapter.num_experts_keys[-1], num_experts)
+    return out
+
+
+def check_expert_counts(config, adapter: FamilyAdapter) -> list[int]:
+    """Validate ``num_experts_per_layer`` against the config; return it."""
+    counts = adapter.experts_per_layer(config)
+    n_layers, k, moe = adapter.num_layers(config), adapter.top_k(config), set(adapter.moe_layers(config))
+    if len(counts) != n_layers:
+        raise ValueError(f"{EXPERTS_PER_LAYER_KEY} has {len(counts)} entries, the model has {n_layers} layers")
+    for i, c in enumerate(counts):
+        if i in moe and not k <= c <= adapter.num_experts(config):
+            raise ValueError(
+                f"layer {i} keeps {c} experts; each MoE layer needs top-k={k} <= count <= "
+                f"{adapter.num_experts(config)} (the scalar expert count, the max of {EXPERTS_PER_LAYER_KEY})"
+            )
+    return counts
+
+
+def rebuild_moe_blocks(model: nn.Module, adapter: FamilyAdapter, block_cls: type[nn.Module]) -> None:
+    """Replace every MoE block whose layer keeps fewer experts than the scalar count."""
+    config = model.config
+    counts = check_expert_counts(config, adapter)
+    full = adapter.num_experts(config)
+    layers = decoder_layers(model)
+    for i in adapter.moe_layers(config):
+        if counts[i] != full:
+            setattr(layers[i], adapter.mlp_attr, block_cls(layer_config(config, adapter, counts[i])))
+
+
+class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
+    """Qwen3-MoE causal LM with per-layer expert counts."""
+
+    def __init__(self, config: Qwen3MoeConfig):
+        super().__init__(config)
+        rebuild_moe_blocks(self, QWEN3_MOE, Qwen3MoeSparseMoeBlock)
+        self.post_init()
+
+
+class PrunedGptOssForCausalLM(GptOssForCausalLM):
+    """GPT-OSS causal LM with per-layer expert counts."""
+
+    def __init__(self, config: GptOssConfig):
+        super().__init__(config)
+        rebuild_moe_blocks(self, GPT_OSS, GptOssMLP)
+        self.post_init()
+
+
+PRUNED_CLASSES: dict[str, type[nn.Module]] = {
+    QWEN3_MOE.pruned_architecture: PrunedQwen3MoeForCausalLM,
+    GPT_OSS.pruned_architecture: PrunedGptOssForCausalLM,
+}
+
+
+def register_transformers() -> None:
+    """Let AutoModelForCausalLM choose the pruned class by config.json ``architectures``. Idempotent."""
+    for config_cls, base_cls, pruned_cls in (
+        (Qwen3MoeConfig, Qwen3MoeForCausalLM, PrunedQwen3MoeForCausalLM),
+        (GptOssConfig, GptOssForCausalLM, PrunedGptOssForCausalLM),
+    ):
+        # A tuple: transformers picks the entry whose name is in config.architectures, else the first.
+        AutoModelForCausalLM.register(config_cls, (base_cls, pruned_cls), exist_ok=True)
