@@ -1,0 +1,90 @@
+"""How many experts each MoE layer keeps (paper section 4.2, appendix B). Pure functions.
+
+N MoE layers of E experts, top-k = k, average drop d: the budget is B = N * (E - d) kept experts.
+  uniform:          c_l = E - d
+  dynamic:          c_l = k + share of R = B - N*k proportional to D_l, capped at E (overflow re-spread),
+                    then Hamilton rounding so that sum c_l = B and k <= c_l <= E
+  inverse-dynamic:  the same with weights 1 / D_l (a control)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+Allocation = Literal["uniform", "dynamic", "inverse-dynamic"]
+ALLOCATIONS: tuple[str, ...] = ("uniform", "dynamic", "inverse-dynamic")
+
+
+def check_drop(drop: int, num_experts: int, top_k: int) -> None:
+    """0 <= d <= E - k: every layer must keep at least top-k experts on average."""
+    if not isinstance(drop, int) or not 0 <= drop <= num_experts - top_k:
+        raise ValueError(
+            f"cannot drop {drop} of {num_experts} experts per layer with top-k={top_k}: "
+            f"choose an integer drop from 0 to {num_experts - top_k} (each layer keeps at least top-k)"
+        )
+
+
+def capped_proportional(weights: list[float], budget: float, low: float, high: float) -> list[float]:
+    """Real capacities: start every layer at ``low``; spread R = budget - N*low over the non-full layers in
+    proportion to their weights; cap at ``high`` and hand the overflow back to R; repeat until R is spent.
+    Layers whose weights are all 0 share what is left equally."""
+    n = len(weights)
+    assert n * low <= budget + 1e-9 <= n * high + 1e-9, (n, low, high, budget)
+    caps = [float(low)] * n
+    remaining = budget - n * low
+    active = [i for i in range(n)]
+    while remaining > 1e-12 and active:
+        total = sum(weights[i] for i in active)
+        shares = {i: (weights[i] / total if total > 0 else 1 / len(active)) for i in active}
+        overflow = 0.0
+        for i in active:
+            caps[i] += remaining * shares[i]
+            if caps[i] > high:
+                overflow += caps[i] - high
+                caps[i] = high
+        remaining = overflow
+        active = [i for i in active if caps[i] < high]
+    return caps
+
+
+def hamilton_round(values: list[float], total: int) -> list[int]:
+    """Largest-remainder rounding: floor each value, then give the leftover units to the largest fractional
+    parts (ties to the lower index). The result sums to ``total`` (= round(sum(values)))."""
+    floors = [math.floor(v + 1e-9) for v in values]
+    leftover = total - sum(floors)
+    assert 0 <= leftover <= len(values), (values, total)
+    order = sorted(range(len(values)), key=lambda i: (-(values[i] - floors[i]), i))
+    for i in order[:leftover]:
+        floors[i] += 1
+    return floors
+
+
+def allocate(
+    num_layers: int,
+    num_experts: int,
+    top_k: int,
+    drop: int,
+    method: Allocation = "dynamic",
+    divergence: list[float] | None = None,
+) -> list[int]:
+    """Experts kept per MoE layer; sum = N * (E - d), each in [k, E]."""
+    check_drop(drop, num_experts, top_k)
+    if method not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {method!r}; choose one of {ALLOCATIONS}")
+    uniform = [num_experts - drop] * num_layers
+    if method == "uniform":
+        return uniform
+    if divergence is None or len(divergence) != num_layers:
+        raise ValueError(f"{method} allocation needs one routing divergence per MoE layer ({num_layers})")
+    if all(d <= 0 for d in divergence):
+        return uniform  # no layer is language-specific: nothing to weight by
+    if method == "dynamic":
+        weights = [max(d, 0.0) for d in divergence]
+    else:
+        weights = [1.0 / max(d, 1e-12) for d in divergence]
+    budget = num_layers * (num_experts - drop)
+    real = capped_proportional(weights, budget, top_k, num_experts)
+    counts = hamilton_round(real, budget)
+    assert sum(counts) == budget and all(top_k <= c <= num_experts for c in counts), counts
+    return counts

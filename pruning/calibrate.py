@@ -1,0 +1,62 @@
+"""The `calibrate` job: route translation prompts through a model and save its routing statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import models  # noqa: F401  (registers the pruned classes)
+from models.adapters import adapter_for
+from pruning.checkpoint import checkpoint_summary, read_config, resolve_model
+from pruning.collect import collect_transformers
+from pruning.data import Direction, available_languages, calibration_sequences, directions_for
+
+
+def check_calibration_request(model_dir: Path, data_dir: str | Path, split: str, languages: list[str],
+                              direction: Direction, pivot: str) -> None:
+    """Refuse impossible requests before loading anything."""
+    adapter_for(read_config(model_dir))  # supported family
+    pairs = directions_for(languages, direction, pivot)
+    have = available_languages(data_dir, split)
+    missing = sorted({lang for pair in pairs for lang in pair} - set(have))
+    if missing:
+        raise ValueError(f"no {split} data for {missing} in {data_dir}; available: {have}")
+
+
+def calibrate(
+    model: str | Path,
+    data_dir: str | Path,
+    languages: list[str],
+    out: str | Path,
+    direction: Direction = "to",
+    split: str = "dev",
+    limit: int | None = None,
+    batch_size: int = 8,
+    reap: bool = True,
+    generate: bool = False,
+    max_new_tokens: int = 256,
+    revision: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    pivot: str = "en",
+) -> Path:
+    """Collect routing statistics of ``model`` translating FLORES-style ``data_dir/split`` passages between
+    ``pivot`` and each of ``languages`` (direction to/from/both), plus plain passages for the divergence."""
+    model_dir, revision = resolve_model(model, revision)
+    check_calibration_request(model_dir, data_dir, split, languages, direction, pivot)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
+    adapter = adapter_for(lm.config)
+    summary = checkpoint_summary(model_dir, adapter)
+    base = {
+        "id": str(model), "revision": revision, "family": summary["family"], "files": summary["files"],
+        "experts_per_layer": summary["experts_per_layer"], "top_k": adapter.top_k(lm.config),
+        "parameters": summary["parameters"], "weight_bytes": summary["weight_bytes"],
+        "parameters_per_expert": summary["parameters_per_expert"],
+    }
+    sequences = calibration_sequences(tokenizer, data_dir, languages, direction, split, limit, pivot)
+    stats = collect_transformers(lm, tokenizer, sequences, batch_size=batch_size, reap=reap, generate=generate,
+                                 max_new_tokens=max_new_tokens, header={"base": base, "split": split})
+    return stats.save(out)

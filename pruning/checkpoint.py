@@ -1,0 +1,118 @@
+"""Reading checkpoints without loading them: resolving hub ids, shard lists, safetensors headers, hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from models.adapters import FamilyAdapter, adapter_for
+
+INDEX_NAME = "model.safetensors.index.json"
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+
+
+def resolve_model(ref: str | Path, revision: str | None = None) -> tuple[Path, str | None]:
+    """A local folder as it is, or a hub id downloaded (or found in the cache when HF_HUB_OFFLINE=1).
+    Returns (folder, revision) where revision is the hub commit for hub ids."""
+    path = Path(ref)
+    if path.is_dir():
+        return path, revision
+    if path.exists():
+        raise ValueError(f"{ref} is a file; give a model folder or a hub id")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(str(ref), revision=revision,
+                                        allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]))
+    except Exception as e:  # network, auth, offline cache miss: say what was tried
+        raise ValueError(f"{ref!r} is not a local folder and could not be fetched from the hub: {e}") from e
+    return folder, folder.name
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{model_dir} has no config.json: not a transformers model folder")
+    return json.loads(path.read_text())
+
+
+def shard_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint (from the index when there is one)."""
+    model_dir = Path(model_dir)
+    index = model_dir / INDEX_NAME
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [model_dir / n for n in names]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{model_dir} has no *.safetensors weights")
+    return files
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (names, dtypes, shapes, offsets); no tensor data is read."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000:
+            raise ValueError(f"{path} is not a safetensors file (header size {n})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a safetensors file (corrupt header: {e})") from e
+    header.pop("__metadata__", None)
+    return header
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stored_parameters(name: str, shape: list[int]) -> int:
+    """Parameters a stored tensor represents: MXFP4 ``*_blocks`` (uint8) pack two 4-bit values per byte,
+    their ``*_scales`` are not parameters."""
+    n = 1
+    for s in shape:
+        n *= s
+    if name.endswith("_blocks"):
+        return 2 * n
+    if name.endswith("_scales"):
+        return 0
+    return n
+
+
+def checkpoint_summary(model_dir: Path, adapter: FamilyAdapter | None = None, hashes: bool = True) -> dict[str, Any]:
+    """Parameters and bytes of a checkpoint, per-expert parameters of each MoE layer, and file hashes."""
+    config = read_config(model_dir)
+    adapter = adapter or adapter_for(config)
+    counts = adapter.experts_per_layer(config)
+    total = weight_bytes = 0
+    expert_params = [0] * len(counts)  # parameters of all experts (+ router rows) of each decoder layer
+    for shard in shard_files(model_dir):
+        for name, info in read_header(shard).items():
+            p = stored_parameters(name, info["shape"])
+            total += p
+            weight_bytes += info["data_offsets"][1] - info["data_offsets"][0]
+            role = adapter.tensor_role(name)
+            if role is not None:
+                expert_params[role.layer] += p
+    per_expert = [expert_params[i] // counts[i] if counts[i] else 0 for i in range(len(counts))]
+    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
+    return {
+        "family": adapter.name,
+        "parameters": total,
+        "weight_bytes": weight_bytes,
+        "experts_per_layer": counts,
+        "parameters_per_expert": per_expert,
+        "files": {p.name: file_sha256(p) for p in files} if hashes else {},
+    }
