@@ -1,0 +1,155 @@
+"""`moe-specialists`: a thin command line over the job functions.
+
+  calibrate  route translation prompts through a model, save routing statistics (the slow step, once)
+  plan       rank experts and allocate per-layer counts from saved statistics -> plan.json (instant)
+  apply      slice the base checkpoint by a plan -> specialist folder (loads in transformers and vLLM)
+  prune      all three in one go
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Carve translation specialists out of mixture-of-experts LLMs by pruning experts, and serve them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+Languages = Annotated[str, typer.Option("--languages", "-l", help="Comma-separated language codes, e.g. de or de,fr,ru.")]
+Direction = Annotated[str, typer.Option(help="to: en->L, from: L->en, both: both directions.")]
+DataDir = Annotated[Path, typer.Option(help="FLORES-style folder with <split>/<lang>.txt line-aligned files.")]
+Drop = Annotated[int, typer.Option(help="Experts dropped per MoE layer on average (0 <= drop <= E - top_k).")]
+Ranking = Annotated[str, typer.Option(help="routing-mass (default), reap, frequency or random.")]
+Allocation = Annotated[str, typer.Option(help="dynamic (default: more experts where routing is language-"
+                                              "specific), uniform, or inverse-dynamic (control).")]
+
+
+def _langs(value: str) -> list[str]:
+    return [x.strip() for x in value.split(",") if x.strip()]
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def calibrate(
+    model: Annotated[str, typer.Argument(help="Hub id or local folder of the base MoE model.")],
+    out: Annotated[Path, typer.Option(help="Where to save the statistics (.safetensors).")],
+    languages: Languages,
+    data: DataDir = Path("../shared/data/flores200"),
+    direction: Direction = "to",
+    split: str = "dev",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N passages.")] = None,
+    batch_size: int = 8,
+    reap: Annotated[bool, typer.Option(help="Also collect REAP scores (one extra expert pass).")] = True,
+    generate: Annotated[bool, typer.Option(help="Route the model's own translation instead of the "
+                                                "reference (as in the paper; slower).")] = False,
+    revision: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> None:
+    """Collect routing statistics of MODEL translating between English and each language."""
+    from pruning.calibrate import calibrate as run
+
+    try:
+        path = run(model, data, _langs(languages), out, direction=direction, split=split, limit=limit,
+                   batch_size=batch_size, reap=reap, generate=generate, revision=revision, dtype=dtype,
+                   device=device)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(f"statistics saved to {path}")
+
+
+def _recipe(stats_path: Path, drop: int, ranking: str, allocation: str, directions: str | None,
+            invert: bool, seed: int):
+    from pruning.plan import Recipe, make_plan
+    from pruning.stats import RoutingStats
+
+    stats = RoutingStats.load(stats_path)
+    dirs = _langs(directions) if directions else sorted(stats.groups)
+    recipe = Recipe(ranking=ranking, allocation=allocation, drop=drop, invert=invert, seed=seed, directions=dirs)
+    return make_plan(stats, recipe)
+
+
+@app.command()
+def plan(
+    stats: Annotated[Path, typer.Argument(help="Statistics saved by `calibrate`.")],
+    out: Annotated[Path, typer.Option(help="Where to write plan.json.")],
+    drop: Drop,
+    ranking: Ranking = "routing-mass",
+    allocation: Allocation = "dynamic",
+    directions: Annotated[str | None, typer.Option(help="Calibrated directions to rank by, e.g. en-de,de-en "
+                                                        "(default: all in the statistics).")] = None,
+    invert: Annotated[bool, typer.Option(help="Control: drop the MOST important experts.")] = False,
+    seed: int = 0,
+) -> None:
+    """Decide which experts each layer keeps; no model is loaded."""
+    from pydantic import ValidationError
+
+    try:
+        p = _recipe(stats, drop, ranking, allocation, directions, invert, seed)
+    except (ValueError, ValidationError) as e:
+        _fail(e)
+    p.save(out)
+    typer.echo(json.dumps({"plan": str(out), "experts_per_layer": p.experts_per_layer(),
+                           "parameters": p.parameters, "base_parameters": p.base.parameters}))
+
+
+@app.command()
+def apply(
+    plan: Annotated[Path, typer.Argument(help="plan.json written by `plan`.")],
+    out: Annotated[Path, typer.Option(help="Folder of the specialist to write.")],
+    base: Annotated[str | None, typer.Option(help="Base model (default: the plan's base id).")] = None,
+    overwrite: bool = False,
+) -> None:
+    """Write the specialist: the base checkpoint sliced by the plan, streamed shard by shard."""
+    from pruning.apply import apply_plan
+
+    try:
+        path = apply_plan(plan, out, base=base, overwrite=overwrite)
+    except (ValueError, FileExistsError) as e:
+        _fail(e)
+    typer.echo(f"specialist written to {path}")
+
+
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="Hub id or local folder of the base MoE model.")],
+    out: Annotated[Path, typer.Option(help="Folder of the specialist to write.")],
+    languages: Languages,
+    drop: Drop,
+    data: DataDir = Path("../shared/data/flores200"),
+    direction: Direction = "to",
+    ranking: Ranking = "routing-mass",
+    allocation: Allocation = "dynamic",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N calibration passages.")] = None,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> None:
+    """calibrate + plan + apply; statistics and plan are kept beside the specialist for reuse."""
+    from pruning.apply import apply_plan
+    from pruning.calibrate import calibrate as run
+
+    stats_path = out.with_name(out.name + ".stats.safetensors")
+    try:
+        run(model, data, _langs(languages), stats_path, direction=direction, limit=limit,
+            batch_size=batch_size, reap=ranking == "reap", dtype=dtype, device=device)
+        p = _recipe(stats_path, drop, ranking, allocation, None, False, 0)
+        apply_plan(p, out, base=model)
+    except (ValueError, FileExistsError) as e:
+        _fail(e)
+    typer.echo(json.dumps({"specialist": str(out), "statistics": str(stats_path),
+                           "experts_per_layer": p.experts_per_layer(), "parameters": p.parameters,
+                           "base_parameters": p.base.parameters}))
+
+
+if __name__ == "__main__":
+    app()
