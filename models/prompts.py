@@ -46,9 +46,7 @@ def render(tokenizer: Any, source: str, target: str, text: str, translation: str
     conversation (instruction + passage + translation) used as a calibration or training sequence."""
     messages = translation_messages(source, target, text, translation)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=translation is None
-        )
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=translation is None)
     # No chat template (a raw base model): a plain completion prompt.
     prompt = f"{messages[0]['content']}\n\n{language_name(target)}:"
     if translation is None:

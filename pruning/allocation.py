@@ -79,10 +79,8 @@ def allocate(
         raise ValueError(f"{method} allocation needs one routing divergence per MoE layer ({num_layers})")
     if all(d <= 0 for d in divergence):
         return uniform  # no layer is language-specific: nothing to weight by
-    if method == "dynamic":
-        weights = [max(d, 0.0) for d in divergence]
-    else:
-        weights = [1.0 / max(d, 1e-12) for d in divergence]
+    inverse = method == "inverse-dynamic"
+    weights = [1.0 / max(d, 1e-12) if inverse else max(d, 0.0) for d in divergence]
     budget = num_layers * (num_experts - drop)
     real = capped_proportional(weights, budget, top_k, num_experts)
     counts = hamilton_round(real, budget)

@@ -25,8 +25,9 @@ from pruning.plan import Plan
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def slice_tensor(adapter: FamilyAdapter, name: str, tensor: torch.Tensor,
-                 kept_by_layer: dict[int, list[int]]) -> tuple[str, torch.Tensor] | None:
+def slice_tensor(
+    adapter: FamilyAdapter, name: str, tensor: torch.Tensor, kept_by_layer: dict[int, list[int]]
+) -> tuple[str, torch.Tensor] | None:
     """The specialist's (name, tensor) for one base tensor, or None when it belongs to a dropped expert."""
     role = adapter.tensor_role(name)
     if role is None or role.layer not in kept_by_layer:
@@ -52,8 +53,14 @@ def check_plan_matches(plan: Plan, config: dict, adapter: FamilyAdapter) -> None
         raise ValueError(f"this plan was made for another model ({plan.base.id}): " + "; ".join(problems))
 
 
-def apply_plan(plan: Plan | str | Path, out_dir: str | Path, base: str | Path | None = None,
-               revision: str | None = None, verify: bool = True, overwrite: bool = False) -> Path:
+def apply_plan(
+    plan: Plan | str | Path,
+    out_dir: str | Path,
+    base: str | Path | None = None,
+    revision: str | None = None,
+    verify: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Write the specialist of ``plan`` applied to ``base`` (default: the plan's base id) into ``out_dir``."""
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     out_dir = Path(out_dir)
@@ -90,10 +97,14 @@ def apply_plan(plan: Plan | str | Path, out_dir: str | Path, base: str | Path | 
                     weight_map[k] = shard.name
                     total_size += v.numel() * v.element_size()
             del out
-        (tmp / INDEX_NAME).write_text(json.dumps(
-            {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}, indent=1))
+        (tmp / INDEX_NAME).write_text(
+            json.dumps(
+                {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}, indent=1
+            )
+        )
         (tmp / "config.json").write_text(
-            json.dumps(adapter.pruned_config_dict(config, plan.experts_per_layer()), indent=1))
+            json.dumps(adapter.pruned_config_dict(config, plan.experts_per_layer()), indent=1)
+        )
         for item in Path(base_dir).iterdir():  # tokenizer, generation config, chat template, ...
             if item.is_file() and item.suffix not in WEIGHT_SUFFIXES and item.name not in ("config.json", INDEX_NAME):
                 shutil.copy2(item, tmp / item.name)

@@ -14,8 +14,9 @@ from pruning.collect import collect_transformers
 from pruning.data import Direction, available_languages, calibration_sequences, directions_for
 
 
-def check_calibration_request(model_dir: Path, data_dir: str | Path, split: str, languages: list[str],
-                              direction: Direction, pivot: str) -> None:
+def check_calibration_request(
+    model_dir: Path, data_dir: str | Path, split: str, languages: list[str], direction: Direction, pivot: str
+) -> None:
     """Refuse impossible requests before loading anything."""
     adapter_for(read_config(model_dir))  # supported family
     pairs = directions_for(languages, direction, pivot)
@@ -51,12 +52,25 @@ def calibrate(
     adapter = adapter_for(lm.config)
     summary = checkpoint_summary(model_dir, adapter)
     base = {
-        "id": str(model), "revision": revision, "family": summary["family"], "files": summary["files"],
-        "experts_per_layer": summary["experts_per_layer"], "top_k": adapter.top_k(lm.config),
-        "parameters": summary["parameters"], "weight_bytes": summary["weight_bytes"],
+        "id": str(model),
+        "revision": revision,
+        "family": summary["family"],
+        "files": summary["files"],
+        "experts_per_layer": summary["experts_per_layer"],
+        "top_k": adapter.top_k(lm.config),
+        "parameters": summary["parameters"],
+        "weight_bytes": summary["weight_bytes"],
         "parameters_per_expert": summary["parameters_per_expert"],
     }
     sequences = calibration_sequences(tokenizer, data_dir, languages, direction, split, limit, pivot)
-    stats = collect_transformers(lm, tokenizer, sequences, batch_size=batch_size, reap=reap, generate=generate,
-                                 max_new_tokens=max_new_tokens, header={"base": base, "split": split})
+    stats = collect_transformers(
+        lm,
+        tokenizer,
+        sequences,
+        batch_size=batch_size,
+        reap=reap,
+        generate=generate,
+        max_new_tokens=max_new_tokens,
+        header={"base": base, "split": split},
+    )
     return stats.save(out)

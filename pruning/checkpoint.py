@@ -11,8 +11,21 @@ from typing import Any
 from models.adapters import FamilyAdapter, adapter_for
 
 INDEX_NAME = "model.safetensors.index.json"
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+}
 
 
 def resolve_model(ref: str | Path, revision: str | None = None) -> tuple[Path, str | None]:
@@ -26,8 +39,11 @@ def resolve_model(ref: str | Path, revision: str | None = None) -> tuple[Path, s
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(str(ref), revision=revision,
-                                        allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]))
+        folder = Path(
+            snapshot_download(
+                str(ref), revision=revision, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+            )
+        )
     except Exception as e:  # network, auth, offline cache miss: say what was tried
         raise ValueError(f"{ref!r} is not a local folder and could not be fetched from the hub: {e}") from e
     return folder, folder.name

@@ -1,9 +1,9 @@
 """`moe-specialists`: a thin command line over the job functions.
 
-  calibrate  route translation prompts through a model, save routing statistics (the slow step, once)
-  plan       rank experts and allocate per-layer counts from saved statistics -> plan.json (instant)
-  apply      slice the base checkpoint by a plan -> specialist folder (loads in transformers and vLLM)
-  prune      all three in one go
+calibrate  route translation prompts through a model, save routing statistics (the slow step, once)
+plan       rank experts and allocate per-layer counts from saved statistics -> plan.json (instant)
+apply      slice the base checkpoint by a plan -> specialist folder (loads in transformers and vLLM)
+prune      all three in one go
 """
 
 from __future__ import annotations
@@ -20,13 +20,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Languages = Annotated[str, typer.Option("--languages", "-l", help="Comma-separated language codes, e.g. de or de,fr,ru.")]
+Languages = Annotated[
+    str, typer.Option("--languages", "-l", help="Comma-separated language codes, e.g. de or de,fr,ru.")
+]
 Direction = Annotated[str, typer.Option(help="to: en->L, from: L->en, both: both directions.")]
 DataDir = Annotated[Path, typer.Option(help="FLORES-style folder with <split>/<lang>.txt line-aligned files.")]
 Drop = Annotated[int, typer.Option(help="Experts dropped per MoE layer on average (0 <= drop <= E - top_k).")]
 Ranking = Annotated[str, typer.Option(help="routing-mass (default), reap, frequency or random.")]
-Allocation = Annotated[str, typer.Option(help="dynamic (default: more experts where routing is language-"
-                                              "specific), uniform, or inverse-dynamic (control).")]
+Allocation = Annotated[
+    str,
+    typer.Option(
+        help="dynamic (default: more experts where routing is language-"
+        "specific), uniform, or inverse-dynamic (control)."
+    ),
+]
 
 
 def _langs(value: str) -> list[str]:
@@ -49,8 +56,9 @@ def calibrate(
     limit: Annotated[int | None, typer.Option(help="Use only the first N passages.")] = None,
     batch_size: int = 8,
     reap: Annotated[bool, typer.Option(help="Also collect REAP scores (one extra expert pass).")] = True,
-    generate: Annotated[bool, typer.Option(help="Route the model's own translation instead of the "
-                                                "reference (as in the paper; slower).")] = False,
+    generate: Annotated[
+        bool, typer.Option(help="Route the model's own translation instead of the reference (as in the paper; slower).")
+    ] = False,
     revision: str | None = None,
     dtype: str = "float32",
     device: str = "cpu",
@@ -59,16 +67,29 @@ def calibrate(
     from pruning.calibrate import calibrate as run
 
     try:
-        path = run(model, data, _langs(languages), out, direction=direction, split=split, limit=limit,
-                   batch_size=batch_size, reap=reap, generate=generate, revision=revision, dtype=dtype,
-                   device=device)
+        path = run(
+            model,
+            data,
+            _langs(languages),
+            out,
+            direction=direction,
+            split=split,
+            limit=limit,
+            batch_size=batch_size,
+            reap=reap,
+            generate=generate,
+            revision=revision,
+            dtype=dtype,
+            device=device,
+        )
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(f"statistics saved to {path}")
 
 
-def _recipe(stats_path: Path, drop: int, ranking: str, allocation: str, directions: str | None,
-            invert: bool, seed: int):
+def _recipe(
+    stats_path: Path, drop: int, ranking: str, allocation: str, directions: str | None, invert: bool, seed: int
+):
     from pruning.plan import Recipe, make_plan
     from pruning.stats import RoutingStats
 
@@ -85,8 +106,10 @@ def plan(
     drop: Drop,
     ranking: Ranking = "routing-mass",
     allocation: Allocation = "dynamic",
-    directions: Annotated[str | None, typer.Option(help="Calibrated directions to rank by, e.g. en-de,de-en "
-                                                        "(default: all in the statistics).")] = None,
+    directions: Annotated[
+        str | None,
+        typer.Option(help="Calibrated directions to rank by, e.g. en-de,de-en (default: all in the statistics)."),
+    ] = None,
     invert: Annotated[bool, typer.Option(help="Control: drop the MOST important experts.")] = False,
     seed: int = 0,
 ) -> None:
@@ -98,8 +121,16 @@ def plan(
     except (ValueError, ValidationError) as e:
         _fail(e)
     p.save(out)
-    typer.echo(json.dumps({"plan": str(out), "experts_per_layer": p.experts_per_layer(),
-                           "parameters": p.parameters, "base_parameters": p.base.parameters}))
+    typer.echo(
+        json.dumps(
+            {
+                "plan": str(out),
+                "experts_per_layer": p.experts_per_layer(),
+                "parameters": p.parameters,
+                "base_parameters": p.base.parameters,
+            }
+        )
+    )
 
 
 @app.command()
@@ -140,15 +171,33 @@ def prune(
 
     stats_path = out.with_name(out.name + ".stats.safetensors")
     try:
-        run(model, data, _langs(languages), stats_path, direction=direction, limit=limit,
-            batch_size=batch_size, reap=ranking == "reap", dtype=dtype, device=device)
+        run(
+            model,
+            data,
+            _langs(languages),
+            stats_path,
+            direction=direction,
+            limit=limit,
+            batch_size=batch_size,
+            reap=ranking == "reap",
+            dtype=dtype,
+            device=device,
+        )
         p = _recipe(stats_path, drop, ranking, allocation, None, False, 0)
         apply_plan(p, out, base=model)
     except (ValueError, FileExistsError) as e:
         _fail(e)
-    typer.echo(json.dumps({"specialist": str(out), "statistics": str(stats_path),
-                           "experts_per_layer": p.experts_per_layer(), "parameters": p.parameters,
-                           "base_parameters": p.base.parameters}))
+    typer.echo(
+        json.dumps(
+            {
+                "specialist": str(out),
+                "statistics": str(stats_path),
+                "experts_per_layer": p.experts_per_layer(),
+                "parameters": p.parameters,
+                "base_parameters": p.base.parameters,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

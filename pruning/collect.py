@@ -77,8 +77,14 @@ class RoutingHooks:
                 raise RuntimeError(f"unexpected experts call signature in layer {self.layers[slot]}")
             norms = expert_output_norms(module, hidden, indices) if self.reap and not self.passage else None
             q = self.acc.add(
-                self.group, slot, indices, weights, self.seq_ids.to(indices.device), self.num_sequences,
-                norms, self.passage,
+                self.group,
+                slot,
+                indices,
+                weights,
+                self.seq_ids.to(indices.device),
+                self.num_sequences,
+                norms,
+                self.passage,
             )
             if self.passage:
                 self.passage_q[slot] = q.cpu()
@@ -127,8 +133,9 @@ def generate_translations(
     device = next(model.parameters()).device
     out = []
     tokenizer.padding_side = "left"
-    for chunk in tqdm([sequences[i : i + batch_size] for i in range(0, len(sequences), batch_size)],
-                      desc="generating", leave=False):
+    for chunk in tqdm(
+        [sequences[i : i + batch_size] for i in range(0, len(sequences), batch_size)], desc="generating", leave=False
+    ):
         prompts = [render(tokenizer, s.source, s.target, s.source_text) for s in chunk]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
@@ -169,8 +176,9 @@ def collect_transformers(
     token_ids = {id(s): tokenizer(s.text, add_special_tokens=False)["input_ids"] for s in sequences}
     if generate:
         calib = [s for s in sequences if not s.passage]
-        for s, ids in zip(calib, generate_translations(model, tokenizer, calib, max_new_tokens, batch_size),
-                          strict=True):
+        for s, ids in zip(
+            calib, generate_translations(model, tokenizer, calib, max_new_tokens, batch_size), strict=True
+        ):
             token_ids[id(s)] = ids
     model.eval()
     chunks = list(_batches(sequences, batch_size))

@@ -91,9 +91,7 @@ def calibration_sequences(
     seqs = []
     for src, tgt in pairs:
         for i, (s, t) in enumerate(zip(texts[src], texts[tgt], strict=True)):
-            seqs.append(
-                CalibrationSequence(f"{src}-{tgt}", render(tokenizer, src, tgt, s, t), False, i, src, tgt, s)
-            )
+            seqs.append(CalibrationSequence(f"{src}-{tgt}", render(tokenizer, src, tgt, s, t), False, i, src, tgt, s))
     if with_passages:
         for lang in langs:
             seqs.extend(CalibrationSequence(lang, p, True, i) for i, p in enumerate(texts[lang]))

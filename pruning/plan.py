@@ -96,8 +96,10 @@ class Plan(BaseModel):
 
 def pruned_parameters(base: BaseRef, layers: list[int], counts: list[int]) -> int:
     """parameters - sum_l (E_l - c_l) * parameters_per_expert_l"""
-    removed = sum((base.experts_per_layer[lay] - c) * base.parameters_per_expert[lay]
-                  for lay, c in zip(layers, counts, strict=True))
+    removed = sum(
+        (base.experts_per_layer[lay] - c) * base.parameters_per_expert[lay]
+        for lay, c in zip(layers, counts, strict=True)
+    )
     return base.parameters - removed
 
 
@@ -128,4 +130,36 @@ def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
         scores=scores.tolist(),
         divergence=divergence,
         parameters=pruned_parameters(base, layers, counts),
+    )
+
+
+def plan_from_kept(model_dir: str | Path, kept: list[list[int]], recipe: Recipe | None = None) -> Plan:
+    """A plan keeping ``kept[slot]`` (original indices) in each MoE layer of a local checkpoint, without
+    statistics: for hand-made specialists, tests and benchmarks."""
+    from models.adapters import adapter_for
+    from pruning.checkpoint import checkpoint_summary, read_config
+
+    config = read_config(Path(model_dir))
+    adapter = adapter_for(config)
+    s = checkpoint_summary(Path(model_dir), adapter)
+    base = BaseRef(
+        id=str(model_dir),
+        family=s["family"],
+        files=s["files"],
+        experts_per_layer=s["experts_per_layer"],
+        top_k=adapter.top_k(config),
+        parameters=s["parameters"],
+        weight_bytes=s["weight_bytes"],
+        parameters_per_expert=s["parameters_per_expert"],
+    )
+    layers = adapter.moe_layers(config)
+    return Plan(
+        base=base,
+        recipe=recipe or Recipe(drop=0, directions=["manual"], allocation="uniform"),
+        data_fingerprint="",
+        collector="manual",
+        layers=layers,
+        kept=kept,
+        scores=[[0.0] * s["experts_per_layer"][lay] for lay in layers],
+        parameters=pruned_parameters(base, layers, [len(k) for k in kept]),
     )

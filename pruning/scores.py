@@ -26,8 +26,10 @@ def importance(stats: GroupStats, ranking: Ranking, seed: int = 0) -> torch.Tens
         return stats.select / max(stats.num_tokens, 1)
     if ranking == "reap":
         if not torch.any(stats.reap_sum):
-            raise ValueError("these statistics have no REAP scores; calibrate with the transformers collector "
-                             "and --reap, or rank by routing-mass / frequency")
+            raise ValueError(
+                "these statistics have no REAP scores; calibrate with the transformers collector "
+                "and --reap, or rank by routing-mass / frequency"
+            )
         return torch.where(stats.select > 0, stats.reap_sum / stats.select.clamp_min(1), 0.0)
     if ranking == "random":
         g = torch.Generator().manual_seed(seed)
@@ -59,12 +61,16 @@ def routing_divergence(passages: dict[str, torch.Tensor], languages: list[str], 
     """D_l = mean over languages L of mean over parallel passages x of JSD(q_l(x in L), q_l(x in pivot)). [L]"""
     missing = [lang for lang in [pivot, *languages] if lang not in passages]
     if missing:
-        raise ValueError(f"no per-passage routing for {missing}; have {sorted(passages)}. "
-                         "Calibrate with passages for these languages (the default).")
+        raise ValueError(
+            f"no per-passage routing for {missing}; have {sorted(passages)}. "
+            "Calibrate with passages for these languages (the default)."
+        )
     per_lang = []
     for lang in languages:
         a, b = passages[lang], passages[pivot]
         if a.shape != b.shape:
-            raise ValueError(f"passages of {lang!r} and {pivot!r} are not parallel: {tuple(a.shape)} vs {tuple(b.shape)}")
+            raise ValueError(
+                f"passages of {lang!r} and {pivot!r} are not parallel: {tuple(a.shape)} vs {tuple(b.shape)}"
+            )
         per_lang.append(jsd(a, b).mean(0))  # [N, L] -> [L]
     return torch.stack(per_lang).mean(0)

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import GptOssConfig, PreTrainedTokenizerFast, Qwen3MoeConfig
+from transformers import (
+    GptOssConfig,
+    GptOssForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 from models.pruned import PRUNED_CLASSES
-from transformers import GptOssForCausalLM, Qwen3MoeForCausalLM
 
 SPECIALS = ["<pad>", "<eos>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -38,18 +43,35 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 VOCAB = 264  # 260 tokens rounded up
 
 
-def tiny_config(family: str, experts: int = 16, top_k: int = 4, layers: int = 4,
-                counts: list[int] | None = None, **overrides):
-    common = dict(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=layers, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=64, num_experts_per_tok=top_k, max_position_embeddings=2048,
-                  pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False)
+def tiny_config(
+    family: str, experts: int = 16, top_k: int = 4, layers: int = 4, counts: list[int] | None = None, **overrides
+):
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        num_experts_per_tok=top_k,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
     if family == "qwen3_moe":
-        cfg = Qwen3MoeConfig(**common, intermediate_size=256, moe_intermediate_size=64, num_experts=experts,
-                             norm_topk_prob=True, **overrides)
+        cfg = Qwen3MoeConfig(
+            **common,
+            intermediate_size=256,
+            moe_intermediate_size=64,
+            num_experts=experts,
+            norm_topk_prob=True,
+            **overrides,
+        )
         base, pruned = "Qwen3MoeForCausalLM", "PrunedQwen3MoeForCausalLM"
     elif family == "gpt_oss":
-        cfg = GptOssConfig(**common, intermediate_size=64, num_local_experts=experts, sliding_window=128,
-                           **overrides)
+        cfg = GptOssConfig(**common, intermediate_size=64, num_local_experts=experts, sliding_window=128, **overrides)
         base, pruned = "GptOssForCausalLM", "PrunedGptOssForCausalLM"
     else:
         raise ValueError(family)
@@ -75,8 +97,9 @@ def build_model(family: str, seed: int = 0, **kwargs):
     return model
 
 
-def save_tiny(family: str, path: Path, dtype: torch.dtype = torch.float32, max_shard_size: str | None = None,
-              **kwargs) -> Path:
+def save_tiny(
+    family: str, path: Path, dtype: torch.dtype = torch.float32, max_shard_size: str | None = None, **kwargs
+) -> Path:
     """A tiny model + tokenizer folder."""
     model = build_model(family, **kwargs).to(dtype)
     model.save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {}))

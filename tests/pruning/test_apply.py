@@ -11,31 +11,14 @@ from transformers import AutoModelForCausalLM
 import models  # noqa: F401  (registers the pruned classes)
 from models.adapters import GPT_OSS, adapter_for
 from pruning.apply import apply_plan
-from pruning.checkpoint import checkpoint_summary, read_config
+from pruning.checkpoint import checkpoint_summary
 from pruning.collect import collect_transformers
 from pruning.data import CalibrationSequence
-from pruning.plan import BaseRef, Plan, Recipe, pruned_parameters
+from pruning.plan import plan_from_kept as plan_for
 from tests.tiny import save_tiny, tiny_tokenizer
 
 FAMILIES = ["qwen3_moe", "gpt_oss"]
 TEXT = "Wie spät ist es? Der Zug fährt um acht Uhr."
-
-
-def plan_for(model_dir, kept: list[list[int]]) -> Plan:
-    """A plan keeping ``kept[slot]`` in each MoE layer, made directly from the checkpoint (no statistics)."""
-    config = read_config(model_dir)
-    adapter = adapter_for(config)
-    s = checkpoint_summary(model_dir, adapter)
-    base = BaseRef(id=str(model_dir), family=s["family"], files=s["files"],
-                   experts_per_layer=s["experts_per_layer"], top_k=adapter.top_k(config),
-                   parameters=s["parameters"], weight_bytes=s["weight_bytes"],
-                   parameters_per_expert=s["parameters_per_expert"])
-    layers = adapter.moe_layers(config)
-    counts = [len(k) for k in kept]
-    return Plan(base=base, recipe=Recipe(drop=0, directions=["en-de"], allocation="uniform"),
-                data_fingerprint="test", collector="test", layers=layers, kept=kept,
-                scores=[[0.0] * s["experts_per_layer"][lay] for lay in layers],
-                parameters=pruned_parameters(base, layers, counts))
 
 
 def logits(model_dir, text=TEXT):
@@ -59,8 +42,9 @@ def test_removing_unselected_experts_keeps_logits_on_that_input(tmp_path, family
     base = save_tiny(family, tmp_path / "base")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     assert adapter_for(model.config).renormalises(model.config)
-    stats = collect_transformers(model, tiny_tokenizer(), [CalibrationSequence("en-de", TEXT)], reap=False,
-                                 progress=False)
+    stats = collect_transformers(
+        model, tiny_tokenizer(), [CalibrationSequence("en-de", TEXT)], reap=False, progress=False
+    )
     kept = [[e for e in range(16) if row[e] > 0] for row in stats.groups["en-de"].select]
     assert all(4 <= len(k) < 16 for k in kept), kept  # something is really removed in every layer
     spec = apply_plan(plan_for(base, kept), tmp_path / "spec")
@@ -119,7 +103,7 @@ def test_modified_or_corrupt_checkpoint_is_refused_and_leaves_nothing(tmp_path):
 def test_mxfp4_gpt_oss_layout_slices_blocks_scales_and_biases(tmp_path):
     """A tiny checkpoint with the released gpt-oss-20b expert layout (names and shapes as transformers'
     MXFP4 integration reads them): *_blocks [E, rows, cols/32, 16] u8, *_scales [E, rows, cols/32] u8."""
-    E, H, I, layers = 8, 128, 64, 2
+    E, H, I, layers = 8, 128, 64, 2  # noqa: E741 (the paper's names)
     base = save_tiny("gpt_oss", tmp_path / "bf16", experts=E, top_k=2, layers=layers)
     with safe_open(base / "model.safetensors", "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
@@ -156,8 +140,9 @@ def test_mxfp4_gpt_oss_layout_slices_blocks_scales_and_biases(tmp_path):
                 out = f.get_tensor(name)
                 assert out.shape == (len(k), *t.shape[1:]) and out.dtype == t.dtype
                 for new, old in enumerate(k):  # each kept expert's bytes unchanged
-                    assert out[new].reshape(-1).view(torch.uint8).tolist() == \
-                        t[old].reshape(-1).view(torch.uint8).tolist()
+                    assert (
+                        out[new].reshape(-1).view(torch.uint8).tolist() == t[old].reshape(-1).view(torch.uint8).tolist()
+                    )
     cfg = json.loads((spec / "config.json").read_text())
     assert cfg["num_experts_per_layer"] == [3, 4] and cfg["num_local_experts"] == 4
     assert cfg["quantization_config"]["quant_method"] == "mxfp4"

@@ -33,7 +33,8 @@ def test_routing_mass_frequency_reap_by_hand():
     # the MLP input of each token, captured independently to recompute REAP by hand
     captured = []
     h = model.model.layers[0].post_attention_layernorm.register_forward_hook(
-        lambda m, a, out: captured.append(out.detach()))
+        lambda m, a, out: captured.append(out.detach())
+    )
     stats = collect_transformers(model, tok, seqs, batch_size=2, reap=True, progress=False)
     h.remove()
     g = stats.groups["en-de"]
@@ -65,12 +66,15 @@ def test_hooks_match_router_and_ignore_padding(family):
     sequence's statistics do not depend on the padding of its batch."""
     model, tok = build_model(family, layers=2), tiny_tokenizer()
     texts = ["A short one.", "A rather longer sentence, to force padding in the batch."]
-    alone = collect_transformers(model, tok, [CalibrationSequence("en-de", texts[0])], batch_size=1,
-                                 reap=False, progress=False)
-    batched = collect_transformers(model, tok, [CalibrationSequence("en-de", t) for t in texts],
-                                   batch_size=2, reap=False, progress=False)
-    second = collect_transformers(model, tok, [CalibrationSequence("en-de", texts[1])], batch_size=1,
-                                  reap=False, progress=False)
+    alone = collect_transformers(
+        model, tok, [CalibrationSequence("en-de", texts[0])], batch_size=1, reap=False, progress=False
+    )
+    batched = collect_transformers(
+        model, tok, [CalibrationSequence("en-de", t) for t in texts], batch_size=2, reap=False, progress=False
+    )
+    second = collect_transformers(
+        model, tok, [CalibrationSequence("en-de", texts[1])], batch_size=1, reap=False, progress=False
+    )
     total = alone.groups["en-de"].mass_sum + second.groups["en-de"].mass_sum
     assert torch.allclose(batched.groups["en-de"].mass_sum, total, atol=1e-5)
     assert torch.allclose(alone.groups["en-de"].mass_sum.sum(1), torch.ones(2, dtype=torch.float64))
@@ -78,7 +82,8 @@ def test_hooks_match_router_and_ignore_padding(family):
     ids = torch.tensor([tok(texts[0], add_special_tokens=False)["input_ids"]])
     captured = []
     h = model.model.layers[0].post_attention_layernorm.register_forward_hook(
-        lambda m, a, out: captured.append(out.detach()))
+        lambda m, a, out: captured.append(out.detach())
+    )
     with torch.no_grad():
         model(input_ids=ids)
     h.remove()

@@ -11,8 +11,13 @@ from pruning.stats import GroupStats
 
 def _group():
     t = lambda *v: torch.tensor([list(v)], dtype=torch.float64)  # noqa: E731
-    return GroupStats(mass_sum=t(2.0, 1.0, 0.0, 1.0), select=t(4.0, 1.0, 0.0, 3.0),
-                      reap_sum=t(2.0, 3.0, 0.0, 3.0), num_sequences=4, num_tokens=4)
+    return GroupStats(
+        mass_sum=t(2.0, 1.0, 0.0, 1.0),
+        select=t(4.0, 1.0, 0.0, 3.0),
+        reap_sum=t(2.0, 3.0, 0.0, 3.0),
+        num_sequences=4,
+        num_tokens=4,
+    )
 
 
 def test_importance_by_hand():

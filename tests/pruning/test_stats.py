@@ -36,8 +36,13 @@ def test_accumulator_mass_frequency_reap_by_hand():
 
 
 def test_save_load_round_trip(tmp_path):
-    g = GroupStats(torch.rand(2, 4, dtype=torch.float64), torch.rand(2, 4, dtype=torch.float64),
-                   torch.rand(2, 4, dtype=torch.float64), 5, 17)
+    g = GroupStats(
+        torch.rand(2, 4, dtype=torch.float64),
+        torch.rand(2, 4, dtype=torch.float64),
+        torch.rand(2, 4, dtype=torch.float64),
+        5,
+        17,
+    )
     stats = RoutingStats({"layers": [0, 1], "num_experts": 4}, {"en-de": g}, {"de": torch.rand(3, 2, 4)})
     back = RoutingStats.load(stats.save(tmp_path / "s.safetensors"))
     assert back.header == stats.header
