@@ -17,16 +17,14 @@ ROOT_ENV = "MOE_SPECIALISTS_REGISTRY"
 DEFAULT_ROOT = Path("~/.cache/moe-specialists/registry").expanduser()
 
 app = typer.Typer(
-    name="registry", help="Register, list, show, remove, push and pull specialists.", no_args_is_help=True
+    name="registry", help="Register, materialise, list, show, remove, push and pull specialists.", no_args_is_help=True
 )
 
 
 @app.callback()
 def main(
     ctx: typer.Context,
-    root: Annotated[
-        Path, typer.Option(envvar=ROOT_ENV, help="Registry folder.", show_default=True)
-    ] = DEFAULT_ROOT,
+    root: Annotated[Path, typer.Option(envvar=ROOT_ENV, help="Registry folder.", show_default=True)] = DEFAULT_ROOT,
 ) -> None:
     ctx.obj = Registry(root)
 
@@ -95,13 +93,9 @@ def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Specialist name (a-z 0-9 . _ -).")],
     path: Annotated[Path, typer.Argument(help="Folder with config.json and *.safetensors.")],
-    base: Annotated[
-        str | None, typer.Option(help="Base model: local folder (for bytes saved) or hub id.")
-    ] = None,
+    base: Annotated[str | None, typer.Option(help="Base model: local folder (for bytes saved) or hub id.")] = None,
     plan: Annotated[Path | None, typer.Option(help="plan.json the specialist was pruned with.")] = None,
-    direction: Annotated[
-        list[str] | None, typer.Option(help="Served direction, e.g. en-de (repeatable).")
-    ] = None,
+    direction: Annotated[list[str] | None, typer.Option(help="Served direction, e.g. en-de (repeatable).")] = None,
     language: Annotated[list[str] | None, typer.Option(help="Language of a multilingual specialist.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an entry of the same name.")] = False,
 ) -> None:
@@ -110,9 +104,23 @@ def add(
         e = _reg(ctx).register_dir(
             name, path, base=base, plan=plan, directions=direction, languages=language, overwrite=overwrite
         )
-    typer.echo(
-        f"registered {e.name}: {_count(e.parameters)} parameters, {_human(e.weight_bytes)} at {e.path}"
-    )
+    typer.echo(f"registered {e.name}: {_count(e.parameters)} parameters, {_human(e.weight_bytes)} at {e.path}")
+
+
+@app.command("materialise")
+def materialise(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Specialist name (a-z 0-9 . _ -).")],
+    plan: Annotated[Path, typer.Argument(help="plan.json to apply.")],
+    base: Annotated[str | None, typer.Option(help="Base model folder or hub id (default: the plan's).")] = None,
+    direction: Annotated[list[str] | None, typer.Option(help="Served direction (repeatable).")] = None,
+    language: Annotated[list[str] | None, typer.Option(help="Language of a multilingual specialist.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an entry of the same name.")] = False,
+) -> None:
+    """Apply a plan to its base (cached by plan hash) and register the result."""
+    with _errors():
+        e = _reg(ctx).materialise(name, plan, base=base, directions=direction, languages=language, overwrite=overwrite)
+    typer.echo(f"materialised {e.name}: {_count(e.parameters)} parameters, {_human(e.weight_bytes)} at {e.path}")
 
 
 @app.command("list")

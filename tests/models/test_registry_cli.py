@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from models.registry_cli import ROOT_ENV, app
-from tests.models.test_registry import PER_EXPERT, FakeHub, save_tiny
+from tests.models.test_registry import PER_EXPERT, FakeHub, save_tiny, tiny_plan
 
 runner = CliRunner()
 
@@ -124,3 +124,16 @@ def test_root_from_environment_and_mounting(tmp_path: Path, tiny: tuple[Path, Pa
     assert (tmp_path / "reg" / "entries" / "tiny.json").is_file()
     r = runner.invoke(parent, ["registry", "list"], env=env)
     assert r.exit_code == 0 and r.stdout.splitlines()[1].startswith("tiny ")
+
+
+def test_materialise(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    _, base = tiny
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(tiny_plan(base, [0, 1, 2])))
+    r = cli(tmp_path / "reg", "materialise", "narrow", plan, "--base", base, "--direction", "en-de")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("materialised narrow: ")
+    shown = json.loads(cli(tmp_path / "reg", "show", "narrow").stdout)
+    assert shown["experts_per_layer"] == [8, 3] and shown["bytes_saved"] == 4 * 5 * PER_EXPERT
+    plan.write_text(json.dumps(tiny_plan(tmp_path / "no-such-base", [0, 1, 2])))
+    assert "error: " in error_line(cli(tmp_path / "reg", "materialise", "lost", plan))
