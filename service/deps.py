@@ -1,0 +1,70 @@
+"""Typed FastAPI dependencies: the app's pool, settings, metrics and translator live on ``app.state``
+(built by the lifespan), never in module globals."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from service.engines import EnginePool
+from service.errors import ApiError
+from service.metrics import GatewayMetrics
+from service.settings import Settings
+from service.translation import Translator
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_pool(request: Request) -> EnginePool:
+    return request.app.state.pool
+
+
+def get_metrics(request: Request) -> GatewayMetrics:
+    return request.app.state.metrics
+
+
+def get_translator(request: Request) -> Translator:
+    return request.app.state.translator
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+PoolDep = Annotated[EnginePool, Depends(get_pool)]
+MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+TranslatorDep = Annotated[Translator, Depends(get_translator)]
+
+
+def check_api_key(settings: Settings, key: str | None) -> None:
+    """No keys configured: open. Otherwise 401 without a key, 403 with a wrong one."""
+    if not settings.api_keys:
+        return
+    if not key:
+        raise ApiError(
+            401, "api_key_missing",
+            "an API key is required: send 'Authorization: Bearer <key>', 'X-API-Key: <key>' or api_key in the body",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys):
+        raise ApiError(403, "api_key_invalid", "the API key is not valid")
+
+
+def header_api_key(
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return x_api_key
+
+
+HeaderKeyDep = Annotated[str | None, Depends(header_api_key)]
+
+
+def require_api_key(settings: SettingsDep, key: HeaderKeyDep) -> None:
+    check_api_key(settings, key)
+
+
+ApiKeyDep = Annotated[None, Depends(require_api_key)]

@@ -1,0 +1,45 @@
+"""POST /v1/translate: one text or a batch; ``stream: true`` answers server-sent events."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+
+from service.deps import ApiKeyDep, TranslatorDep
+from service.errors import ApiError
+from service.schemas import TranslateRequest, TranslateResponse
+from service.translation import Job
+
+router = APIRouter(prefix="/v1", tags=["translate"])
+
+ERRORS = {
+    400: {"description": "unknown or unserved language, bad options"},
+    401: {"description": "API key missing"},
+    403: {"description": "API key wrong"},
+    413: {"description": "text or batch over the limit"},
+    429: {"description": "engine queue full (Retry-After)"},
+    503: {"description": "engine not ready (Retry-After)"},
+    504: {"description": "timeout"},
+}
+
+
+def _specialists(names: list[str]) -> str:
+    return ",".join(dict.fromkeys(names))
+
+
+@router.post("/translate", response_model=TranslateResponse, responses=ERRORS)
+async def translate(body: TranslateRequest, translator: TranslatorDep, _: ApiKeyDep, response: Response):
+    texts = [body.text] if isinstance(body.text, str) else body.text
+    job = Job(texts, body.source, body.target, body.max_tokens, body.sampling, body.specialist)
+    if body.stream:
+        if not isinstance(body.text, str):
+            raise ApiError(400, "stream_batch", "streaming takes one text (a string); send a batch without stream")
+        planned, events = await translator.stream(job)
+        return StreamingResponse(
+            events, media_type="text/event-stream",
+            headers={"X-Specialist": planned.engine.name, "Cache-Control": "no-cache"},
+        )
+    items = await translator.translate(job)
+    specialist = _specialists([item.specialist for item in items])
+    response.headers["X-Specialist"] = specialist
+    return TranslateResponse(translations=items, target=body.target, specialist=specialist)

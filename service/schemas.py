@@ -1,0 +1,96 @@
+"""Request and response bodies of the API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Sampling(BaseModel):
+    """Decoding options; the default is greedy (temperature 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, le=1000, description="0: no top-k cut")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | list[str] = Field(description="one text or a batch of texts")
+    source: str = Field("auto", description='language code, or "auto" to detect it (script/word heuristic)')
+    target: str = Field(description="language code")
+    max_tokens: int | None = Field(None, ge=1, description="most tokens generated per text")
+    sampling: Sampling = Sampling()
+    stream: bool = Field(False, description="server-sent events; one text only")
+    specialist: str | None = Field(None, description="force this specialist instead of routing")
+
+
+class DetectedLanguage(BaseModel):
+    language: str
+    confidence: float
+    method: str
+
+
+class TranslationItem(BaseModel):
+    text: str
+    source: str
+    specialist: str
+    route: Literal["exact", "pair", "multilingual", "base", "forced"]
+    generated_tokens: int
+    finish_reason: str | None
+    detected_language: DetectedLanguage | None = None
+
+
+class TranslateResponse(BaseModel):
+    translations: list[TranslationItem]
+    target: str
+    specialist: str = Field(description="the specialist(s) that answered, comma-separated")
+
+
+class Language(BaseModel):
+    code: str
+    name: str
+    targets: list[str]
+
+
+class Direction(BaseModel):
+    source: str
+    target: str
+    specialist: str
+    route: str
+
+
+class LanguagesResponse(BaseModel):
+    languages: list[Language]
+    directions: list[Direction]
+
+
+class SpecialistInfo(BaseModel):
+    name: str
+    backend: str
+    state: str
+    error: str | None
+    path: str
+    directions: list[str]
+    languages: list[str]
+    base: bool
+    inflight: int
+    queue_limit: int
+    weight_bytes: int
+    base_weight_bytes: int
+    bytes_saved: int
+
+
+class LibreTranslateRequest(BaseModel):
+    """LibreTranslate's /translate body (JSON or form); unknown fields (e.g. alternatives) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    q: str | list[str]
+    source: str = "auto"
+    target: str
+    format: Literal["text", "html"] = "text"
+    api_key: str | None = None

@@ -1,0 +1,155 @@
+"""Gateway settings (environment prefix ``MOE_``; lists and specialists as JSON, e.g.
+``MOE_SPECIALISTS='[{"name": "en-de", "path": "/models/en-de", "directions": ["en-de"]}]'``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.prompts import LANGUAGE_NAMES
+from models.registry import NAME_PATTERN, SpecialistEntry
+
+REMOTE_PREFIXES = ("http://", "https://")
+
+
+def parse_direction(direction: str) -> tuple[str, str]:
+    """'en-de' -> ('en', 'de'); both codes must be known languages and differ."""
+    parts = direction.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"direction {direction!r} is not of the form 'src-tgt' (e.g. 'en-de')")
+    src, tgt = parts
+    for code in (src, tgt):
+        if code not in LANGUAGE_NAMES:
+            raise ValueError(f"unknown language {code!r} in {direction!r}; known: {', '.join(LANGUAGE_NAMES)}")
+    if src == tgt:
+        raise ValueError(f"direction {direction!r} has the same source and target")
+    return src, tgt
+
+
+class SpecialistSpec(BaseModel):
+    """One model the gateway serves: a local dir / hub id (in-process vLLM engine) or the URL of a remote
+    vLLM OpenAI-compatible server. It serves ``directions`` ("en-de"), or every pair among ``languages``
+    (multilingual), or any pair (``base``: the unpruned base model, the last resort of routing)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN)
+    path: str = Field(min_length=1)
+    directions: list[str] = []
+    languages: list[str] = []
+    base: bool = False
+    served_model_name: str | None = None  # remote: the server's model name (default: its first model)
+    tokenizer: str | None = None  # where to load the tokenizer for prompts (default: path / server's root)
+    weight_bytes: int = 0
+    base_weight_bytes: int = 0
+    experts_kept: int = 0
+    experts_total: int = 0
+
+    @field_validator("directions")
+    @classmethod
+    def _directions(cls, value: list[str]) -> list[str]:
+        for direction in value:
+            parse_direction(direction)
+        return value
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, value: list[str]) -> list[str]:
+        unknown = [code for code in value if code not in LANGUAGE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown languages {unknown}; known: {', '.join(LANGUAGE_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _serves_something(self) -> SpecialistSpec:
+        if not (self.directions or len(self.languages) >= 2 or self.base):
+            raise ValueError(
+                f"specialist {self.name!r} serves nothing: give directions (en-de), two or more languages "
+                "(multilingual) or mark it as the base model"
+            )
+        return self
+
+    @property
+    def remote(self) -> bool:
+        return self.path.startswith(REMOTE_PREFIXES)
+
+    @classmethod
+    def parse_option(cls, option: str) -> SpecialistSpec:
+        """``name=path:directions`` from the command line. directions: ``en-de,de-en`` (directions),
+        ``en,de,fr`` (multilingual among these languages) or ``base``. path may be an http(s) URL."""
+        name, sep, rest = option.partition("=")
+        path, sep2, served = rest.rpartition(":")
+        if not sep or not sep2 or not path or not served:
+            raise ValueError(
+                f"--specialist {option!r}: expected name=path:directions, e.g. "
+                "en-de=/models/en-de:en-de,de-en or multi=http://10.0.0.5:8000:en,de,fr or big=/models/base:base"
+            )
+        items = [item.strip() for item in served.split(",") if item.strip()]
+        if items == ["base"]:
+            return cls(name=name, path=path, base=True)
+        if all("-" in item for item in items):
+            return cls(name=name, path=path, directions=items)
+        if all("-" not in item for item in items):
+            return cls(name=name, path=path, languages=items)
+        raise ValueError(f"--specialist {option!r}: mix of directions and languages in {served!r}")
+
+    @classmethod
+    def from_entry(cls, entry: SpecialistEntry) -> SpecialistSpec:
+        """A registry entry: a base entry (no plan, no directions, no languages) serves any pair."""
+        is_base = entry.plan is None and not entry.directions and not entry.languages
+        moe_counts = [c for c in entry.experts_per_layer if c > 0]
+        return cls(
+            name=entry.name,
+            path=entry.path,
+            directions=entry.directions,
+            languages=entry.languages,
+            base=is_base,
+            weight_bytes=entry.weight_bytes,
+            base_weight_bytes=entry.base_weight_bytes,
+            experts_kept=sum(moe_counts),
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOE_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    specialists: list[SpecialistSpec] = []
+    registry_dir: Path | None = None  # every entry of this registry is served too
+
+    # In-process vLLM engines.
+    dtype: str = "auto"
+    max_model_len: int = Field(2048, ge=16)
+    max_num_seqs: int = Field(32, ge=1)
+    gpu_memory_share: float = Field(0.85, gt=0, le=1)  # split evenly among the in-process engines
+    enforce_eager: bool = False  # skip torch.compile (start-up in seconds instead of a minute on a CPU)
+    engine_start_timeout_s: float = Field(900, gt=0)
+    remote_timeout_s: float = Field(10, gt=0)  # connecting / health checks of remote servers
+    health_interval_s: float = Field(5, gt=0)
+
+    # Request limits.
+    max_chars_per_text: int = Field(4000, ge=1)
+    max_chars_per_batch: int = Field(20000, ge=1)
+    max_batch_size: int = Field(64, ge=1)
+    max_queue_per_engine: int = Field(64, ge=1)  # texts waiting or running on one engine
+    default_max_tokens: int = Field(256, ge=1)
+    max_tokens_limit: int = Field(1024, ge=1)
+    request_timeout_s: float = Field(120, gt=0)
+    retry_after_s: int = Field(2, ge=1)
+
+    api_keys: list[str] = []  # empty: no key needed
+    cors_origins: list[str] = []
+    readiness: Literal["any", "all"] = "any"  # /readyz is 200 when any (or all) engines are ready
+
+    @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if self.max_chars_per_batch < self.max_chars_per_text:
+            raise ValueError("max_chars_per_batch must be >= max_chars_per_text")
+        names = [spec.name for spec in self.specialists]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate specialist names {duplicates}")
+        return self

@@ -1,0 +1,266 @@
+"""Translation flow shared by /v1/translate and LibreTranslate's /translate: validate limits and languages,
+detect the source, route each text, admit it into its engine's queue, generate, extract, record metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from models.prompts import LANGUAGE_NAMES
+from service.detect import METHOD, detect_language
+from service.engines import (
+    Engine,
+    EngineBusy,
+    EngineInputError,
+    EnginePool,
+    EngineUnavailable,
+    Generation,
+    GenerationParams,
+)
+from service.errors import ApiError
+from service.extract import extract_translation
+from service.metrics import GatewayMetrics
+from service.routing import NoRoute, Tier, choose, served, served_pairs
+from service.schemas import DetectedLanguage, Sampling, TranslationItem
+from service.settings import Settings
+
+
+@dataclass
+class Job:
+    texts: list[str]
+    source: str
+    target: str
+    max_tokens: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    specialist: str | None = None
+
+
+@dataclass
+class Planned:
+    """One text with its source language, engine and route."""
+
+    index: int
+    text: str
+    source: str
+    engine: Engine
+    route: str
+    detected: DetectedLanguage | None = None
+
+
+class Translator:
+    def __init__(self, pool: EnginePool, settings: Settings, metrics: GatewayMetrics):
+        self.pool, self.settings, self.metrics = pool, settings, metrics
+
+    # ---- validation and routing (no engine work) ----
+    def _check_limits(self, job: Job) -> None:
+        s = self.settings
+        if not job.texts:
+            raise ApiError(400, "empty_batch", "no text to translate: send a string or a non-empty list")
+        if len(job.texts) > s.max_batch_size:
+            raise ApiError(
+                413, "batch_too_large", f"{len(job.texts)} texts in one request; the limit is {s.max_batch_size}",
+                limit=s.max_batch_size,
+            )
+        for i, text in enumerate(job.texts):
+            if len(text) > s.max_chars_per_text:
+                raise ApiError(
+                    413, "text_too_long",
+                    f"text {i} has {len(text)} characters; the limit is {s.max_chars_per_text} per text",
+                    limit=s.max_chars_per_text, index=i,
+                )
+        total = sum(len(t) for t in job.texts)
+        if total > s.max_chars_per_batch:
+            raise ApiError(
+                413, "batch_too_long",
+                f"the texts have {total} characters together; the limit is {s.max_chars_per_batch} per request",
+                limit=s.max_chars_per_batch,
+            )
+        if job.max_tokens is not None and job.max_tokens > s.max_tokens_limit:
+            raise ApiError(
+                400, "max_tokens_too_large", f"max_tokens {job.max_tokens} is above the limit {s.max_tokens_limit}",
+                limit=s.max_tokens_limit,
+            )
+
+    def _check_language(self, field: str, code: str, allow_auto: bool = False) -> None:
+        if (allow_auto and code == "auto") or code in LANGUAGE_NAMES:
+            return
+        accepted = (["auto"] if allow_auto else []) + sorted(LANGUAGE_NAMES)
+        raise ApiError(
+            400, "unknown_language", f"unknown {field} language {code!r}; accepted: {', '.join(accepted)}",
+            accepted=accepted, served=served(self.pool.routes()),
+        )
+
+    def _no_route(self, e: NoRoute) -> ApiError:
+        return ApiError(400, "unsupported_direction", str(e), served=e.served)
+
+    def plan(self, job: Job) -> list[Planned]:
+        self._check_limits(job)
+        self._check_language("source", job.source, allow_auto=True)
+        self._check_language("target", job.target)
+        if job.source == job.target:
+            raise ApiError(400, "same_language", f"source and target are both {job.target!r}")
+        routes = self.pool.routes()
+        if job.specialist is not None:
+            engine = self.pool.get(job.specialist)
+            if engine is None:
+                raise ApiError(
+                    400, "unknown_specialist", f"no specialist {job.specialist!r}; served: {sorted(self.pool.engines)}",
+                    accepted=sorted(self.pool.engines),
+                )
+        planned = []
+        for i, text in enumerate(job.texts):
+            source, detected = job.source, None
+            if source == "auto":
+                sources = sorted({s for (s, t) in served_pairs(routes) if t == job.target})
+                if job.specialist is not None:
+                    sources = sorted(set(LANGUAGE_NAMES) - {job.target})
+                if not sources:
+                    raise self._no_route(NoRoute("auto", job.target, served(routes)))
+                source, confidence = detect_language(text, sources)
+                detected = DetectedLanguage(language=source, confidence=confidence, method=METHOD)
+            if job.specialist is not None:
+                planned.append(Planned(i, text, source, self.pool.engines[job.specialist], "forced", detected))
+                continue
+            try:
+                choice = choose(routes, source, job.target)
+            except NoRoute as e:
+                raise self._no_route(e) from None
+            route = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multilingual", Tier.BASE: "base"}
+            planned.append(Planned(i, text, source, self.pool.engines[choice.route.name], route[choice.tier], detected))
+        return planned
+
+    def params(self, job: Job) -> GenerationParams:
+        s = job.sampling
+        return GenerationParams(
+            max_tokens=job.max_tokens or self.settings.default_max_tokens,
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed,
+            repetition_penalty=s.repetition_penalty,
+        )
+
+    # ---- admission ----
+    def admit(self, planned: list[Planned], stack: contextlib.ExitStack) -> None:
+        """Reserve queue slots for every text (all or nothing) or raise 429/503."""
+        counts: dict[str, int] = {}
+        for p in planned:
+            counts[p.engine.name] = counts.get(p.engine.name, 0) + 1
+        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        for name, n in counts.items():
+            engine = self.pool.engines[name]
+            try:
+                stack.enter_context(engine.slot(n))
+            except EngineBusy as e:
+                self.metrics.rejections.labels(name, "queue_full").inc()
+                raise ApiError(429, "queue_full", f"{e}; retry later", headers=retry, specialist=name) from None
+            except EngineUnavailable as e:
+                self.metrics.rejections.labels(name, "unavailable").inc()
+                raise ApiError(503, "engine_unavailable", str(e), headers=retry, specialist=name) from None
+            self.metrics.inflight.labels(name).inc(n)
+            stack.callback(self.metrics.inflight.labels(name).dec, n)
+
+    # ---- generation ----
+    async def _generate(self, p: Planned, target: str, params: GenerationParams) -> AsyncIterator[Generation]:
+        """Stream one text, recording TTFT, tokens, latency and status for its specialist and direction."""
+        labels = (p.engine.name, f"{p.source}-{target}")
+        start, status, last, first = time.perf_counter(), "200", None, True
+        try:
+            async for g in p.engine.stream(p.source, target, p.text, params):
+                if first and g.tokens > 0:
+                    self.metrics.ttft.labels(*labels).observe(time.perf_counter() - start)
+                    first = False
+                last = g
+                yield g
+        except EngineUnavailable as e:
+            status = "503"
+            raise ApiError(
+                503, "engine_unavailable", str(e), headers={"Retry-After": str(self.settings.retry_after_s)}
+            ) from None
+        except EngineInputError as e:
+            status = "400"
+            raise ApiError(400, "input_refused", str(e)) from None
+        except (TimeoutError, asyncio.CancelledError):
+            status = "499"  # cut off: the request timed out (see rejections{reason="timeout"}) or the client left
+            raise
+        finally:
+            self.metrics.requests.labels(*labels, status).inc()
+            self.metrics.request_latency.labels(*labels).observe(time.perf_counter() - start)
+            if last is not None:
+                self.metrics.generated_tokens.labels(*labels).inc(last.tokens)
+                self.metrics.prompt_tokens.labels(*labels).inc(last.prompt_tokens)
+
+    async def _one(self, p: Planned, target: str, params: GenerationParams) -> TranslationItem:
+        last = Generation("", 0, 0)
+        async for g in self._generate(p, target, params):
+            last = g
+        return TranslationItem(
+            text=extract_translation(last.text, p.engine.end_markers),
+            source=p.source,
+            specialist=p.engine.name,
+            route=p.route,  # type: ignore[arg-type]
+            generated_tokens=last.tokens,
+            finish_reason=last.finish_reason,
+            detected_language=p.detected,
+        )
+
+    def _timeout(self) -> ApiError:
+        self.metrics.rejections.labels("none", "timeout").inc()
+        return ApiError(
+            504, "timeout", f"no answer within {self.settings.request_timeout_s} s; send less text or retry later",
+            limit_seconds=self.settings.request_timeout_s,
+        )
+
+    async def translate(self, job: Job) -> list[TranslationItem]:
+        planned = self.plan(job)
+        params = self.params(job)
+        with contextlib.ExitStack() as stack:
+            self.admit(planned, stack)
+            try:
+                async with asyncio.timeout(self.settings.request_timeout_s):
+                    return list(await asyncio.gather(*(self._one(p, job.target, params) for p in planned)))
+            except TimeoutError:
+                raise self._timeout() from None
+
+    async def stream(self, job: Job) -> tuple[Planned, AsyncIterator[str]]:
+        """Route and admit one text now (errors are plain HTTP answers); the iterator yields SSE events:
+        ``meta``, then ``data: {"delta": ...}`` pieces of clean text, then ``done`` (or ``error``)."""
+        if len(job.texts) != 1:
+            raise ApiError(400, "stream_batch", "streaming takes one text; send a batch without stream")
+        (p,) = self.plan(job)
+        params = self.params(job)
+        stack = contextlib.ExitStack()
+        self.admit([p], stack)
+
+        async def events() -> AsyncIterator[str]:
+            with stack:
+                meta = {"specialist": p.engine.name, "route": p.route, "source": p.source, "target": job.target}
+                if p.detected is not None:
+                    meta["detected_language"] = p.detected.model_dump()
+                yield _sse(meta, "meta")
+                sent, last = "", Generation("", 0, 0)
+                try:
+                    async with asyncio.timeout(self.settings.request_timeout_s):
+                        async for g in self._generate(p, job.target, params):
+                            last = g
+                            clean = extract_translation(g.text, p.engine.end_markers, final=False)
+                            if clean.startswith(sent) and len(clean) > len(sent):
+                                yield _sse({"delta": clean[len(sent):]})
+                                sent = clean
+                except TimeoutError:
+                    yield _sse({"error": self._timeout().message, "code": "timeout"}, "error")
+                    return
+                except ApiError as e:
+                    yield _sse({"error": e.message, "code": e.code}, "error")
+                    return
+                text = extract_translation(last.text, p.engine.end_markers)
+                done = {"translation": text, "generated_tokens": last.tokens, "finish_reason": last.finish_reason}
+                yield _sse(done, "done")
+
+        return p, events()
+
+
+def _sse(data: dict, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
