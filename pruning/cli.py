@@ -14,11 +14,16 @@ from typing import Annotated
 
 import typer
 
+from models.registry_cli import DEFAULT_ROOT, ROOT_ENV
+from models.registry_cli import app as registry_app
+
 app = typer.Typer(
     help="Carve translation specialists out of mixture-of-experts LLMs by pruning experts, and serve them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(registry_app, name="registry")
 
 Languages = Annotated[
     str, typer.Option("--languages", "-l", help="Comma-separated language codes, e.g. de or de,fr,ru.")
@@ -164,13 +169,18 @@ def prune(
     batch_size: int = 8,
     dtype: str = "float32",
     device: str = "cpu",
+    register: Annotated[str | None, typer.Option(help="Register the specialist under this name.")] = None,
+    registry: Annotated[Path, typer.Option(envvar=ROOT_ENV, help="Registry folder (with --register).")] = DEFAULT_ROOT,
 ) -> None:
     """calibrate + plan + apply; statistics and plan are kept beside the specialist for reuse."""
+    from models.registry import Registry, validate_name
     from pruning.apply import apply_plan
     from pruning.calibrate import calibrate as run
 
     stats_path = out.with_name(out.name + ".stats.safetensors")
     try:
+        if register:
+            validate_name(register)  # before the slow part
         run(
             model,
             data,
@@ -185,6 +195,8 @@ def prune(
         )
         p = _recipe(stats_path, drop, ranking, allocation, None, False, 0)
         apply_plan(p, out, base=model)
+        if register:
+            Registry(registry).register_dir(register, out, directions=p.recipe.directions)
     except (ValueError, FileExistsError) as e:
         _fail(e)
     typer.echo(
@@ -192,6 +204,7 @@ def prune(
             {
                 "specialist": str(out),
                 "statistics": str(stats_path),
+                "registered": register,
                 "experts_per_layer": p.experts_per_layer(),
                 "parameters": p.parameters,
                 "base_parameters": p.base.parameters,

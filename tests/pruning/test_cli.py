@@ -13,107 +13,58 @@ from tests.tiny import save_tiny
 runner = CliRunner()
 
 
+def cli(*args, ok: bool = True):
+    r = runner.invoke(app, [str(a) for a in args])
+    if ok:
+        assert r.exit_code == 0, r.output
+    return r
+
+
 def test_help_explains_each_job():
-    out = runner.invoke(app, ["--help"]).output
-    for job in ("calibrate", "plan", "apply", "prune"):
+    out = cli("--help").output
+    for job in ("calibrate", "plan", "apply", "prune", "registry"):
         assert job in out
-    assert "Experts dropped per MoE layer" in runner.invoke(app, ["plan", "--help"]).output
+    assert "Experts dropped per MoE layer" in cli("plan", "--help").output
 
 
 def test_calibrate_plan_apply_and_prune(tmp_path, flores_dir):
     base = save_tiny("qwen3_moe", tmp_path / "base", max_shard_size="300KB")
     stats = tmp_path / "stats.safetensors"
-    r = runner.invoke(
-        app,
-        [
-            "calibrate",
-            str(base),
-            "--out",
-            str(stats),
-            "-l",
-            "de,fr",
-            "--direction",
-            "both",
-            "--data",
-            str(flores_dir),
-            "--limit",
-            "3",
-            "--no-reap",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    cli("calibrate", base, "--out", stats, "-l", "de,fr", "--direction", "both", "--data", flores_dir,
+        "--limit", 3, "--no-reap")
     # one calibration serves several plans: a German en->de specialist and a multilingual one
     for name, directions in (("de", "en-de"), ("multi", "en-de,de-en,en-fr,fr-en")):
-        r = runner.invoke(
-            app,
-            ["plan", str(stats), "--out", str(tmp_path / f"{name}.json"), "--drop", "8", "--directions", directions],
-        )
-        assert r.exit_code == 0, r.output
+        r = cli("plan", stats, "--out", tmp_path / f"{name}.json", "--drop", 8, "--directions", directions)
         info = json.loads(r.stdout)
         assert sum(info["experts_per_layer"]) == 4 * 8 and info["parameters"] < info["base_parameters"]
-    r = runner.invoke(app, ["apply", str(tmp_path / "de.json"), "--out", str(tmp_path / "spec-de")])
-    assert r.exit_code == 0, r.output
+    cli("apply", tmp_path / "de.json", "--out", tmp_path / "spec-de")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "spec-de")
-    assert sum(p.numel() for p in model.parameters()) == json.loads((tmp_path / "de.json").read_text())["parameters"]
+    planned = json.loads((tmp_path / "de.json").read_text())["parameters"]
+    assert sum(p.numel() for p in model.parameters()) == planned
 
-    r = runner.invoke(
-        app,
-        [
-            "prune",
-            str(base),
-            "--out",
-            str(tmp_path / "spec-fr"),
-            "-l",
-            "fr",
-            "--drop",
-            "12",
-            "--allocation",
-            "uniform",
-            "--data",
-            str(flores_dir),
-            "--limit",
-            "2",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    registry = tmp_path / "registry"
+    r = cli("prune", base, "--out", tmp_path / "spec-fr", "-l", "fr", "--drop", 12, "--allocation", "uniform",
+            "--data", flores_dir, "--limit", 2, "--register", "tiny-fr", "--registry", registry)
     assert json.loads(r.stdout)["experts_per_layer"] == [4, 4, 4, 4]
+    entry = json.loads(cli("registry", "--root", registry, "show", "tiny-fr").stdout)
+    assert entry["directions"] == ["en-fr"] and entry["experts_per_layer"] == [4, 4, 4, 4]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "spec-fr")
     assert model.generate(torch.tensor([[5, 6]]), max_new_tokens=3, do_sample=False).shape == (1, 5)
 
 
 def test_errors_are_one_clear_line(tmp_path, flores_dir):
     base = save_tiny("qwen3_moe", tmp_path / "base")
-    r = runner.invoke(
-        app, ["calibrate", str(base), "--out", str(tmp_path / "s"), "-l", "xx", "--data", str(flores_dir)]
-    )
+    r = cli("calibrate", base, "--out", tmp_path / "s", "-l", "xx", "--data", flores_dir, ok=False)
     assert r.exit_code == 2 and "unknown language 'xx'" in r.output
-    r = runner.invoke(app, ["calibrate", str(base), "--out", str(tmp_path / "s"), "-l", "de", "--data", str(tmp_path)])
+    r = cli("calibrate", base, "--out", tmp_path / "s", "-l", "de", "--data", tmp_path, ok=False)
     assert r.exit_code == 2 and "no split 'dev'" in r.output
     stats = tmp_path / "stats.safetensors"
-    assert (
-        runner.invoke(
-            app,
-            [
-                "calibrate",
-                str(base),
-                "--out",
-                str(stats),
-                "-l",
-                "de",
-                "--data",
-                str(flores_dir),
-                "--limit",
-                "2",
-                "--no-reap",
-            ],
-        ).exit_code
-        == 0
-    )
-    r = runner.invoke(app, ["plan", str(stats), "--out", str(tmp_path / "p.json"), "--drop", "13"])
+    cli("calibrate", base, "--out", stats, "-l", "de", "--data", flores_dir, "--limit", 2, "--no-reap")
+    r = cli("plan", stats, "--out", tmp_path / "p.json", "--drop", 13, ok=False)
     assert r.exit_code == 2 and "choose an integer drop from 0 to 12" in r.output
-    r = runner.invoke(app, ["plan", str(stats), "--out", str(tmp_path / "p.json"), "--drop", "4", "--ranking", "reap"])
+    r = cli("plan", stats, "--out", tmp_path / "p.json", "--drop", 4, "--ranking", "reap", ok=False)
     assert r.exit_code == 2 and "no REAP" in r.output
-    r = runner.invoke(
-        app, ["plan", str(stats), "--out", str(tmp_path / "p.json"), "--drop", "4", "--directions", "en-ja"]
-    )
+    r = cli("plan", stats, "--out", tmp_path / "p.json", "--drop", 4, "--directions", "en-ja", ok=False)
     assert r.exit_code == 2 and "no calibration statistics for ['en-ja']" in r.output
+    r = cli("prune", base, "--out", tmp_path / "x", "-l", "de", "--drop", 4, "--register", "../evil", ok=False)
+    assert r.exit_code == 2 and "evil" in r.output and not (tmp_path / "x").exists()
