@@ -224,6 +224,8 @@ class LocalVllmEngine(Engine):
             raise EngineUnavailable(f"specialist {self.name!r}: {self.error}") from e
         except (VLLMClientError, ValueError) as e:
             raise EngineInputError(f"specialist {self.name!r} refused the input: {e}") from e
+        except Exception as e:  # EngineGenerateError and the like: the request failed, the engine lives on
+            raise EngineUnavailable(f"specialist {self.name!r}: generation failed: {type(e).__name__}: {e}") from e
 
 
 class RemoteVllmEngine(Engine):
@@ -332,8 +334,8 @@ class RemoteVllmEngine(Engine):
                         yield Generation(out, tokens, prompt_tokens)
         except httpx.HTTPError as e:
             raise self._unreachable(f"{type(e).__name__}: {e}") from e
-        except json.JSONDecodeError as e:
-            raise self._unreachable(f"malformed stream from the server: {e}") from e
+        except (json.JSONDecodeError, AttributeError, TypeError) as e:
+            raise EngineUnavailable(f"specialist {self.name!r}: malformed stream from the server: {e}") from e
         yield Generation(out, tokens, prompt_tokens, True, finish)
 
 

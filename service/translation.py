@@ -219,13 +219,15 @@ class Translator:
             self.admit(planned, stack)
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
-                    return list(await asyncio.gather(*(self._one(p, job.target, params) for p in planned)))
+                    return await _all_or_nothing([self._one(p, job.target, params) for p in planned])
             except TimeoutError:
                 raise self._timeout() from None
 
-    async def stream(self, job: Job) -> tuple[Planned, AsyncIterator[str]]:
+    async def stream(self, job: Job) -> tuple[Planned, AsyncIterator[str], contextlib.ExitStack]:
         """Route and admit one text now (errors are plain HTTP answers); the iterator yields SSE events:
-        ``meta``, then ``data: {"delta": ...}`` pieces of clean text, then ``done`` (or ``error``)."""
+        ``meta``, then ``data: {"delta": ...}`` pieces of clean text, then ``done`` (or ``error``). The
+        returned stack holds the queue slot: the iterator closes it, and so must the response when the
+        iterator never runs (closing twice is harmless)."""
         if len(job.texts) != 1:
             raise ApiError(400, "stream_batch", "streaming takes one text; send a batch without stream")
         (p,) = self.plan(job)
@@ -258,7 +260,19 @@ class Translator:
                 done = {"translation": text, "generated_tokens": last.tokens, "finish_reason": last.finish_reason}
                 yield _sse(done, "done")
 
-        return p, events()
+        return p, events(), stack
+
+
+async def _all_or_nothing(coros: list) -> list:
+    """Run concurrently; when one fails, cancel the others (their engine requests are aborted) and raise."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _sse(data: dict, event: str | None = None) -> str:

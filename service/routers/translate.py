@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from service.deps import ApiKeyDep, TranslatorDep
 from service.errors import ApiError
@@ -34,10 +35,11 @@ async def translate(body: TranslateRequest, translator: TranslatorDep, _: ApiKey
     if body.stream:
         if not isinstance(body.text, str):
             raise ApiError(400, "stream_batch", "streaming takes one text (a string); send a batch without stream")
-        planned, events = await translator.stream(job)
+        planned, events, slot = await translator.stream(job)
         return StreamingResponse(
             events, media_type="text/event-stream",
             headers={"X-Specialist": planned.engine.name, "Cache-Control": "no-cache"},
+            background=BackgroundTask(slot.close),
         )
     items = await translator.translate(job)
     specialist = _specialists([item.specialist for item in items])
