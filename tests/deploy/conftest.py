@@ -1,0 +1,103 @@
+"""Shared helpers of the deployment tests: repository paths, YAML/JSON loaders, the dashboards' queries, and
+``need_tool`` (a missing tool skips here but fails in CI, where .ci/run installs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+# What Grafana puts in place of its variables when every value is selected (the dashboards' allValue).
+GRAFANA_VARIABLES = {"__rate_interval": "1m", "specialist": ".*", "direction": ".*", "model_name": ".*"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need_tool(name: str, how: str) -> str:
+    """Path of an executable (the venv's bin first): skip when missing, but fail in CI."""
+    found = shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found:
+        return found
+    message = f"{name} is not installed ({how})"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def need_module(name: str, package: str) -> Any:
+    try:
+        return __import__(name)
+    except ImportError:
+        message = f"python package {package} is not installed (it belongs in the test extra)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def load_yaml_all(path: Path) -> list[Any]:
+    with path.open() as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc is not None]
+
+
+def load_yaml(path: Path) -> Any:
+    (doc,) = load_yaml_all(path)
+    return doc
+
+
+def load_dashboard(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, those nested in collapsed rows included."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def substitute(expr: str) -> str:
+    """A dashboard expression as Grafana sends it with every variable at "All"."""
+
+    def value(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        assert name in GRAFANA_VARIABLES, f"unknown Grafana variable ${name} in {expr!r}"
+        return GRAFANA_VARIABLES[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(id, PromQL) for every target of every panel: id = file/panel title/refId."""
+    out = []
+    for path in DASHBOARDS:
+        for panel in all_panels(load_dashboard(path)):
+            for target in panel.get("targets", []):
+                out.append((f"{path.stem}/{panel['title']}/{target['refId']}", target["expr"]))
+    return out
+
+
+def variable_queries() -> list[tuple[str, str, str]]:
+    """(id, metric, label) of every ``label_values(metric, label)`` template variable."""
+    out = []
+    for path in DASHBOARDS:
+        for var in load_dashboard(path).get("templating", {}).get("list", []):
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            m = re.fullmatch(r"label_values\(\s*([\w:]+)\s*,\s*(\w+)\s*\)", query)
+            assert m, f"{path.name}: variable {var['name']} is not label_values(metric, label): {query!r}"
+            out.append((f"{path.stem}/{var['name']}", m.group(1), m.group(2)))
+    return out

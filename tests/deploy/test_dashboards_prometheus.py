@@ -1,0 +1,226 @@
+"""Every PromQL expression of every Grafana dashboard, run against a REAL Prometheus (Debian's ``prometheus``)
+that scraped a running gateway and a running vLLM OpenAI server on 127.0.0.1 after some traffic: each returns
+data (a non-empty result with a number in it).
+
+The stack is the scale-out topology of deploy/k8s, on loopback: the gateway (``python -m service.cli``,
+configured by MOE_* variables as in the container) routes en-de to a remote vLLM server (CPU build) of a tiny
+random Qwen3-MoE, and a second specialist points at a port nobody listens on (engine down: rejections, 503).
+Prometheus scrapes both every second. One vLLM engine for the whole module (about 30-90 s to start here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.deploy.conftest import ROOT, dashboard_queries, free_port, need_tool, substitute, variable_queries
+
+START_TIMEOUT_S = 240
+BASE_BYTES, EN_DE_BYTES, DEAD_BYTES = 4_000_000, 1_000_000, 2_500_000
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A subprocess in its own process group, logging to ``log``; the group is stopped on exit."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def wait_for(what: str, check, procs: list[tuple[subprocess.Popen, Path]], timeout: float = START_TIMEOUT_S):
+    """Poll ``check()`` until it returns something truthy; fail early (with the log) if a process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc, log in procs:
+            if proc.poll() is not None:
+                pytest.fail(f"{what}: {proc.args[:4]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+            if result := check():
+                return result
+        time.sleep(1)
+    logs = "\n".join(f"--- {log}\n{log.read_text()[-2000:]}" for _, log in procs)
+    pytest.fail(f"{what}: not within {timeout} s\n{logs}")
+
+
+def send_traffic(gateway: str) -> None:
+    """Successes (plain and streamed), a 400, and a 503 from the specialist whose server is down."""
+    with httpx.Client(base_url=gateway, timeout=60) as c:
+        for i in range(4):
+            r = c.post(
+                "/v1/translate", json={"text": f"Hello world {i}", "source": "en", "target": "de", "max_tokens": 8}
+            )
+            assert r.status_code == 200, r.text
+        with c.stream(
+            "POST",
+            "/v1/translate",
+            json={"text": "The cat sits on the mat.", "source": "en", "target": "de", "max_tokens": 8, "stream": True},
+        ) as r:
+            assert r.status_code == 200
+            r.read()
+        r = c.post("/v1/translate", json={"text": "x", "source": "en", "target": "xx"})
+        assert r.status_code == 400, r.text
+        r = c.post("/v1/translate", json={"text": "Hello", "source": "en", "target": "fr", "specialist": "dead-en-fr"})
+        assert r.status_code == 503, r.text
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(tmp_path_factory) -> Iterator[str]:
+    prometheus = need_tool("prometheus", "Debian package `prometheus`: apt-get install -y prometheus")
+    from service.tiny_model import build_tiny_moe
+
+    tmp = tmp_path_factory.mktemp("deploy-stack")
+    model = build_tiny_moe(tmp / "tiny-qwen3-moe", num_layers=2, num_experts=8, top_k=2)
+    vllm_port, gateway_port, prom_port, dead_port = free_port(), free_port(), free_port(), free_port()
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    vllm_cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        "tiny-en-de",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(vllm_port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--max-num-seqs",
+        "8",
+        "--enforce-eager",
+    ]
+    specialists = [
+        {
+            "name": "tiny-en-de",
+            "path": f"http://127.0.0.1:{vllm_port}",
+            "directions": ["en-de"],
+            "tokenizer": str(model),
+            "weight_bytes": EN_DE_BYTES,
+            "base_weight_bytes": BASE_BYTES,
+        },
+        {
+            "name": "dead-en-fr",
+            "path": f"http://127.0.0.1:{dead_port}",
+            "directions": ["en-fr"],
+            "weight_bytes": DEAD_BYTES,
+            "base_weight_bytes": BASE_BYTES,
+        },
+    ]
+    gateway_env = env | {
+        "MOE_HOST": "127.0.0.1",
+        "MOE_PORT": str(gateway_port),
+        "MOE_SPECIALISTS": json.dumps(specialists),
+        "MOE_HEALTH_INTERVAL_S": "1",
+        "MOE_REMOTE_TIMEOUT_S": "2",
+        "MOE_READINESS": "any",
+    }
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{gateway_port}"]}]},
+            {"job_name": "vllm", "static_configs": [{"targets": [f"127.0.0.1:{vllm_port}"]}]},
+        ],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    prom_cmd = [
+        prometheus,
+        f"--config.file={tmp / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{prom_port}",
+        "--log.level=warn",
+    ]
+    gateway, prom = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{prom_port}"
+
+    with (
+        process(vllm_cmd, tmp / "vllm.log", env) as vllm,
+        process([sys.executable, "-m", "service.cli"], tmp / "gateway.log", gateway_env) as gw,
+        process(prom_cmd, tmp / "prometheus.log") as pr,
+    ):
+        procs = [(vllm, tmp / "vllm.log"), (gw, tmp / "gateway.log"), (pr, tmp / "prometheus.log")]
+        wait_for(
+            "gateway ready (remote vLLM server up)",
+            lambda: httpx.get(f"{gateway}/readyz", timeout=5).json()["specialists"]["tiny-en-de"]["state"] == "ready",
+            procs,
+        )
+        send_traffic(gateway)
+
+        def scraped() -> bool:
+            """Both targets up, and the last scrape has seen the 503 and the vLLM requests."""
+            q = httpx.get(
+                f"{prom}/api/v1/query",
+                params={
+                    "query": (
+                        "count(up == 1) == 2 and on() sum(moe_gateway_rejections_total) >= 1"
+                        " and on() sum(vllm:request_success_total) >= 5"
+                    )
+                },
+                timeout=5,
+            ).json()
+            return bool(q["data"]["result"])
+
+        wait_for("Prometheus scraped the traffic", scraped, procs, timeout=60)
+        time.sleep(3)  # a few more scrapes, so rate() has points after the last increase
+        yield prom
+
+
+def query(prom: str, expr: str) -> list[dict]:
+    r = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10)
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "success", f"{expr!r}: {body}"
+    return body["data"]["result"]
+
+
+@pytest.mark.parametrize(("query_id", "expr"), dashboard_queries(), ids=[q for q, _ in dashboard_queries()])
+def test_dashboard_query_returns_data(prometheus_url, query_id, expr):
+    promql = substitute(expr)
+    result = query(prometheus_url, promql)
+    assert result, f"{query_id}: no data for {promql!r}"
+    values = [float(sample["value"][1]) for sample in result]
+    assert any(math.isfinite(v) for v in values), f"{query_id}: only NaN/Inf for {promql!r}: {result}"
+
+
+@pytest.mark.parametrize(("var_id", "metric", "label"), variable_queries(), ids=[v for v, _, _ in variable_queries()])
+def test_template_variable_has_values(prometheus_url, var_id, metric, label):
+    r = httpx.get(f"{prometheus_url}/api/v1/label/{label}/values", params={"match[]": metric}, timeout=10).json()
+    assert r["status"] == "success" and r["data"], f"{var_id}: label_values({metric}, {label}) is empty"
+
+
+def test_memory_savings_values_are_the_configured_ones(prometheus_url):
+    """The savings panels show what the specialists' sizes say: saved = base - weights, ratio = saved / base."""
+    saved = {
+        s["metric"]["specialist"]: float(s["value"][1]) for s in query(prometheus_url, "moe_specialist_bytes_saved")
+    }
+    assert saved == {"tiny-en-de": BASE_BYTES - EN_DE_BYTES, "dead-en-fr": BASE_BYTES - DEAD_BYTES}
+    ratio = query(
+        prometheus_url,
+        'moe_specialist_bytes_saved{specialist="tiny-en-de"}'
+        ' / (moe_specialist_base_weight_bytes{specialist="tiny-en-de"} > 0)',
+    )
+    assert float(ratio[0]["value"][1]) == pytest.approx(0.75)
+    ready = {s["metric"]["specialist"]: float(s["value"][1]) for s in query(prometheus_url, "moe_gateway_engine_ready")}
+    assert ready == {"tiny-en-de": 1.0, "dead-en-fr": 0.0}

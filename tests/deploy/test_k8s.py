@@ -1,0 +1,201 @@
+"""Kubernetes manifests: built by the real kustomize (`kubectl kustomize`), every object validated against the
+Kubernetes OpenAPI schemas with kubernetes-validate (PyPI; schemas bundled, offline, strict: unknown fields are
+errors), and cross-checked: selectors match pods, probes and ports match the gateway's settings and the image,
+the routing ConfigMap is a valid MOE_SPECIALISTS whose URLs are the backends' Services, GPUs are requested."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from service.settings import Settings
+from tests.deploy.conftest import ROOT, need_module, need_tool
+
+K8S = ROOT / "deploy" / "k8s"
+# The oldest Kubernetes release still commonly run, and the newest the schemas know.
+VERSIONS = ["1.30.0", "1.34.0"]
+
+
+@cache
+def build(path: Path = K8S) -> list[dict[str, Any]]:
+    kubectl = need_tool("kubectl", "kubectl ships with the CI image; kustomize is built into it")
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def objects(kind: str, docs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    return [d for d in (docs or build()) if d["kind"] == kind]
+
+
+def one(kind: str, name: str) -> dict[str, Any]:
+    (obj,) = [d for d in objects(kind) if d["metadata"]["name"] == name or d["metadata"]["name"].startswith(name + "-")]
+    return obj
+
+
+def gateway_settings_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for cm in objects("ConfigMap"):
+        env |= cm["data"]
+    return env
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_object_is_valid_against_the_kubernetes_schemas(version):
+    kubernetes_validate = need_module("kubernetes_validate", "kubernetes-validate")
+    docs = build()
+    assert {d["kind"] for d in docs} >= {"Namespace", "Deployment", "Service", "ConfigMap", "PersistentVolumeClaim"}
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(
+                f"{doc['kind']}/{doc['metadata']['name']} (Kubernetes {version}): {e.message} at {list(e.path)}"
+            )
+
+
+def test_everything_lands_in_one_namespace():
+    docs = build()
+    (ns,) = objects("Namespace")
+    assert all(d["metadata"].get("namespace") == ns["metadata"]["name"] for d in docs if d["kind"] != "Namespace")
+
+
+def test_services_select_pods_of_a_deployment_and_target_named_ports():
+    deployments = objects("Deployment")
+    for svc in objects("Service"):
+        selector = svc["spec"]["selector"]
+        matches = [d for d in deployments if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(matches) == 1, f"Service {svc['metadata']['name']} selects {len(matches)} Deployments"
+        ports = {
+            p["name"]: p["containerPort"]
+            for c in matches[0]["spec"]["template"]["spec"]["containers"]
+            for p in c["ports"]
+        }
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"{svc['metadata']['name']}: no container port {port['targetPort']}"
+    for d in deployments:
+        assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_gateway_is_stateless_replicated_and_probed():
+    gw = one("Deployment", "gateway")
+    assert gw["spec"]["replicas"] >= 2
+    pod = gw["spec"]["template"]["spec"]
+    assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", [])), "the gateway keeps no state"
+    (c,) = pod["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = gateway_settings_env()
+    (port,) = c["ports"]
+    assert port["containerPort"] == int(env["MOE_PORT"]) == 8000  # EXPOSE 8000 in the Dockerfile
+    assert env["MOE_HOST"] == "0.0.0.0"
+    pdb = one("PodDisruptionBudget", "gateway")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= gw["spec"]["template"]["metadata"]["labels"].items()
+    refs = {r.get("configMapRef", r.get("secretRef"))["name"] for r in c["envFrom"]}
+    names = {cm["metadata"]["name"] for cm in objects("ConfigMap")}
+    assert names <= refs, f"ConfigMaps {names - refs} are not used by the gateway"
+
+
+def test_gateway_configmaps_are_settings_the_gateway_reads(monkeypatch):
+    """Every key is a MOE_* variable the settings know (or a library's), and together they load."""
+    env = gateway_settings_env()
+    fields = {f"MOE_{name.upper()}" for name in Settings.model_fields}
+    unknown = {k for k in env if k.startswith("MOE_") and k not in fields}
+    assert not unknown, f"{sorted(unknown)} are not settings of service/settings.py"
+    assert {k for k in env if not k.startswith("MOE_")} <= {"HF_HUB_OFFLINE"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.port == 8000 and len(settings.specialists) >= 1
+    assert all(spec.remote for spec in settings.specialists), "scale-out: every specialist is a vLLM backend"
+
+
+def test_routing_table_points_at_the_backend_services():
+    specs = json.loads(gateway_settings_env()["MOE_SPECIALISTS"])
+    services = {s["metadata"]["name"]: s for s in objects("Service")}
+    backends = {
+        d["spec"]["template"]["metadata"]["labels"]["moe-specialists/specialist"]: d
+        for d in objects("Deployment")
+        if d["metadata"]["name"].startswith("vllm-")
+    }
+    assert sorted(backends) == sorted(s["name"] for s in specs), "one backend Deployment per routed specialist"
+    for spec in specs:
+        url = urlparse(spec["path"])
+        assert url.hostname in services, f"{spec['name']}: no Service {url.hostname}"
+        assert url.port in [p["port"] for p in services[url.hostname]["spec"]["ports"]]
+        pod_labels = backends[spec["name"]]["spec"]["template"]["metadata"]["labels"]
+        assert services[url.hostname]["spec"]["selector"].items() <= pod_labels.items()
+        # The backend serves the model under the name the gateway asks for.
+        (c,) = backends[spec["name"]]["spec"]["template"]["spec"]["containers"]
+        assert "--served-model-name=$(SPECIALIST)" in c["args"] and spec["served_model_name"] == spec["name"]
+
+
+def test_each_backend_gets_a_gpu_on_a_gpu_node():
+    for d in objects("Deployment"):
+        if not d["metadata"]["name"].startswith("vllm-"):
+            continue
+        pod = d["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert c["image"].endswith("-gpu")
+        assert c["command"] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["httpGet"]["path"] == "/health"
+        # $(SPECIALIST) comes from the pod's specialist label: the one the Service selects on.
+        (env,) = [e for e in c["env"] if e["name"] == "SPECIALIST"]
+        label = env["valueFrom"]["fieldRef"]["fieldPath"].removeprefix("metadata.labels['").removesuffix("']")
+        assert label in d["spec"]["template"]["metadata"]["labels"]
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        assert claims <= {p["metadata"]["name"] for p in objects("PersistentVolumeClaim")}
+
+
+def test_pods_run_as_the_images_non_root_user():
+    for d in objects("Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
+        for c in pod["containers"]:
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_scrape_annotations_match_the_metrics_port():
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "kubernetes.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [objects("Namespace")[0]["metadata"]["name"]]
+    for d in objects("Deployment"):
+        notes = d["spec"]["template"]["metadata"]["annotations"]
+        ports = [p["containerPort"] for c in d["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
+        assert notes["prometheus.io/scrape"] == "true" and int(notes["prometheus.io/port"]) in ports
+        assert notes["prometheus.io/path"] == "/metrics"
+
+
+def test_servicemonitor_component_selects_the_services(tmp_path):
+    """The optional Prometheus Operator component, added by an overlay as deploy/README.md shows."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S, overlay)],
+                "components": [os.path.relpath(K8S / "components" / "servicemonitor", overlay)],
+            }
+        )
+    )
+    docs = build(overlay)
+    (monitor,) = objects("ServiceMonitor", docs)
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = [s for s in objects("Service", docs) if selector.items() <= s["metadata"].get("labels", {}).items()]
+    assert {s["metadata"]["name"] for s in selected} == {s["metadata"]["name"] for s in objects("Service", docs)}
+    port_names = {p["name"] for s in selected for p in s["spec"]["ports"]}
+    assert all(e["port"] in port_names and e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
