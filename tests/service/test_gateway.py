@@ -1,6 +1,6 @@
-"""End to end on the real vLLM CPU engine: one app, two in-process specialists of a tiny random model
-(en-de and de-en), API keys on, a tiny queue. The model is random, so texts are garbage: the tests check
-routing, shapes, limits and errors, not translation quality."""
+"""End to end on the real vLLM CPU engine: one app serving a registry of two pruned specialists of a tiny
+random model (en-de and de-en) in-process, API keys on, a tiny queue. The model is random, so texts are
+garbage: the tests check routing, shapes, limits and errors (and one transformers oracle), not quality."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from models.registry import Registry
+from pruning.apply import apply_plan
+from pruning.plan import plan_from_kept
 from service.app import create_app
-from service.settings import Settings, SpecialistSpec
+from service.settings import Settings
 from tests.service.conftest import wait_ready
 
 KEY = "test-key"
@@ -18,13 +21,22 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model_dir):
+def registry_dir(tiny_model_dir, tmp_path_factory):
+    """Two PRUNED specialists of the tiny model (per-layer expert counts 6/4 and 4/5 of 8, so vLLM loads
+    them through the plugin), registered in a registry folder."""
+    root = tmp_path_factory.mktemp("gateway")
+    registry = Registry(root / "registry")
+    for name, kept, direction in [("tiny-en-de", [[0, 1, 2, 3, 4, 5], [0, 2, 4, 6]], "en-de"),
+                                  ("tiny-de-en", [[1, 3, 5, 7], [0, 1, 2, 3, 4]], "de-en")]:
+        out = apply_plan(plan_from_kept(tiny_model_dir, kept), root / name)
+        registry.register_dir(name, out, directions=[direction])
+    return root / "registry"
+
+
+@pytest.fixture(scope="module")
+def client(registry_dir):
     settings = Settings(
-        specialists=[
-            SpecialistSpec(name="tiny-en-de", path=str(tiny_model_dir), directions=["en-de"], weight_bytes=10,
-                           base_weight_bytes=40),
-            SpecialistSpec(name="tiny-de-en", path=str(tiny_model_dir), directions=["de-en"]),
-        ],
+        registry_dir=registry_dir,
         dtype="float32",
         max_model_len=512,
         enforce_eager=True,
@@ -57,6 +69,28 @@ def test_routes_each_direction_to_its_specialist(client, source, target, special
     assert item["specialist"] == specialist and item["route"] == "exact" and item["source"] == source
     assert 1 <= item["generated_tokens"] <= 6 and isinstance(item["text"], str)
     assert "<|" not in item["text"]
+
+
+def test_same_text_as_transformers_greedy(client):
+    """Oracle: transformers greedy decoding of the same prompt (models.prompts.render) on the pruned
+    specialist, cleaned by the same extraction, equals what the gateway answers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from models.prompts import render
+    from models.pruned import register_transformers
+    from service.extract import extract_translation
+
+    register_transformers()
+    path = client.app.state.pool.engines["tiny-en-de"].spec.path
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = tok(render(tok, "en", "de", "The cat sits."), return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=tok.eos_token_id)
+    expected = extract_translation(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False), [tok.eos_token])
+    r = translate(client, text="The cat sits.", source="en", target="de", max_tokens=6)
+    assert r.json()["translations"][0]["text"] == expected
 
 
 def test_greedy_is_deterministic_and_batch_matches_single(client):
@@ -106,7 +140,8 @@ def test_languages_specialists_health(client):
     assert {(d["source"], d["target"], d["specialist"]) for d in body["directions"]} == {
         ("en", "de", "tiny-en-de"), ("de", "en", "tiny-de-en")}
     specs = {s["name"]: s for s in client.get("/v1/specialists").json()}
-    assert specs["tiny-en-de"]["state"] == "ready" and specs["tiny-en-de"]["bytes_saved"] == 30
+    entry = Registry(client.app.state.settings.registry_dir).get("tiny-en-de")
+    assert specs["tiny-en-de"]["state"] == "ready" and specs["tiny-en-de"]["bytes_saved"] == entry.bytes_saved > 0
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["status"] == "ready"
 
@@ -118,7 +153,8 @@ def test_metrics(client):
     assert "moe_gateway_time_to_first_token_seconds_bucket" in text
     assert 'moe_gateway_generated_tokens_total{direction="en-de",specialist="tiny-en-de"}' in text
     assert 'moe_gateway_engine_ready{backend="vllm-inprocess",specialist="tiny-de-en"} 1.0' in text
-    assert 'moe_specialist_bytes_saved{specialist="tiny-en-de"} 30.0' in text
+    saved = Registry(client.app.state.settings.registry_dir).get("tiny-en-de").bytes_saved
+    assert f'moe_specialist_bytes_saved{{specialist="tiny-en-de"}} {float(saved)}' in text
 
 
 def test_cors(client):
@@ -157,7 +193,7 @@ GOOD = {"text": "Hello", "source": "en", "target": "de"}
         ({**GOOD, "source": "xx"}, 400, "accepted: auto, arz"),
         ({**GOOD, "target": "klingon"}, 400, "accepted: arz"),
         ({**GOOD, "target": "en"}, 400, "both 'en'"),
-        ({**GOOD, "target": "ja"}, 400, "served: tiny-en-de: en-de"),
+        ({**GOOD, "target": "ja"}, 400, "tiny-en-de: en-de"),
         ({**GOOD, "max_tokens": 0}, 422, "max_tokens"),
         ({**GOOD, "max_tokens": 10_000}, 400, "limit 64"),
         ({**GOOD, "sampling": {"temperature": -1}}, 422, "temperature"),
