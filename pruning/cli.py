@@ -4,6 +4,7 @@ calibrate  route translation prompts through a model, save routing statistics (t
 plan       rank experts and allocate per-layer counts from saved statistics -> plan.json (instant)
 apply      slice the base checkpoint by a plan -> specialist folder (loads in transformers and vLLM)
 prune      all three in one go
+recover    recovery tuning: full fine-tuning of a specialist (SFT on pairs, or distillation from its parent)
 """
 
 from __future__ import annotations
@@ -211,6 +212,84 @@ def prune(
             }
         )
     )
+
+
+@app.command()
+def recover(
+    specialist: Annotated[Path, typer.Argument(help="Specialist folder written by `apply` or `prune`.")],
+    out: Annotated[Path, typer.Option(help="Folder of the recovered specialist to write.")],
+    mode: Annotated[
+        str, typer.Option(help="sft: train on parallel pairs; distill: on the parent's translations.")
+    ] = "sft",
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="sft: FLORES-style folder or .jsonl(.gz) of {source,target,src,tgt} or {lang,en,xx} rows; "
+            "distill: English passages (FLORES-style folder, .txt lines or such a jsonl)."
+        ),
+    ] = Path("../shared/data/flores200"),
+    languages: Annotated[
+        str | None, typer.Option("--languages", "-l", help="Comma-separated codes (default: the plan's languages).")
+    ] = None,
+    parent: Annotated[str | None, typer.Option(help="distill: the unpruned model (default: the plan's base).")] = None,
+    direction: Direction = "to",
+    split: str = "dev",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N pairs per direction / passages.")] = None,
+    epochs: float = 1.0,
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: from --epochs).")] = None,
+    lr: float = 1e-5,
+    batch_size: int = 8,
+    warmup: int = 0,
+    max_len: Annotated[int, typer.Option(help="Skip pairs longer than this many tokens.")] = 512,
+    seed: int = 0,
+    backend: Annotated[
+        str, typer.Option(help="distill: auto (vLLM, else transformers), vllm or transformers.")
+    ] = "auto",
+    max_new_tokens: int = 256,
+    save_data: Annotated[Path | None, typer.Option(help="Write the training pairs here (.jsonl).")] = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations (less memory).")] = False,
+    overwrite: bool = False,
+) -> None:
+    """Fine-tune every parameter of SPECIALIST on translation tokens; the new plan.json records the lineage."""
+    from pruning.plan import Plan
+    from pruning.recover import recover as run
+
+    try:
+        path = run(
+            specialist,
+            out,
+            mode=mode,
+            data=data,
+            parent=parent,
+            languages=_langs(languages) if languages else None,
+            direction=direction,
+            split=split,
+            limit=limit,
+            epochs=epochs,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            warmup=warmup,
+            max_len=max_len,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            max_new_tokens=max_new_tokens,
+            save_data=save_data,
+            gradient_checkpointing=gradient_checkpointing,
+            overwrite=overwrite,
+        )
+    except (ValueError, FileExistsError) as e:
+        _fail(e)
+    plan = Plan.load(path / "plan.json")
+    rec = plan.lineage["recovery"]
+    summary = {k: rec[k] for k in ("mode", "pairs", "steps", "loss_first", "loss_last", "data_fingerprint")}
+    if "distillation" in rec:
+        summary["backend"] = rec["distillation"]["backend"]
+    typer.echo(json.dumps({"specialist": str(path), "experts_per_layer": plan.experts_per_layer(), **summary}))
 
 
 if __name__ == "__main__":
