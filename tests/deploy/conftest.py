@@ -1,15 +1,17 @@
-"""Shared helpers of the deployment tests: repository paths, YAML/JSON loaders, the dashboards' queries, and
-``need_tool`` (a missing tool skips here but fails in CI, where .ci/run installs it)."""
+"""Shared helpers of the deployment tests: repository paths, YAML/JSON loaders, the dashboards' queries, a
+Dockerfile parser, and ``need_tool`` (a missing tool skips here but fails in CI, where .ci/run installs it)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 # What Grafana puts in place of its variables when every value is selected (the dashboards' allValue).
 GRAFANA_VARIABLES = {"__rate_interval": "1m", "specialist": ".*", "direction": ".*", "model_name": ".*"}
@@ -101,3 +104,60 @@ def variable_queries() -> list[tuple[str, str, str]]:
             assert m, f"{path.name}: variable {var['name']} is not label_values(metric, label): {query!r}"
             out.append((f"{path.stem}/{var['name']}", m.group(1), m.group(2)))
     return out
+
+
+# ---- the Dockerfile, parsed (no Docker engine here) ----
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        return [a for k, a in self.instructions if k == keyword]
+
+
+def parse() -> tuple[dict[str, str], list[Stage]]:
+    """(global ARG defaults, stages) of the Dockerfile: continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", DOCKERFILE.read_text())
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        keyword, rest = keyword.upper(), " ".join(rest.split())
+        if keyword == "FROM":
+            m = re.fullmatch(r"(\S+)(?: AS (\S+))?", rest, flags=re.IGNORECASE)
+            stages.append(Stage(m.group(2), m.group(1)))
+        elif keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            global_args[name] = default
+        else:
+            stages[-1].instructions.append((keyword, rest))
+    return global_args, stages
+
+
+def stage(name: str) -> Stage:
+    (found,) = [s for s in parse()[1] if s.name == name]
+    return found
+
+
+def chain(name: str) -> list[Stage]:
+    """A stage and the stages it is built FROM, nearest first."""
+    stages = {s.name: s for s in parse()[1]}
+    out = [stages[name]]
+    while out[-1].base in stages:
+        out.append(stages[out[-1].base])
+    return out
+
+
+def env_of(name: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for s in reversed(chain(name)):
+        for value in s.args("ENV"):
+            env |= dict(item.split("=", 1) for item in shlex.split(value))
+    return env

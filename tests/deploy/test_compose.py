@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from tests.deploy.conftest import ROOT, need_module, need_tool
-from tests.deploy.test_dockerfile import env_of, parse
+from tests.deploy.conftest import ROOT, env_of, need_module, need_tool, parse
 
 COMPOSE = ROOT / "docker-compose.yml"
 GATEWAYS = {"gateway": "cpu", "gateway-gpu": "gpu"}  # service -> Dockerfile target

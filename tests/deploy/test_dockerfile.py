@@ -8,72 +8,17 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import shlex
+import shutil
 import subprocess
 import tomllib
-from dataclasses import dataclass, field
+import venv
 
 import pytest
 
 from service.settings import Settings
-from tests.deploy.conftest import ROOT, need_tool
+from tests.deploy.conftest import DOCKERFILE, ROOT, chain, env_of, need_tool, parse, stage
 
-DOCKERFILE = ROOT / "Dockerfile"
 FINAL = ("cpu", "gpu")
-
-
-@dataclass
-class Stage:
-    name: str
-    base: str
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def args(self, keyword: str) -> list[str]:
-        return [a for k, a in self.instructions if k == keyword]
-
-
-def parse() -> tuple[dict[str, str], list[Stage]]:
-    """(global ARG defaults, stages) of the Dockerfile: continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", DOCKERFILE.read_text())
-    global_args: dict[str, str] = {}
-    stages: list[Stage] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        keyword, _, rest = line.partition(" ")
-        keyword, rest = keyword.upper(), " ".join(rest.split())
-        if keyword == "FROM":
-            m = re.fullmatch(r"(\S+)(?: AS (\S+))?", rest, flags=re.IGNORECASE)
-            stages.append(Stage(m.group(2), m.group(1)))
-        elif keyword == "ARG" and not stages:
-            name, _, default = rest.partition("=")
-            global_args[name] = default
-        else:
-            stages[-1].instructions.append((keyword, rest))
-    return global_args, stages
-
-
-def stage(name: str) -> Stage:
-    (found,) = [s for s in parse()[1] if s.name == name]
-    return found
-
-
-def chain(name: str) -> list[Stage]:
-    """A stage and the stages it is built FROM, nearest first."""
-    stages = {s.name: s for s in parse()[1]}
-    out = [stages[name]]
-    while out[-1].base in stages:
-        out.append(stages[out[-1].base])
-    return out
-
-
-def env_of(name: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for s in reversed(chain(name)):
-        for value in s.args("ENV"):
-            env |= dict(item.split("=", 1) for item in shlex.split(value))
-    return env
 
 
 def test_hadolint_passes():
@@ -203,3 +148,41 @@ def test_dockerignore_keeps_the_context_small():
         assert dockerignore_excludes(path), path
     for path in ("service/app.py", "models/tiny_translator/tokenizer.json", "deploy/install.sh", "pyproject.toml"):
         assert not dockerignore_excludes(path), path
+
+
+def test_deps_stage_editable_install_finds_the_sources_copied_later(tmp_path):
+    """The layering trick, for real: the deps stage runs `pip install -e .` over empty stub packages, and the
+    final stage copies the real sources over them at the same path; the editable install must import those."""
+    (deps,) = [s for s in parse()[1] if s.name == "deps"]
+    (run,) = deps.args("RUN")
+    stubs = re.search(r"mkdir -p ([\w ]+?) &&", run).group(1).split()
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(stubs) == sorted(p.rstrip("*") for p in include), "a stub per package of pyproject.toml"
+
+    app = tmp_path / "app"
+    app.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, app / name)
+    for package in stubs:
+        (app / package).mkdir()
+        (app / package / "__init__.py").touch()
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    out = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(app)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    for package in stubs:  # COPY <package> <package>
+        shutil.copytree(ROOT / package, app / package, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    probe = (
+        "import importlib.util, json; from importlib.metadata import entry_points; "
+        "print(json.dumps([importlib.util.find_spec('service.routers.health').origin, "
+        "[e.value for e in entry_points(group='vllm.general_plugins')], "
+        "[e.value for e in entry_points(group='console_scripts', name='moe-specialists')]]))"
+    )
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    origin, plugins, scripts = json.loads(out.stdout)
+    assert origin == str(app / "service" / "routers" / "health.py")
+    assert plugins == ["models.vllm_plugin:register"] and scripts == ["pruning.cli:app"]
+    assert (tmp_path / "venv" / "bin" / "moe-specialists").exists()

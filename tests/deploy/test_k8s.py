@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from tests.deploy.conftest import ROOT, need_module, need_tool
+from tests.deploy.conftest import ROOT, env_of, need_module, need_tool
 
 K8S = ROOT / "deploy" / "k8s"
 # The oldest Kubernetes release still commonly run, and the newest the schemas know.
@@ -164,6 +164,13 @@ def test_pods_run_as_the_images_non_root_user():
         assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
         for c in pod["containers"]:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            if c["securityContext"].get("readOnlyRootFilesystem"):
+                # Writable where the image keeps caches (HF_HOME, XDG_CACHE_HOME) and temporary files.
+                mounts = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
+                target = "gpu" if c["image"].endswith("-gpu") else "cpu"
+                env = env_of(target)
+                for path in ("/tmp", env["HF_HOME"], env["XDG_CACHE_HOME"]):
+                    assert any(path == m or path.startswith(m + "/") for m in mounts), f"{c['name']}: {path}"
 
 
 def test_scrape_annotations_match_the_metrics_port():
