@@ -170,30 +170,47 @@ class RoutingStatsWorker:
             self._routing_taps = None
 
     def model_weight_bytes(self) -> dict[str, int | None]:
-        """Bytes of the loaded model's parameters and buffers, and vLLM's own measurement where it makes one
-        (``model_memory_usage``: GPU runners only)."""
+        """Weight memory of the loaded model: its parameters, plus the dense linears that vLLM's CPU backend
+        repacked into oneDNN handles (their parameter is then empty; counted by shape and dtype), its buffers
+        apart (e.g. RoPE caches), and vLLM's own measurement where it makes one (GPU runners only)."""
         model = self.model_runner.get_model()
-        tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+        params = {id(t): t for t in model.parameters()}
+        buffers = {id(t): t for t in model.buffers() if id(t) not in params}
+        packed = 0
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if hasattr(m, "cpu_linear") and isinstance(w, torch.Tensor) and w.numel() == 0:
+                rows = getattr(m, "output_size_per_partition", None) or m.output_size
+                cols = getattr(m, "input_size_per_partition", None) or m.input_size
+                packed += rows * cols * m.params_dtype.itemsize
         usage = getattr(self.model_runner, "model_memory_usage", None)
         return {
-            "parameter_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
-            "parameters": sum(t.numel() for t in model.parameters()),
+            "parameter_bytes": sum(t.numel() * t.element_size() for t in params.values()) + packed,
+            "packed_linear_bytes": packed,
+            "buffer_bytes": sum(t.numel() * t.element_size() for t in buffers.values()),
             "model_memory_usage": int(usage) if usage else None,
         }
 
 
-def check_stats_engine(llm: Any) -> None:
-    """Refuse an engine in which the hooks would miss tokens, saying how to build one that works."""
+def stats_engine_problems(config: Any) -> list[str]:
+    """Why an engine with this VllmConfig would miss tokens (empty when it can collect)."""
     from vllm.config import CompilationMode
 
-    config = llm.llm_engine.vllm_config
     problems = []
     if config.compilation_config.mode != CompilationMode.NONE:
         problems.append("it compiles the model (hooks do not run inside compiled graphs): use enforce_eager=True")
     if config.cache_config.enable_prefix_caching:
         problems.append("prefix caching is on (cached prompt tokens are never routed): enable_prefix_caching=False")
+    if config.parallel_config.pipeline_parallel_size > 1:
+        problems.append("pipeline parallelism splits the layers over workers: use pipeline_parallel_size=1")
     if config.parallel_config.worker_extension_cls != WORKER_EXTENSION:
         problems.append(f"the worker lacks the statistics hooks: worker_extension_cls={WORKER_EXTENSION!r}")
+    return problems
+
+
+def check_stats_engine(llm: Any) -> None:
+    """Refuse an engine in which the hooks would miss tokens, saying how to build one that works."""
+    problems = stats_engine_problems(llm.llm_engine.vllm_config)
     if problems:
         raise ValueError(
             "this vLLM engine cannot collect routing statistics: " + "; ".join(problems)

@@ -1,0 +1,238 @@
+"""vLLM model classes for pruned specialists: MoE layers with different expert counts.
+
+vLLM builds each MoE layer from ``hf_config``'s scalar expert count. These classes reuse vLLM's own Qwen3-MoE
+and GPT-OSS code and hand every MoE layer a per-layer view of the config whose scalar count is that layer's
+``num_experts_per_layer[l]``, so the layer's router (``GateLinear``) and ``FusedMoE`` are built with c_l
+experts (vLLM's NemotronH-puzzle does the same with its ``block_configs``). The scalar count in config.json
+(= max_l c_l) stays the count of the whole model. Expert ids in the checkpoint are 0..c_l-1 per layer.
+
+Loading checks every expert tensor against the per-layer counts BEFORE vLLM copies it, so a specialist whose
+config.json disagrees with its tensors fails with a message naming the layer and both numbers instead of a
+shape error deep in vLLM (or, worse, silently uninitialised experts). Expert parallelism is refused: its
+expert placement assumes one expert count for every layer.
+
+Imported lazily by vLLM through ``models.vllm_plugin.register`` ("module:Class" strings).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+from vllm.model_executor.models.gpt_oss import (
+    GptOssForCausalLM,
+    GptOssModel,
+    MLPBlock,
+    TransformerBlock,
+)
+from vllm.model_executor.models.qwen3_moe import (
+    Qwen3MoeDecoderLayer,
+    Qwen3MoeForCausalLM,
+    Qwen3MoeModel,
+    Qwen3MoeSparseMoeBlock,
+)
+from vllm.model_executor.models.utils import extract_layer_index, maybe_prefix
+
+from models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter
+from models.pruned import check_expert_counts, layer_config
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+# ---- config plumbing ----
+def refuse_expert_parallel(vllm_config: VllmConfig, adapter: FamilyAdapter) -> None:
+    parallel = vllm_config.parallel_config
+    if parallel.enable_expert_parallel or parallel.enable_eplb:
+        raise ValueError(
+            f"{adapter.pruned_architecture}: expert parallelism (enable_expert_parallel / enable_eplb) is not "
+            "supported for specialists whose layers keep different numbers of experts. Serve it with tensor "
+            "parallelism (tensor_parallel_size) and without --enable-expert-parallel / --enable-eplb."
+        )
+
+
+def layer_vllm_config(vllm_config: VllmConfig, adapter: FamilyAdapter, layer: int) -> VllmConfig:
+    """``vllm_config`` whose hf config says layer ``layer``'s expert count (a shallow copy; every other
+    part, e.g. cache and compilation config, is shared). The same object when the layer keeps them all."""
+    hf_config = vllm_config.model_config.hf_text_config
+    counts = check_expert_counts(hf_config, adapter)
+    if counts[layer] in (0, adapter.num_experts(hf_config)):
+        return vllm_config
+    layer_hf = layer_config(hf_config, adapter, counts[layer])
+    model_config = copy.copy(vllm_config.model_config)
+    if model_config.hf_config is hf_config:
+        model_config.hf_config = layer_hf
+    model_config.hf_text_config = layer_hf
+    out = copy.copy(vllm_config)
+    out.model_config = model_config
+    return out
+
+
+class ExpertCountCheck:
+    """Compares checkpoint tensors with ``num_experts_per_layer`` while they stream into vLLM.
+
+    Router rows and packed expert stacks must have c_l entries on dim 0; per-expert tensors must be numbered
+    0..c_l-1, all present (checked in ``finish``). Names are checkpoint (HF) names.
+    """
+
+    def __init__(self, adapter: FamilyAdapter, hf_config: Any):
+        self.adapter = adapter
+        self.counts = check_expert_counts(hf_config, adapter)
+        self.seen: dict[int, set[int]] = {}
+
+    def _mismatch(self, layer: int, name: str, what: str) -> ValueError:
+        return ValueError(
+            f"specialist config and tensors disagree in layer {layer}: config.json {EXPERTS_PER_LAYER_KEY}"
+            f"[{layer}] = {self.counts[layer]}, but {what} ({name}). Re-run `apply` or fix config.json."
+        )
+
+    def check(self, name: str, tensor: torch.Tensor) -> None:
+        role = self.adapter.tensor_role(name)
+        if role is None:
+            return
+        if role.layer >= len(self.counts):
+            raise ValueError(
+                f"checkpoint tensor {name} belongs to layer {role.layer}, but config.json has "
+                f"{len(self.counts)} layers ({EXPERTS_PER_LAYER_KEY} has {len(self.counts)} entries)"
+            )
+        if role.kind in ("router", "packed"):
+            if tensor.shape[0] != self.counts[role.layer]:
+                raise self._mismatch(role.layer, name, f"the tensor holds {tensor.shape[0]} experts on dim 0")
+        else:
+            assert role.expert is not None
+            if role.expert >= self.counts[role.layer]:
+                raise self._mismatch(
+                    role.layer, name, f"the checkpoint has an expert numbered {role.expert} (ids must be < "
+                    f"{self.counts[role.layer]})"
+                )
+            self.seen.setdefault(role.layer, set()).add(role.expert)
+
+    def watch(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            self.check(name, tensor)
+            yield name, tensor
+
+    def finish(self) -> None:
+        for layer, ids in sorted(self.seen.items()):
+            missing = sorted(set(range(self.counts[layer])) - ids)
+            if missing:
+                raise self._mismatch(
+                    layer, f"layer {layer}", f"the checkpoint has only {len(ids)} experts (missing ids {missing})"
+                )
+
+
+def _moe_attributes(model: nn.Module, moe_blocks: list[nn.Module], counts: list[int]) -> None:
+    """vLLM's MixtureOfExperts bookkeeping (used by EPLB, which is refused): the max count stands for all."""
+    model.moe_layers = [b.experts for b in moe_blocks]
+    model.num_moe_layers = len(moe_blocks)
+    model.num_expert_groups = 1
+    model.num_shared_experts = 0
+    model.num_logical_experts = model.num_physical_experts = max(counts)
+    model.num_local_physical_experts = model.num_routed_experts = max(counts)
+    model.num_redundant_experts = 0
+
+
+# ---- Qwen3-MoE ----
+class PrunedQwen3MoeDecoderLayer(Qwen3MoeDecoderLayer):
+    """Qwen3-MoE decoder layer built from its own expert count."""
+
+    def __init__(self, vllm_config: VllmConfig, prefix: str = "", **kwargs: Any) -> None:
+        layer = extract_layer_index(prefix)
+        super().__init__(vllm_config=layer_vllm_config(vllm_config, QWEN3_MOE, layer), prefix=prefix, **kwargs)
+
+
+class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
+    """vLLM Qwen3-MoE with per-layer expert counts (config.json ``num_experts_per_layer``)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        refuse_expert_parallel(vllm_config, QWEN3_MOE)
+        nn.Module.__init__(self)  # Qwen3MoeForCausalLM.__init__ hard-codes its decoder layer
+        config = vllm_config.model_config.hf_text_config
+        self.config, self.quant_config = config, vllm_config.quant_config
+        self.counts = check_expert_counts(config, QWEN3_MOE)
+        if getattr(config, "mlp_only_layers", []):
+            self.packed_modules_mapping = {**self.packed_modules_mapping, "gate_up_proj": ["gate_proj", "up_proj"]}
+        self.model = Qwen3MoeModel(
+            vllm_config=vllm_config,
+            prefix=maybe_prefix(prefix, "model"),
+            decoder_layer_type=PrunedQwen3MoeDecoderLayer,
+        )
+        self.lm_head = ParallelLMHead(
+            config.vocab_size, config.hidden_size, quant_config=self.quant_config,
+            prefix=maybe_prefix(prefix, "lm_head"),
+        )
+        if config.tie_word_embeddings:
+            self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
+        self.logits_processor = LogitsProcessor(config.vocab_size)
+        self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
+        blocks = [
+            layer.mlp for layer in self.model.layers if isinstance(getattr(layer, "mlp", None), Qwen3MoeSparseMoeBlock)
+        ]
+        _moe_attributes(self, blocks, self.counts)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        check = ExpertCountCheck(QWEN3_MOE, self.config)
+        loaded = super().load_weights(check.watch(weights))
+        check.finish()
+        return loaded
+
+
+# ---- GPT-OSS ----
+class PrunedMLPBlock(MLPBlock):
+    """GPT-OSS MoE block (router + FusedMoE) built from its layer's expert count."""
+
+    def __init__(self, vllm_config: VllmConfig, layer_idx: int, prefix: str = ""):
+        super().__init__(layer_vllm_config(vllm_config, GPT_OSS, layer_idx), layer_idx, prefix=prefix)
+
+
+class PrunedTransformerBlock(TransformerBlock):
+    mlp_cls = PrunedMLPBlock
+
+
+class PrunedGptOssModel(GptOssModel):
+    block_cls = PrunedTransformerBlock
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """GptOssModel's loaders read the scalar expert count (e.g. to reshape MXFP4 blocks); load each
+        tensor while ``self.config`` says its layer's count."""
+        full = self.config
+        counts = check_expert_counts(full, GPT_OSS)
+        per_layer = {i: layer_config(full, GPT_OSS, c) for i, c in enumerate(counts) if c not in (0, max(counts))}
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            m = _LAYER.search(name)
+            self.config = per_layer.get(int(m.group(1)), full) if m else full
+            try:
+                loaded |= super().load_weights([(name, tensor)])
+            finally:
+                self.config = full
+        return loaded
+
+
+class PrunedGptOssForCausalLM(GptOssForCausalLM):
+    """vLLM GPT-OSS with per-layer expert counts (config.json ``num_experts_per_layer``)."""
+
+    def __init__(self, vllm_config: VllmConfig, prefix: str = ""):
+        refuse_expert_parallel(vllm_config, GPT_OSS)
+        nn.Module.__init__(self)  # GptOssForCausalLM.__init__ hard-codes its model class
+        self.vllm_config = vllm_config
+        self.config = vllm_config.model_config.hf_config
+        self.counts = check_expert_counts(self.config, GPT_OSS)
+        self.model = PrunedGptOssModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
+        self.lm_head = ParallelLMHead(
+            self.config.vocab_size, self.config.hidden_size, prefix=maybe_prefix(prefix, "lm_head")
+        )
+        self.logits_processor = LogitsProcessor(self.config.vocab_size)
+        self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        check = ExpertCountCheck(GPT_OSS, self.config)
+        loaded = super().load_weights(check.watch(weights))
+        check.finish()
+        return loaded
