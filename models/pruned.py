@@ -82,11 +82,31 @@ PRUNED_CLASSES: dict[str, type[nn.Module]] = {
 }
 
 
+def _by_architecture(config_cls: type, base_cls: type, pruned_cls: type) -> type:
+    """An AutoModelForCausalLM entry that builds ``pruned_cls`` when config.architectures names it and
+    ``base_cls`` otherwise (transformers' own tuple entries fail on configs whose architectures is None)."""
+
+    def pick(config) -> type:
+        return pruned_cls if pruned_cls.__name__ in (getattr(config, "architectures", None) or []) else base_cls
+
+    def from_pretrained(cls, *args, config=None, **kwargs):
+        return pick(config).from_pretrained(*args, config=config, **kwargs)
+
+    def _from_config(cls, config, **kwargs):
+        return pick(config)._from_config(config, **kwargs)
+
+    return type(
+        f"{base_cls.__name__}OrPruned",
+        (),
+        {"config_class": config_cls, "from_pretrained": classmethod(from_pretrained),
+         "_from_config": classmethod(_from_config)},
+    )
+
+
 def register_transformers() -> None:
     """Let AutoModelForCausalLM choose the pruned class by config.json ``architectures``. Idempotent."""
     for config_cls, base_cls, pruned_cls in (
         (Qwen3MoeConfig, Qwen3MoeForCausalLM, PrunedQwen3MoeForCausalLM),
         (GptOssConfig, GptOssForCausalLM, PrunedGptOssForCausalLM),
     ):
-        # A tuple: transformers picks the entry whose name is in config.architectures, else the first.
-        AutoModelForCausalLM.register(config_cls, (base_cls, pruned_cls), exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, _by_architecture(config_cls, base_cls, pruned_cls), exist_ok=True)
