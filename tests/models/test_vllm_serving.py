@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.util
 import json
 import os
 import traceback
@@ -145,7 +144,6 @@ def vllm_greedy(llm: Any, prompts: list[list[int]], max_new_tokens: int) -> list
 
 
 # ---------------------------------------------------------------------------------------------------------
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
 
 
 def test_register_is_idempotent() -> None:

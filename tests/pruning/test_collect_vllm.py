@@ -7,7 +7,6 @@ Generate mode records the prompt and vLLM's own translation while it generates.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,6 @@ import torch
 
 from pruning.data import CalibrationSequence
 from tests.models.test_vllm_serving import COUNTS, FAMILIES, build_tiny, byte_tokenizer, vllm_engine
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
 
 TEXTS = [
     "Translate this passage from English to German.\n\nThe cat sat on the mat.",
