@@ -104,8 +104,17 @@ async def bench(direct_url: str, gateway_url: str, prompt: str, args: argparse.N
             await load(send, 2, 4)
         rows = []
         for c in args.concurrency:
-            d_rps, d_lat = await load(direct, c, args.requests)
-            g_rps, g_lat = await load(gateway, c, args.requests)
+            # Alternate the two paths in rounds, so drifting background load hits both alike.
+            d_time = g_time = 0.0
+            d_lat: list[float] = []
+            g_lat: list[float] = []
+            per_round = max(args.requests // args.rounds, c)
+            for _ in range(args.rounds):
+                rps, lat = await load(direct, c, per_round)
+                d_time, d_lat = d_time + per_round / rps, d_lat + lat
+                rps, lat = await load(gateway, c, per_round)
+                g_time, g_lat = g_time + per_round / rps, g_lat + lat
+            d_rps, g_rps = len(d_lat) / d_time, len(g_lat) / g_time
             rows.append({
                 "concurrency": c, "direct_rps": d_rps, "gateway_rps": g_rps, "ratio": g_rps / d_rps,
                 "direct_p50_ms": 1e3 * pct(d_lat, 50), "gateway_p50_ms": 1e3 * pct(g_lat, 50),
@@ -121,6 +130,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level and path")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4, help="alternating direct/gateway rounds per level")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -142,7 +152,8 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{vport}/health", server, work / "vllm.log")
         spec = {"name": "bench", "path": f"http://127.0.0.1:{vport}", "directions": ["en-de"]}
         genv = {**env, "MOE_SPECIALISTS": json.dumps([spec]), "MOE_PORT": str(gport),
-                "MOE_MAX_QUEUE_PER_ENGINE": "100000", "MOE_MAX_TOKENS_LIMIT": str(max(args.max_tokens, 1024))}
+                "MOE_MAX_QUEUE_PER_ENGINE": "100000",
+                "MOE_ACCESS_LOG": "false", "MOE_MAX_TOKENS_LIMIT": str(max(args.max_tokens, 1024))}
         gateway = start([sys.executable, "-m", "service.cli"], genv, work / "gateway.log")
         wait_http(f"http://127.0.0.1:{gport}/readyz", gateway, work / "gateway.log")
         rows = asyncio.run(bench(f"http://127.0.0.1:{vport}", f"http://127.0.0.1:{gport}", prompt, args))

@@ -74,7 +74,8 @@ def serve(
         settings = settings.model_copy(
             update={"specialists": default_specialists(), "enforce_eager": True, "max_model_len": 1024}
         )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                access_log=settings.access_log)
 
 
 if __name__ == "__main__":

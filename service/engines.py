@@ -142,8 +142,11 @@ class Engine(ABC):
         """Update ``state`` from the engine (never raises)."""
 
     @abstractmethod
-    def stream(self, source: str, target: str, text: str, params: GenerationParams) -> AsyncIterator[Generation]:
-        """Generate the translation of ``text``; yields cumulative ``Generation``s, the last one finished."""
+    def stream(
+        self, source: str, target: str, text: str, params: GenerationParams, incremental: bool = True
+    ) -> AsyncIterator[Generation]:
+        """Generate the translation of ``text``; yields cumulative ``Generation``s, the last one finished.
+        ``incremental=False``: the caller needs only the end, an engine may yield it alone (cheaper)."""
 
 
 def _load_tokenizer(name_or_path: str) -> Any:
@@ -195,7 +198,7 @@ class LocalVllmEngine(Engine):
                 self.state, self.error = "ready", None
 
     async def stream(
-        self, source: str, target: str, text: str, params: GenerationParams
+        self, source: str, target: str, text: str, params: GenerationParams, incremental: bool = True
     ) -> AsyncIterator[Generation]:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
@@ -282,7 +285,7 @@ class RemoteVllmEngine(Engine):
             log.warning("%s: no tokenizer from %s (%s); prompts go through /v1/chat/completions", self.name, source, e)
 
     async def stream(
-        self, source: str, target: str, text: str, params: GenerationParams
+        self, source: str, target: str, text: str, params: GenerationParams, incremental: bool = True
     ) -> AsyncIterator[Generation]:
         body: dict[str, Any] = {
             "model": self.model,
@@ -293,9 +296,9 @@ class RemoteVllmEngine(Engine):
             "repetition_penalty": params.repetition_penalty,
             "skip_special_tokens": False,
             "spaces_between_special_tokens": False,
-            "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if incremental:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
         prompt_tokens = 0
         if self.tokenizer is not None:
             prompt = render(self.tokenizer, source, target, text)
@@ -307,14 +310,14 @@ class RemoteVllmEngine(Engine):
             url, chat = "/v1/chat/completions", True
         body["max_tokens"] = self.clamp_max_tokens(prompt_tokens, params.max_tokens)
 
+        if not incremental:
+            yield await self._complete(url, chat, body, prompt_tokens)
+            return
         out, tokens, finish = "", 0, None
         try:
             async with self.client.stream("POST", url, json=body) as resp:
                 if resp.status_code >= 400:
-                    detail = (await resp.aread()).decode(errors="replace")[:500]
-                    if resp.status_code in (400, 413, 422):
-                        raise EngineInputError(f"specialist {self.name!r} refused the input: {detail}")
-                    raise self._unreachable(f"server answered {resp.status_code}: {detail}")
+                    raise self._refused(resp, (await resp.aread()).decode(errors="replace")[:500])
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -337,6 +340,30 @@ class RemoteVllmEngine(Engine):
         except (json.JSONDecodeError, AttributeError, TypeError) as e:
             raise EngineUnavailable(f"specialist {self.name!r}: malformed stream from the server: {e}") from e
         yield Generation(out, tokens, prompt_tokens, True, finish)
+
+    def _refused(self, resp: httpx.Response, detail: str) -> EngineError:
+        if resp.status_code in (400, 413, 422):
+            return EngineInputError(f"specialist {self.name!r} refused the input: {detail}")
+        return self._unreachable(f"server answered {resp.status_code}: {detail}")
+
+    async def _complete(self, url: str, chat: bool, body: dict[str, Any], prompt_tokens: int) -> Generation:
+        """One non-streamed call: a single JSON answer (no per-token events to parse)."""
+        try:
+            resp = await self.client.post(url, json=body)
+            if resp.status_code >= 400:
+                raise self._refused(resp, resp.text[:500])
+            data = resp.json()
+            choice = data["choices"][0]
+            text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+            usage = data.get("usage") or {}
+            return Generation(
+                text or "", usage.get("completion_tokens", 0), usage.get("prompt_tokens", prompt_tokens), True,
+                choice.get("finish_reason"),
+            )
+        except httpx.HTTPError as e:
+            raise self._unreachable(f"{type(e).__name__}: {e}") from e
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+            raise EngineUnavailable(f"specialist {self.name!r}: malformed answer from the server: {e}") from e
 
 
 class EnginePool:

@@ -140,6 +140,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(120, gt=0)
     retry_after_s: int = Field(2, ge=1)
 
+    access_log: bool = True  # uvicorn's line per request
     api_keys: list[str] = []  # empty: no key needed
     cors_origins: list[str] = []
     readiness: Literal["any", "all"] = "any"  # /readyz is 200 when any (or all) engines are ready

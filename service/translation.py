@@ -162,13 +162,17 @@ class Translator:
             stack.callback(self.metrics.inflight.labels(name).dec, n)
 
     # ---- generation ----
-    async def _generate(self, p: Planned, target: str, params: GenerationParams) -> AsyncIterator[Generation]:
-        """Stream one text, recording TTFT, tokens, latency and status for its specialist and direction."""
+    async def _generate(
+        self, p: Planned, target: str, params: GenerationParams, incremental: bool = True
+    ) -> AsyncIterator[Generation]:
+        """Generate one text, recording TTFT (when incremental or the engine streams anyway), tokens, latency
+        and status for its specialist and direction."""
         labels = (p.engine.name, f"{p.source}-{target}")
         start, status, last, first = time.perf_counter(), "200", None, True
         try:
-            async for g in p.engine.stream(p.source, target, p.text, params):
-                if first and g.tokens > 0:
+            async for g in p.engine.stream(p.source, target, p.text, params, incremental):
+                # A lone final answer (a non-streamed remote call) says nothing about the first token.
+                if first and g.tokens > 0 and (incremental or not g.finished):
                     self.metrics.ttft.labels(*labels).observe(time.perf_counter() - start)
                     first = False
                 last = g
@@ -193,7 +197,7 @@ class Translator:
 
     async def _one(self, p: Planned, target: str, params: GenerationParams) -> TranslationItem:
         last = Generation("", 0, 0)
-        async for g in self._generate(p, target, params):
+        async for g in self._generate(p, target, params, incremental=False):
             last = g
         return TranslationItem(
             text=extract_translation(last.text, p.engine.end_markers),
