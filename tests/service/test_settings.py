@@ -79,3 +79,13 @@ def test_zero_configuration_default(tmp_path, monkeypatch):
     (spec,) = cli.default_specialists()
     assert spec.name == "tiny-random-demo" and (tmp_path / "demo" / "config.json").exists()
     assert "garbage" in (tmp_path / "demo" / "README.md").read_text()
+
+
+def test_zero_configuration_serves_the_bundled_translator():
+    from models.tiny_translator import BUNDLED_MODEL_DIR
+
+    if not (BUNDLED_MODEL_DIR / "config.json").exists():
+        pytest.skip("bundled translator weights not present")
+    (spec,) = cli.default_specialists()
+    assert spec.name == "tiny-translator" and spec.path == str(BUNDLED_MODEL_DIR)
+    assert {"en", "de"} <= set(spec.languages)
