@@ -4,6 +4,8 @@ calibrate  route translation prompts through a model, save routing statistics (t
 plan       rank experts and allocate per-layer counts from saved statistics -> plan.json (instant)
 apply      slice the base checkpoint by a plan -> specialist folder (loads in transformers and vLLM)
 prune      all three in one go
+evaluate   translate a FLORES-style split: chrF, BLEU, degenerate-output rate (JSON)
+sweep      compression curves per method, kept-expert IoU, unseen-language comparison -> docs/results
 recover    recovery tuning: full fine-tuning of a specialist (SFT on pairs, or distillation from its parent)
 """
 
@@ -290,6 +292,93 @@ def recover(
     if "distillation" in rec:
         summary["backend"] = rec["distillation"]["backend"]
     typer.echo(json.dumps({"specialist": str(path), "experts_per_layer": plan.experts_per_layer(), **summary}))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Model or specialist folder (or hub id).")],
+    directions: Annotated[str, typer.Option("--directions", "-d", help="Comma-separated, e.g. en-de,de-en.")],
+    data: DataDir = Path("../shared/data/flores200"),
+    split: str = "devtest",
+    limit: Annotated[int | None, typer.Option(help="Only the first N passages per direction.")] = None,
+    backend: Annotated[str, typer.Option(help="transformers (always works) or vllm.")] = "transformers",
+    seeds: Annotated[str, typer.Option(help="Comma-separated decode seeds (used when sampling).")] = "0",
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
+) -> None:
+    """Translate DATA/SPLIT with MODEL; chrF, BLEU and the degenerate-output rate per direction (JSON)."""
+    from pruning.evaluate import evaluate as run
+
+    try:
+        res = run(
+            model,
+            data,
+            _langs(directions),
+            split=split,
+            limit=limit,
+            backend=backend,
+            seeds=[int(s) for s in _langs(seeds)],
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            out=out,
+        )
+    except ValueError as e:
+        _fail(e)
+    typer.echo(res.model_dump_json(indent=1, exclude={"directions": {"__all__": {"seeds"}}}))
+
+
+@app.command()
+def sweep(
+    model: Annotated[str, typer.Argument(help="Base model folder (or hub id).")],
+    work: Annotated[Path, typer.Option(help="Folder for statistics, cached evaluations, temporary specialists.")],
+    out: Annotated[Path, typer.Option(help="Where the report (.md, .json, PNG) goes.")] = Path("docs/results"),
+    languages: Languages = "de,fr,ru",
+    drops: Annotated[str, typer.Option(help="Drop levels for every method.")] = "0,8,16,24",
+    default_drops: Annotated[str, typer.Option(help="Extra drop levels for the default method only.")] = "28",
+    methods: Annotated[str | None, typer.Option(help="Comma-separated (default: all six).")] = None,
+    data: DataDir = Path("../shared/data/flores200"),
+    limit: Annotated[int | None, typer.Option(help="Evaluation passages per direction.")] = 100,
+    calib_limit: Annotated[int | None, typer.Option(help="Calibration passages.")] = 200,
+    unseen: Annotated[str | None, typer.Option(help="Language left out for per-language vs multilingual.")] = None,
+    unseen_drops: str = "16,24",
+    backend: str = "transformers",
+    batch_size: int = 32,
+    name: Annotated[str, typer.Option(help="File stem of the report.")] = "compression",
+    minutes: Annotated[float | None, typer.Option(help="Stop starting new evaluations after this long.")] = None,
+) -> None:
+    """Compression curves per method, kept-expert IoU between languages, unseen-language comparison."""
+    import time
+
+    from pydantic import ValidationError
+
+    from pruning.sweep import METHODS, Sweep, SweepConfig
+
+    ints = lambda s: [int(x) for x in _langs(s)]  # noqa: E731
+    try:
+        config = SweepConfig(
+            model=model,
+            data_dir=data,
+            work_dir=work,
+            out_dir=out,
+            languages=_langs(languages),
+            drops=ints(drops),
+            default_drops=ints(default_drops),
+            methods=_langs(methods) if methods else list(METHODS),
+            limit=limit,
+            calib_limit=calib_limit,
+            unseen=unseen,
+            unseen_drops=ints(unseen_drops),
+            backend=backend,
+            batch_size=batch_size,
+            name=name,
+        )
+        path = Sweep(config, log=typer.echo).run(deadline=time.time() + 60 * minutes if minutes else None)
+    except (ValueError, ValidationError) as e:
+        _fail(e)
+    typer.echo(f"report written to {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""The evaluation harness: extraction, degenerate detection, scoring wiring, and a tiny model end to end."""
+
+import json
+
+import pytest
+import sacrebleu
+
+from pruning.evaluate import classify, corpus_scores, evaluate, extract, has_loop, parse_directions
+from tests.tiny import save_tiny
+
+
+@pytest.mark.parametrize(
+    ("raw", "text", "residue"),
+    [
+        ("Hallo Welt.<eos>", "Hallo Welt.", False),
+        ("  Hallo Welt. <|end|><|pad|><|pad|>", "Hallo Welt.", False),
+        ("Hallo<|end|> trailing junk after the end", "Hallo", False),
+        ("Hallo<|user|>Translate this", "HalloTranslate this", True),  # a new turn before any end marker
+        ("<|assistant|>Hallo Welt.<eos>", "Hallo Welt.", True),
+        ("<think>let me think</think>Hallo<|im_end|>", "Hallo", False),
+        ("<think>still thinking", "", True),
+        (
+            "<|channel|>analysis<|message|>hmm<|end|><|start|>assistant<|channel|>final<|message|>Hallo<|return|>",
+            "Hallo",
+            False,
+        ),
+        ("<|channel|>analysis<|message|>thinking, cut off", "", True),
+        ("Hallo\nassistant\n", "Hallo", True),
+    ],
+)
+def test_extract(raw, text, residue):
+    assert extract(raw) == (text, residue)
+
+
+@pytest.mark.parametrize(
+    ("text", "loop"),
+    [
+        ("The cat sat on the mat.", False),
+        ("very very good", False),  # 2 repeats are language
+        ("the the the the", True),  # a 1-gram 4 times
+        ("I am here. I am here. I am here. I am here.", True),  # a 3-gram 4 times
+        ("a b c d e f g h a b c d e f g h a b c d e f g h a b c d e f g h", True),  # an 8-gram
+        ("Es ist 10.000.000 Euro wert.", False),
+        ("哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈", True),  # no spaces: 1 char x 20
+        ("我们我们我们我们我们我们我们我们我们我们", True),  # 2 chars x 10
+        ("我们去商店买东西。", False),
+        ("abcabcabcabc", False),  # a char loop shorter than 20 characters
+    ],
+)
+def test_has_loop(text, loop):
+    assert has_loop(text) is loop
+
+
+def test_classify_order():
+    assert classify("") == ("", "empty")
+    assert classify("   <eos>") == ("", "empty")
+    assert classify("<|user|>") == ("", "residue")
+    assert classify("la la la la la<eos>") == ("la la la la la", "loop")
+    assert classify("Bonjour.<eos>") == ("Bonjour.", None)
+
+
+def test_corpus_scores_match_sacrebleu():
+    hyps = ["The cat sat on the mat.", "A dog barks loudly", ""]
+    refs = ["The cat is on the mat.", "The dog barks loudly.", "Hello there."]
+    chrf, bleu = corpus_scores(hyps, refs, "en")
+    assert chrf == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert bleu == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert corpus_scores(refs, refs, "en") == (pytest.approx(100.0), pytest.approx(100.0))
+    # an empty (degenerate) hypothesis lowers the corpus score
+    assert corpus_scores(["The cat is on the mat.", ""], refs[:2], "en")[0] < corpus_scores(refs[:2], refs[:2], "en")[0]
+
+
+def test_parse_directions():
+    assert parse_directions(["en-de", ("fr", "en")]) == [("en", "de"), ("fr", "en")]
+    for bad in (["en"], ["en-en"], []):
+        with pytest.raises(ValueError, match="direction"):
+            parse_directions(bad)
+
+
+def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, flores_dir):
+    model = save_tiny("qwen3_moe", tmp_path / "m")
+    out = tmp_path / "res.json"
+    res = evaluate(model, flores_dir, ["en-de", "de-en"], limit=3, max_new_tokens=12, out=out)
+    assert set(res.directions) == {"en-de", "de-en"}
+    r = res.directions["en-de"]
+    assert r.n == 3 and len(r.seeds) == 1 and r.chrf_std == 0.0
+    assert 0.0 <= r.degenerate_rate <= 1.0 and 0.0 <= r.chrf <= 100.0
+    assert sum(r.seeds[0].degenerate.values()) == round(r.degenerate_rate * 3)
+    assert json.loads(out.read_text())["directions"]["de-en"]["n"] == 3
+    # greedy is deterministic
+    again = evaluate(model, flores_dir, ["en-de"], limit=3, max_new_tokens=12)
+    assert again.directions["en-de"].chrf == r.chrf
+    sampled = evaluate(model, flores_dir, ["en-de"], limit=3, max_new_tokens=12, temperature=1.0, seeds=[0, 1, 2])
+    s = sampled.directions["en-de"]
+    assert [x.seed for x in s.seeds] == [0, 1, 2]
+    assert s.chrf == pytest.approx(sum(x.chrf for x in s.seeds) / 3)
+
+
+def test_evaluate_refuses_bad_requests(tmp_path, flores_dir):
+    with pytest.raises(ValueError, match="temperature"):
+        evaluate(tmp_path, flores_dir, ["en-de"], temperature=-1)
+    with pytest.raises(ValueError, match="available"):
+        evaluate(tmp_path, flores_dir, ["en-xx"])
+    with pytest.raises(ValueError, match="backend"):
+        evaluate(save_tiny("qwen3_moe", tmp_path / "m"), flores_dir, ["en-de"], limit=1, backend="onnx")
+
+
+def test_cli_evaluate(tmp_path, flores_dir):
+    from typer.testing import CliRunner
+
+    from pruning.cli import app
+
+    model = save_tiny("qwen3_moe", tmp_path / "m")
+    out = tmp_path / "r.json"
+    args = ["evaluate", str(model), "-d", "en-de", "--data", str(flores_dir), "--limit", "2", "--max-new-tokens", "6"]
+    r = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["directions"]["en-de"]["n"] == 2
+    bad = CliRunner().invoke(app, [*args[:3], "en-xx", *args[4:]])
+    assert bad.exit_code == 2 and "available" in bad.output
