@@ -167,23 +167,18 @@ def prometheus_url(tmp_path_factory) -> Iterator[str]:
             lambda: httpx.get(f"{gateway}/readyz", timeout=5).json()["specialists"]["tiny-en-de"]["state"] == "ready",
             procs,
         )
-        send_traffic(gateway)
-
-        def scraped() -> bool:
-            """Both targets up, and the last scrape has seen the 503 and the vLLM requests."""
-            q = httpx.get(
-                f"{prom}/api/v1/query",
-                params={
-                    "query": (
-                        "count(up == 1) == 2 and on() sum(moe_gateway_rejections_total) >= 1"
-                        " and on() sum(vllm:request_success_total) >= 5"
-                    )
-                },
-                timeout=5,
-            ).json()
-            return bool(q["data"]["result"])
-
-        wait_for("Prometheus scraped the traffic", scraped, procs, timeout=60)
+        # Two rounds: a counter or histogram series appears at its first increment, and rate() counts only
+        # increases it has seen scraped, so the series must be in Prometheus before the traffic it measures.
+        for rounds in (1, 2):
+            send_traffic(gateway)
+            expected = (
+                f"count(up == 1) == 2"
+                f" and on() sum(moe_gateway_time_to_first_token_seconds_count) >= {rounds}"
+                f" and on() sum(moe_gateway_requests_total) >= {5 * rounds}"
+                f" and on() sum(moe_gateway_rejections_total) >= {rounds}"
+                f" and on() sum(vllm:request_success_total) >= {5 * rounds}"
+            )
+            wait_for(f"Prometheus scraped traffic round {rounds}", lambda q=expected: query(prom, q), procs, timeout=60)
         time.sleep(3)  # a few more scrapes, so rate() has points after the last increase
         yield prom
 
