@@ -250,8 +250,8 @@ class Sweep:
         return res
 
     def jobs(self) -> list[tuple[str, Callable[[], object]]]:
-        """(key, job) in priority order: parent, the default method, other methods (middle drops first),
-        the unseen-language comparison."""
+        """(key, job) in priority order: parent, the default method, the unseen-language comparison, other
+        methods (middle drops first)."""
         c = self.config
         out: list[tuple[str, Callable[[], object]]] = [("parent", lambda: self.run_eval("parent"))]
         drops = [d for d in c.drops if d > 0]
@@ -259,8 +259,6 @@ class Sweep:
         methods = [m for m in c.methods if m != DEFAULT_METHOD]
         if DEFAULT_METHOD in c.methods:
             out += [(f"{DEFAULT_METHOD}-d{d}", self._curve_job(DEFAULT_METHOD, d)) for d in default_drops]
-        middle = sorted(drops, key=lambda d: abs(d - self.num_experts / 2))
-        out += [(f"{m}-d{d}", self._curve_job(m, d)) for d in middle for m in methods]
         if c.unseen:
             seen = [lang for lang in c.languages if lang != c.unseen]
             unseen_dirs = [f"{c.pivot}-{c.unseen}", f"{c.unseen}-{c.pivot}"]
@@ -268,6 +266,8 @@ class Sweep:
                 for tag, langs in (("single", seen[:1]), ("multi", seen)):
                     key = f"unseen-{tag}-d{d}"
                     out.append((key, self._plan_job(key, d, c.to_x(langs), unseen_dirs)))
+        middle = sorted(drops, key=lambda d: (abs(d - self.num_experts / 2), -d))
+        out += [(f"{m}-d{d}", self._curve_job(m, d)) for d in middle for m in methods]
         return out
 
     def _curve_job(self, method: str, drop: int) -> Callable[[], object]:
@@ -426,7 +426,8 @@ def render_report(sweep: Sweep, summary: dict, plots: list[str]) -> str:
         f"multilingual, ranked on {', '.join(c.to_x())}. Evaluation: {c.split} split, first {c.limit} passages "
         f"per direction, {c.backend} backend, greedy decoding, chrF (sacrebleu, corpus level); degenerate outputs "
         "(empty, looping, template residue) are scored as empty. Drop 0 = the parent for every method.",
-        f"Wall time so far: {summary['wall_seconds'] / 60:.1f} min.",
+        f"Translation time: {sum(r.seconds for e in sweep.evals.values() for r in e.directions.values()) / 60:.1f} "
+        f"min over {len(sweep.evals)} evaluations (cached ones included).",
         "",
     ]
     if parent:
