@@ -5,7 +5,7 @@ the latency the gateway adds (p50, p99). Goal (issue 5): ratio >= 0.95, added p5
 Both paths send the same prompt (``models.prompts.render``) with greedy decoding and the same max_tokens, so
 the engine does the same work; the difference is the gateway's HTTP hop, routing, admission and extraction.
 
-    python benchmarks/gateway_overhead.py                       # tiny random model on the CPU
+    python benchmarks/gateway_overhead.py                       # the bundled tiny translator on the CPU
     python benchmarks/gateway_overhead.py --model /models/en-de --concurrency 1 4 16 --requests 200
 """
 
@@ -126,7 +126,7 @@ async def bench(direct_url: str, gateway_url: str, prompt: str, args: argparse.N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model folder (default: a tiny random Qwen3-MoE built in a temp dir)")
+    parser.add_argument("--model", help="model folder (default: the bundled tiny translator)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level and path")
     parser.add_argument("--max-tokens", type=int, default=16)
@@ -137,10 +137,10 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from models.prompts import render
-    from service.tiny_model import build_tiny_moe
+    from models.tiny_translator import BUNDLED_MODEL_DIR
 
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    model = args.model or str(build_tiny_moe(work / "tiny"))
+    model = args.model or str(BUNDLED_MODEL_DIR)
     prompt = render(AutoTokenizer.from_pretrained(model), "en", "de", TEXT)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     vport, gport = free_port(), free_port()

@@ -63,6 +63,7 @@ class SpecialistEntry(BaseModel):
     directions: list[str] = []  # served directions "en-de"; empty with languages = multilingual
     languages: list[str] = []  # a multilingual specialist serves every pair among these
     experts_per_layer: list[int] = []
+    base_experts_per_layer: list[int] = []  # of the base model: experts kept / total = sum(above) / sum(this)
     parameters: int = 0
     weight_bytes: int = 0
     base_weight_bytes: int = 0
@@ -226,13 +227,13 @@ def entry_from_dir(
     params, nbytes = weight_stats(folder)
     if plan is None and (folder / "plan.json").is_file():
         plan = folder / "plan.json"
-    base_bytes = 0
+    base_bytes, base_experts = 0, _experts_per_layer(config)
     if plan is not None:
         from pruning.plan import Plan
 
         recorded = Plan.load(plan).base
         base = recorded.id if base is None else base
-        base_bytes = recorded.weight_bytes
+        base_bytes, base_experts = recorded.weight_bytes, recorded.experts_per_layer
     if base is None:
         base, base_bytes = folder, nbytes
     elif Path(base).is_dir():
@@ -247,6 +248,7 @@ def entry_from_dir(
         directions=list(directions or []),
         languages=list(languages or []),
         experts_per_layer=_experts_per_layer(config),
+        base_experts_per_layer=base_experts,
         parameters=params,
         weight_bytes=nbytes,
         base_weight_bytes=base_bytes,

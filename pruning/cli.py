@@ -7,6 +7,8 @@ prune      all three in one go
 evaluate   translate a FLORES-style split: chrF, BLEU, degenerate-output rate (JSON)
 sweep      compression curves per method, kept-expert IoU, unseen-language comparison -> docs/results
 recover    recovery tuning: full fine-tuning of a specialist (SFT on pairs, or distillation from its parent)
+serve      the translation gateway: routes requests by language pair to specialists loaded in vLLM
+registry   register, materialise, list, show, remove, push and pull specialists
 """
 
 from __future__ import annotations
@@ -379,6 +381,40 @@ def sweep(
     except (ValueError, ValidationError) as e:
         _fail(e)
     typer.echo(f"report written to {path}")
+
+
+@app.command()
+def serve(
+    specialist: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--specialist",
+            "-s",
+            help="name=path:directions, repeatable. path: a folder, hub id or http(s) URL of a vLLM server; "
+            "directions: en-de,de-en (those), en,de,fr (every pair among them) or base. "
+            "Example: -s en-de=/models/en-de:en-de,de-en",
+        ),
+    ] = None,
+    registry: Annotated[
+        Path | None, typer.Option(help="Serve every specialist registered in this registry folder.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1, MOE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000, MOE_PORT).")] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option("--api-key", help="Accepted API key, repeatable (default: none needed).")
+    ] = None,
+) -> None:
+    """Serve translation specialists over HTTP (FastAPI + vLLM). With no specialist and no registry it serves
+    pruned specialists of the bundled tiny translator on the CPU. MOE_* environment variables set the rest
+    (see service/settings.py)."""
+    from pydantic import ValidationError
+
+    from service.cli import serve as run_gateway
+
+    try:
+        run_gateway(specialists=specialist, registry=registry, host=host, port=port, api_keys=api_key)
+    except (ValueError, ValidationError) as e:
+        _fail(e)
 
 
 if __name__ == "__main__":

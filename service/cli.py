@@ -1,8 +1,8 @@
 """``serve``: run the gateway with uvicorn (the ``moe-specialists serve`` command calls it).
 
 Specialists come from ``--specialist name=path:directions`` options, a registry folder, or MOE_* settings.
-With none of these it serves the bundled tiny translator on the CPU (or, while the bundled weights are not
-there, a tiny RANDOM demo model built in a cache folder: it answers with garbage).
+With none of these it serves the specialists of the bundled tiny translator on the CPU, materialised from the
+bundled plans into a registry under ``~/.cache/moe-specialists/bundled`` (``BUNDLED_REGISTRY_ENV`` moves it).
 """
 
 from __future__ import annotations
@@ -13,32 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from service.settings import Settings, SpecialistSpec
-from service.tiny_model import TINY_MODEL_NOTE, build_tiny_moe
 
 log = logging.getLogger("service.cli")
 
-BUNDLED_LANGUAGES = ["en", "de", "fr", "cs", "ru", "es", "zh", "ja"]
-DEMO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe-specialists" / "tiny-random"
+BUNDLED_REGISTRY_ENV = "MOE_BUNDLED_REGISTRY"
 
 
-def _bundled_dir() -> Path | None:
-    try:
-        from models.tiny_translator import BUNDLED_MODEL_DIR
-    except ImportError:
-        return None
-    folder = Path(BUNDLED_MODEL_DIR)
-    has_weights = any(folder.glob("*.safetensors"))
-    return folder if (folder / "config.json").exists() and has_weights else None
+def bundled_registry_dir() -> Path:
+    """Materialise the bundled specialists (cached) and return their registry folder."""
+    from models.tiny_translator import bundled_registry
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe-specialists" / "bundled"
+    return bundled_registry(os.environ.get(BUNDLED_REGISTRY_ENV, cache)).root
 
 
-def default_specialists() -> list[SpecialistSpec]:
-    """The bundled tiny translator as one multilingual model; else the labelled random demo model."""
-    bundled = _bundled_dir()
-    if bundled is not None:
-        return [SpecialistSpec(name="tiny-translator", path=str(bundled), languages=BUNDLED_LANGUAGES)]
-    log.warning("no bundled translator weights yet: serving a %s", TINY_MODEL_NOTE)
-    path = build_tiny_moe(DEMO_CACHE)
-    return [SpecialistSpec(name="tiny-random-demo", path=str(path), languages=["en", "de", "fr"])]
+def zero_configuration(settings: Settings) -> Settings:
+    """A CPU demo: the bundled specialists, a small KV cache, no torch.compile (start-up in seconds)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return settings.model_copy(
+        update={"registry_dir": bundled_registry_dir(), "enforce_eager": True, "max_model_len": 1024}
+    )
 
 
 def serve(
@@ -69,11 +63,7 @@ def serve(
         fields["api_keys"] = api_keys
     settings = Settings(**fields)
     if not settings.specialists and settings.registry_dir is None:
-        # Zero configuration: a CPU demo. Small KV cache, no torch.compile (start-up in seconds).
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        settings = settings.model_copy(
-            update={"specialists": default_specialists(), "enforce_eager": True, "max_model_len": 1024}
-        )
+        settings = zero_configuration(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                 access_log=settings.access_log)
 

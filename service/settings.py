@@ -46,6 +46,7 @@ class SpecialistSpec(BaseModel):
     base_weight_bytes: int = 0
     experts_kept: int = 0
     experts_total: int = 0
+    parameters: int = 0
 
     @field_validator("directions")
     @classmethod
@@ -99,7 +100,6 @@ class SpecialistSpec(BaseModel):
     def from_entry(cls, entry: SpecialistEntry) -> SpecialistSpec:
         """A registry entry: a base entry (no plan, no directions, no languages) serves any pair."""
         is_base = entry.plan is None and not entry.directions and not entry.languages
-        moe_counts = [c for c in entry.experts_per_layer if c > 0]
         return cls(
             name=entry.name,
             path=entry.path,
@@ -108,7 +108,9 @@ class SpecialistSpec(BaseModel):
             base=is_base,
             weight_bytes=entry.weight_bytes,
             base_weight_bytes=entry.base_weight_bytes,
-            experts_kept=sum(moe_counts),
+            experts_kept=sum(entry.experts_per_layer),
+            experts_total=sum(entry.base_experts_per_layer or entry.experts_per_layer),
+            parameters=entry.parameters,
         )
 
 

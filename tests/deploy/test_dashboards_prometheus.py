@@ -87,10 +87,10 @@ def send_traffic(gateway: str) -> None:
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory) -> Iterator[str]:
     prometheus = need_tool("prometheus", "Debian package `prometheus`: apt-get install -y prometheus")
-    from service.tiny_model import build_tiny_moe
+    from tests.tiny import save_tiny
 
     tmp = tmp_path_factory.mktemp("deploy-stack")
-    model = build_tiny_moe(tmp / "tiny-qwen3-moe", num_layers=2, num_experts=8, top_k=2)
+    model = save_tiny("qwen3_moe", tmp / "tiny-qwen3-moe", layers=2, experts=8, top_k=2)
     vllm_port, gateway_port, prom_port, dead_port = free_port(), free_port(), free_port(), free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
 

@@ -11,14 +11,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from service.tiny_model import build_tiny_moe  # noqa: E402
+from tests.tiny import save_tiny  # noqa: E402
 
 READY_TIMEOUT_S = 420
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    return build_tiny_moe(tmp_path_factory.mktemp("tiny-qwen3-moe"), num_layers=2, num_experts=8, top_k=2)
+    return save_tiny("qwen3_moe", tmp_path_factory.mktemp("tiny-qwen3-moe"), layers=2, experts=8, top_k=2)
 
 
 def free_port() -> int:

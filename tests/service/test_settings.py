@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from models.registry import SpecialistEntry
 from service import cli
-from service.app import create_app
+from service.app import create_app, specialist_specs
 from service.settings import Settings, SpecialistSpec
 
 
@@ -72,20 +72,24 @@ def test_create_app_needs_something_to_serve():
         create_app(Settings())
 
 
-def test_zero_configuration_default(tmp_path, monkeypatch):
-    """Without bundled weights, serve falls back to the labelled random demo model."""
-    monkeypatch.setattr(cli, "_bundled_dir", lambda: None)
-    monkeypatch.setattr(cli, "DEMO_CACHE", tmp_path / "demo")
-    (spec,) = cli.default_specialists()
-    assert spec.name == "tiny-random-demo" and (tmp_path / "demo" / "config.json").exists()
-    assert "garbage" in (tmp_path / "demo" / "README.md").read_text()
+def test_zero_configuration_materialises_the_bundled_specialists(tmp_path, monkeypatch):
+    """No settings: the bundled plans are applied once into a cached registry (the second call reuses the
+    folders) and the settings point at it; entries carry the savings the metrics report."""
+    monkeypatch.setenv(cli.BUNDLED_REGISTRY_ENV, str(tmp_path / "bundled"))
+    settings = cli.zero_configuration(Settings())
+    assert settings.registry_dir == tmp_path / "bundled" and settings.enforce_eager
+    specs = {s.name: s for s in specialist_specs(settings)}
+    assert set(specs) == {"en-de", "multilingual"}
+    en_de = specs["en-de"]
+    assert en_de.directions == ["en-de", "de-en"] and en_de.experts_total == 8 * 32
+    assert en_de.experts_kept == sum([18, 22, 17, 14, 14, 13, 16, 14]) == 128  # plans/en-de.json: 50% dropped
+    assert en_de.base_weight_bytes == 23_590_144 * 2  # bf16 parameters of the bundled model (its card)
+    assert en_de.parameters == 14_120_192  # 23.59M - 128 dropped experts x 73,984 parameters
+    assert en_de.weight_bytes == 2 * en_de.parameters
+    assert "en" in specs["multilingual"].languages and specs["multilingual"].experts_kept == 192
+    def shards() -> dict:
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "bundled" / "cache").glob("*/*.safetensors")}
 
-
-def test_zero_configuration_serves_the_bundled_translator():
-    from models.tiny_translator import BUNDLED_MODEL_DIR
-
-    if not (BUNDLED_MODEL_DIR / "config.json").exists():
-        pytest.skip("bundled translator weights not present")
-    (spec,) = cli.default_specialists()
-    assert spec.name == "tiny-translator" and spec.path == str(BUNDLED_MODEL_DIR)
-    assert {"en", "de"} <= set(spec.languages)
+    first = shards()
+    cli.zero_configuration(Settings())
+    assert first and shards() == first

@@ -1,0 +1,94 @@
+"""The main job, as README's `make serve` runs it: `moe-specialists serve` with no configuration serves the
+pruned specialists of the bundled tiny translator in real vLLM (CPU) and translates for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import READY_TIMEOUT_S, free_port
+
+# Our own sentences with our own reference translations (no evaluation data in the repository).
+EN_DE = [
+    ("The weather is nice today.", "Das Wetter ist heute schön."),
+    ("My brother lives in a small house near the river.", "Mein Bruder wohnt in einem kleinen Haus am Fluss."),
+    ("The children are playing in the garden.", "Die Kinder spielen im Garten."),
+    ("We need more time to finish the work.", "Wir brauchen mehr Zeit, um die Arbeit zu beenden."),
+]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("main-command")
+    port = free_port()
+    env = os.environ | {"MOE_BUNDLED_REGISTRY": str(tmp / "bundled"), "MOE_ACCESS_LOG": "false"}
+    log = tmp / "serve.log"
+    cli = Path(sys.executable).parent / "moe-specialists"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(cli), "serve", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).json()["status"] == "ready":
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        with httpx.Client(base_url=url, timeout=120) as client:
+            yield client
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_translates_en_de_with_the_pair_specialist(gateway):
+    import sacrebleu
+
+    r = gateway.post("/v1/translate", json={"text": [en for en, _ in EN_DE], "source": "en", "target": "de"})
+    assert r.status_code == 200, r.text
+    items = r.json()["translations"]
+    assert {(t["specialist"], t["route"]) for t in items} == {("en-de", "exact")}
+    hyps = [t["text"] for t in items]
+    chrf = sacrebleu.corpus_chrf(hyps, [[de for _, de in EN_DE]]).score
+    assert chrf > 35, f"chrF {chrf:.1f}: {hyps}"  # the 50%-pruned specialist scores ~35 on FLORES en-de
+
+
+def test_other_pairs_go_to_the_multilingual_specialist(gateway):
+    r = gateway.post("/translate", json={"q": "Die Kinder spielen im Garten.", "source": "auto", "target": "fr"})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Specialist"] == "multilingual" and r.json()["detectedLanguage"]["language"] == "de"
+    assert r.json()["translatedText"].strip()
+
+
+def test_unserved_pair_lists_what_is_served(gateway):
+    r = gateway.post("/v1/translate", json={"text": "Hello", "source": "en", "target": "ja"})
+    assert r.status_code == 400
+    assert "en-de" in r.text and "multilingual" in r.text
+
+
+def test_metrics_show_the_memory_saved(gateway):
+    text = gateway.get("/metrics").text
+    saved = {
+        line.split('specialist="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("moe_specialist_bytes_saved{")
+    }
+    assert saved["en-de"] == 2 * 128 * 73_984  # 128 experts of 73,984 bf16 parameters dropped
+    assert saved["multilingual"] == 2 * 64 * 73_984
