@@ -37,7 +37,7 @@ RUN bash deploy/install.sh cpu
 FROM deps AS deps-gpu
 RUN bash deploy/install.sh gpu
 
-# ---- cpu: laptops and the compose demo (bundled tiny translator, or a labelled random demo model) ----------
+# ---- cpu: laptops and the compose demo (pruned specialists of the bundled tiny translator) ----------------------
 FROM base AS cpu
 ARG HF_HUB_OFFLINE=1
 ENV HF_HUB_OFFLINE=${HF_HUB_OFFLINE} \

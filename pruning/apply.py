@@ -10,7 +10,6 @@ another model, a corrupt shard) leaves nothing behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from models.adapters import FamilyAdapter, adapter_for
-from pruning.checkpoint import INDEX_NAME, file_sha256, read_config, resolve_model, shard_files
+from pruning.checkpoint import INDEX_NAME, building_dir, file_sha256, read_config, resolve_model, shard_files
 from pruning.plan import Plan
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -72,10 +71,7 @@ def apply_plan(
     check_plan_matches(plan, config, adapter)
     kept_by_layer = dict(zip(plan.layers, plan.kept, strict=True))
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with building_dir(out_dir) as tmp:
         weight_map: dict[str, str] = {}
         total_size = 0
         for shard in shard_files(base_dir):
@@ -109,11 +105,4 @@ def apply_plan(
             if item.is_file() and item.suffix not in WEIGHT_SUFFIXES and item.name not in ("config.json", INDEX_NAME):
                 shutil.copy2(item, tmp / item.name)
         plan.save(tmp / "plan.json")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

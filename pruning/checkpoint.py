@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +136,20 @@ def checkpoint_summary(model_dir: Path, adapter: FamilyAdapter | None = None, ha
         "parameters_per_expert": per_expert,
         "files": {p.name: file_sha256(p) for p in files} if hashes else {},
     }
+
+
+@contextlib.contextmanager
+def building_dir(out_dir: Path) -> Iterator[Path]:
+    """A fresh temp folder beside ``out_dir`` to write into; on success it replaces ``out_dir`` (a rename, so
+    readers never see half a checkpoint), on any failure it is deleted and ``out_dir`` is left as it was."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -28,7 +28,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -46,7 +45,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import models  # noqa: F401  (registers the pruned classes)
 from models.adapters import adapter_for
 from models.prompts import LANGUAGE_NAMES, render
-from pruning.checkpoint import INDEX_NAME, file_sha256, read_config, resolve_model
+from pruning.checkpoint import INDEX_NAME, building_dir, file_sha256, read_config, resolve_model
 from pruning.data import Direction, directions_for, read_parallel
 from pruning.plan import Plan
 
@@ -576,19 +575,10 @@ def recover(
         "recovery": recovery,
     }
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with building_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         _copy_side_files(specialist_dir, tmp)
         saved = read_config(tmp)
         assert adapter.experts_per_layer(saved) == adapter.experts_per_layer(config)
         plan.model_copy(update={"lineage": lineage}).save(tmp / "plan.json")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

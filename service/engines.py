@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from models.prompts import render, translation_messages
+from models.vllm_worker import PROBE
 from service.metrics import GatewayMetrics
 from service.routing import Route, make_route
 from service.settings import Settings, SpecialistSpec
@@ -70,9 +71,10 @@ class Generation:
 class Engine(ABC):
     backend: str = "?"
 
-    def __init__(self, spec: SpecialistSpec, settings: Settings):
+    def __init__(self, spec: SpecialistSpec, settings: Settings, metrics: GatewayMetrics):
         self.spec = spec
         self.settings = settings
+        self.metrics = metrics
         self.state = "starting"  # starting | ready | failed | unreachable | stopped
         self.error: str | None = None
         self.inflight = 0
@@ -155,11 +157,31 @@ def _load_tokenizer(name_or_path: str) -> Any:
     return AutoTokenizer.from_pretrained(name_or_path)
 
 
+def scheduler_logger(metrics: GatewayMetrics, name: str) -> Any:
+    """A vLLM stat-logger factory that copies the scheduler's state (running, waiting, KV-cache usage) of the
+    engine of specialist ``name`` into the gateway's metrics on every engine step."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class SchedulerToMetrics(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0):
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx=0):
+            if scheduler_stats is not None:
+                s = scheduler_stats
+                metrics.engine_scheduler(name, s.num_running_reqs, s.num_waiting_reqs, s.kv_cache_usage)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return SchedulerToMetrics
+
+
 class LocalVllmEngine(Engine):
     backend = "vllm-inprocess"
 
-    def __init__(self, spec: SpecialistSpec, settings: Settings, memory_share: float):
-        super().__init__(spec, settings)
+    def __init__(self, spec: SpecialistSpec, settings: Settings, metrics: GatewayMetrics, memory_share: float):
+        super().__init__(spec, settings, metrics)
         self.memory_share = memory_share
         self.llm: Any = None
 
@@ -176,12 +198,17 @@ class LocalVllmEngine(Engine):
             max_num_seqs=self.settings.max_num_seqs,
             gpu_memory_utilization=self.memory_share,
             enforce_eager=self.settings.enforce_eager,
-            disable_log_stats=True,
+            disable_log_stats=True,  # vLLM's own loggers off; ours (scheduler_logger) on
+            worker_extension_cls=PROBE,
         )
         self.tokenizer = await asyncio.to_thread(_load_tokenizer, self.spec.tokenizer or self.spec.path)
         # The constructor blocks until the engine core is up (tens of seconds): keep the event loop free.
-        self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self.llm = await asyncio.to_thread(
+            AsyncLLM.from_engine_args, args, stat_loggers=[scheduler_logger(self.metrics, self.name)]
+        )
         self.max_model_len = int(self.llm.model_config.max_model_len)
+        for kind, nbytes in (await self.llm.collective_rpc("engine_memory"))[0].items():
+            self.metrics.engine_memory.labels(self.name, kind).set(nbytes)
         self.state, self.error = "ready", None
 
     async def close(self) -> None:
@@ -238,8 +265,8 @@ class RemoteVllmEngine(Engine):
 
     backend = "vllm-remote"
 
-    def __init__(self, spec: SpecialistSpec, settings: Settings):
-        super().__init__(spec, settings)
+    def __init__(self, spec: SpecialistSpec, settings: Settings, metrics: GatewayMetrics):
+        super().__init__(spec, settings, metrics)
         self.client = httpx.AsyncClient(
             base_url=spec.path.rstrip("/"),
             timeout=httpx.Timeout(settings.request_timeout_s, connect=settings.remote_timeout_s),
@@ -273,6 +300,25 @@ class RemoteVllmEngine(Engine):
             self.state, self.error = "ready", None
         except (httpx.HTTPError, ValueError, KeyError, IndexError) as e:
             self.state, self.error = "unreachable", f"{self.spec.path}: {type(e).__name__}: {e}"
+            return
+        await self._scrape_scheduler()
+
+    async def _scrape_scheduler(self) -> None:
+        """Copy the server's scheduler gauges (its vllm:* metrics for our model) into the gateway's metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        wanted = {"vllm:num_requests_running": 0.0, "vllm:num_requests_waiting": 0.0, "vllm:kv_cache_usage_perc": 0.0}
+        try:
+            resp = (await self.client.get("/metrics", timeout=self.settings.remote_timeout_s)).raise_for_status()
+            for family in text_string_to_metric_families(resp.text):
+                for sample in family.samples:
+                    if sample.name in wanted and sample.labels.get("model_name", self.model) == self.model:
+                        wanted[sample.name] += sample.value
+        except (httpx.HTTPError, ValueError) as e:
+            log.debug("%s: no scheduler metrics from %s: %s", self.name, self.spec.path, e)
+            return
+        running, waiting, usage = wanted.values()
+        self.metrics.engine_scheduler(self.name, int(running), int(waiting), usage)
 
     async def _load_tokenizer(self, root: str | None) -> None:
         self._tokenizer_tried = True
@@ -375,14 +421,13 @@ class EnginePool:
         local = [s for s in specs if not s.remote]
         share = settings.gpu_memory_share / max(len(local), 1)
         self.engines: dict[str, Engine] = {
-            s.name: RemoteVllmEngine(s, settings) if s.remote else LocalVllmEngine(s, settings, share) for s in specs
+            s.name: RemoteVllmEngine(s, settings, metrics) if s.remote else LocalVllmEngine(s, settings, metrics, share)
+            for s in specs
         }
         self._health_task: asyncio.Task | None = None
         for engine in self.engines.values():
-            s = engine.spec
-            metrics.weight_bytes.labels(s.name).set(s.weight_bytes)
-            metrics.base_weight_bytes.labels(s.name).set(s.base_weight_bytes)
-            metrics.bytes_saved.labels(s.name).set(max(s.base_weight_bytes - s.weight_bytes, 0))
+            metrics.describe(engine.spec)
+            metrics.queue_limit.labels(engine.name).set(engine.limit)
         self.refresh_metrics()
 
     def routes(self) -> list[Route]:

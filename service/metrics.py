@@ -1,10 +1,21 @@
 """Every Prometheus metric of the gateway, defined here and registered on a per-app ``CollectorRegistry``
-(never the process-global one, so two apps in one process - tests - do not collide)."""
+(never the process-global one, so two apps in one process - tests - do not collide).
+
+Families: ``moe_specialist_*`` (what a specialist is: bytes, experts, parameters; set once),
+``moe_engine_*`` (what its engine holds and does, refreshed from the engine), ``moe_gateway_*`` (traffic), and
+``process_*`` (the gateway process: resident memory, CPU). vLLM's own ``vllm:*`` metrics are on each remote vLLM
+server's /metrics (scraped directly); in-process engines report through ``moe_engine_*`` instead, since vLLM
+keeps one global set of ``vllm:*`` metrics per process and several engines would overwrite each other's."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from service.settings import SpecialistSpec
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -12,13 +23,14 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 
 
 class GatewayMetrics:
     """The gateway's metrics. Labels: ``specialist`` (model name, "none" before routing), ``direction``
-    ("en-de"), ``status`` (HTTP status code)."""
+    ("en-de"), ``status`` (HTTP status code, or 499 for a request cut off), ``reason`` of a rejection."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         self.request_latency = Histogram(
             "moe_gateway_request_latency_seconds",
             "End-to-end latency of translation requests",
@@ -34,7 +46,15 @@ class GatewayMetrics:
             registry=r,
         )
         self.inflight = Gauge(
-            "moe_gateway_inflight_requests", "Texts being translated or queued, per engine", ["specialist"],
+            "moe_gateway_inflight_requests", "Texts admitted and not answered yet (queued or generating)",
+            ["specialist", "direction"], registry=r,
+        )
+        self.queued = Gauge(
+            "moe_gateway_queued_requests", "Texts admitted that have no generated token yet (queue depth)",
+            ["specialist", "direction"], registry=r,
+        )
+        self.queue_limit = Gauge(
+            "moe_gateway_queue_limit", "Texts an engine admits at once; beyond it requests get 429", ["specialist"],
             registry=r,
         )
         self.requests = Counter(
@@ -53,7 +73,7 @@ class GatewayMetrics:
         )
         self.rejections = Counter(
             "moe_gateway_rejections_total", "Requests refused by the gateway (queue full, engine down, timeout)",
-            ["specialist", "reason"], registry=r,
+            ["specialist", "direction", "reason"], registry=r,
         )
         self.engine_ready = Gauge(
             "moe_gateway_engine_ready", "1 when the engine of a specialist is ready", ["specialist", "backend"],
@@ -69,6 +89,47 @@ class GatewayMetrics:
         self.bytes_saved = Gauge(
             "moe_specialist_bytes_saved", "Weight bytes saved against the base model", ["specialist"], registry=r
         )
+        self.saved_ratio = Gauge(
+            "moe_specialist_bytes_saved_ratio", "Bytes saved / base weight bytes (0: nothing pruned)", ["specialist"],
+            registry=r,
+        )
+        self.experts_kept = Gauge(
+            "moe_specialist_experts_kept", "Experts kept, summed over MoE layers", ["specialist"], registry=r
+        )
+        self.experts_total = Gauge(
+            "moe_specialist_experts_total", "Experts of the base model, summed over MoE layers", ["specialist"],
+            registry=r,
+        )
+        self.parameters = Gauge("moe_specialist_parameters", "Parameters of a specialist", ["specialist"], registry=r)
+        self.engine_memory = Gauge(
+            "moe_engine_memory_bytes",
+            "Memory an in-process engine holds, measured in its worker: weights, kv_cache, device_reserved (GPU)",
+            ["specialist", "kind"], registry=r,
+        )
+        self.kv_cache_usage = Gauge(
+            "moe_engine_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use (0 to 1)", ["specialist"],
+            registry=r,
+        )
+        self.engine_requests = Gauge(
+            "moe_engine_requests", "Requests inside the engine's scheduler by state (running, waiting)",
+            ["specialist", "state"], registry=r,
+        )
+
+    def describe(self, spec: SpecialistSpec) -> None:
+        """Set what a specialist is: weight bytes, savings, experts and parameters."""
+        name, saved = spec.name, max(spec.base_weight_bytes - spec.weight_bytes, 0)
+        self.weight_bytes.labels(name).set(spec.weight_bytes)
+        self.base_weight_bytes.labels(name).set(spec.base_weight_bytes)
+        self.bytes_saved.labels(name).set(saved)
+        self.saved_ratio.labels(name).set(saved / spec.base_weight_bytes if spec.base_weight_bytes else 0)
+        self.experts_kept.labels(name).set(spec.experts_kept)
+        self.experts_total.labels(name).set(spec.experts_total)
+        self.parameters.labels(name).set(spec.parameters)
+
+    def engine_scheduler(self, name: str, running: int, waiting: int, kv_cache_usage: float) -> None:
+        self.engine_requests.labels(name, "running").set(running)
+        self.engine_requests.labels(name, "waiting").set(waiting)
+        self.kv_cache_usage.labels(name).set(kv_cache_usage)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -142,24 +143,26 @@ class Translator:
         )
 
     # ---- admission ----
-    def admit(self, planned: list[Planned], stack: contextlib.ExitStack) -> None:
+    def admit(self, planned: list[Planned], target: str, stack: contextlib.ExitStack) -> None:
         """Reserve queue slots for every text (all or nothing) or raise 429/503."""
-        counts: dict[str, int] = {}
-        for p in planned:
-            counts[p.engine.name] = counts.get(p.engine.name, 0) + 1
+        texts = Counter((p.engine.name, f"{p.source}-{target}") for p in planned)  # (specialist, direction) -> n
+        per_engine: Counter[str] = Counter()
+        for (name, _), n in texts.items():
+            per_engine[name] += n
+        direction = {name: d for (name, d) in texts}  # a rejection is counted under one of its directions
         retry = {"Retry-After": str(self.settings.retry_after_s)}
-        for name, n in counts.items():
-            engine = self.pool.engines[name]
+        for name, n in per_engine.items():
             try:
-                stack.enter_context(engine.slot(n))
+                stack.enter_context(self.pool.engines[name].slot(n))
             except EngineBusy as e:
-                self.metrics.rejections.labels(name, "queue_full").inc()
+                self.metrics.rejections.labels(name, direction[name], "queue_full").inc()
                 raise ApiError(429, "queue_full", f"{e}; retry later", headers=retry, specialist=name) from None
             except EngineUnavailable as e:
-                self.metrics.rejections.labels(name, "unavailable").inc()
+                self.metrics.rejections.labels(name, direction[name], "unavailable").inc()
                 raise ApiError(503, "engine_unavailable", str(e), headers=retry, specialist=name) from None
-            self.metrics.inflight.labels(name).inc(n)
-            stack.callback(self.metrics.inflight.labels(name).dec, n)
+        for labels, n in texts.items():
+            self.metrics.inflight.labels(*labels).inc(n)
+            stack.callback(self.metrics.inflight.labels(*labels).dec, n)
 
     # ---- generation ----
     async def _generate(
@@ -169,11 +172,15 @@ class Translator:
         and status for its specialist and direction."""
         labels = (p.engine.name, f"{p.source}-{target}")
         start, status, last, first = time.perf_counter(), "200", None, True
+        queued = self.metrics.queued.labels(*labels)
+        queued.inc()
         try:
             async for g in p.engine.stream(p.source, target, p.text, params, incremental):
-                # A lone final answer (a non-streamed remote call) says nothing about the first token.
-                if first and g.tokens > 0 and (incremental or not g.finished):
-                    self.metrics.ttft.labels(*labels).observe(time.perf_counter() - start)
+                if first and g.tokens > 0:
+                    queued.dec()
+                    # A lone final answer (a non-streamed remote call) says nothing about the first token.
+                    if incremental or not g.finished:
+                        self.metrics.ttft.labels(*labels).observe(time.perf_counter() - start)
                     first = False
                 last = g
                 yield g
@@ -189,6 +196,8 @@ class Translator:
             status = "499"  # cut off: the request timed out (see rejections{reason="timeout"}) or the client left
             raise
         finally:
+            if first:
+                queued.dec()
             self.metrics.requests.labels(*labels, status).inc()
             self.metrics.request_latency.labels(*labels).observe(time.perf_counter() - start)
             if last is not None:
@@ -209,8 +218,9 @@ class Translator:
             detected_language=p.detected,
         )
 
-    def _timeout(self) -> ApiError:
-        self.metrics.rejections.labels("none", "timeout").inc()
+    def _timeout(self, planned: list[Planned], target: str) -> ApiError:
+        for p in planned:
+            self.metrics.rejections.labels(p.engine.name, f"{p.source}-{target}", "timeout").inc()
         return ApiError(
             504, "timeout", f"no answer within {self.settings.request_timeout_s} s; send less text or retry later",
             limit_seconds=self.settings.request_timeout_s,
@@ -220,12 +230,12 @@ class Translator:
         planned = self.plan(job)
         params = self.params(job)
         with contextlib.ExitStack() as stack:
-            self.admit(planned, stack)
+            self.admit(planned, job.target, stack)
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
                     return await _all_or_nothing([self._one(p, job.target, params) for p in planned])
             except TimeoutError:
-                raise self._timeout() from None
+                raise self._timeout(planned, job.target) from None
 
     async def stream(self, job: Job) -> tuple[Planned, AsyncIterator[str], contextlib.ExitStack]:
         """Route and admit one text now (errors are plain HTTP answers); the iterator yields SSE events:
@@ -237,7 +247,7 @@ class Translator:
         (p,) = self.plan(job)
         params = self.params(job)
         stack = contextlib.ExitStack()
-        self.admit([p], stack)
+        self.admit([p], job.target, stack)
 
         async def events() -> AsyncIterator[str]:
             with stack:
@@ -255,7 +265,7 @@ class Translator:
                                 yield _sse({"delta": clean[len(sent):]})
                                 sent = clean
                 except TimeoutError:
-                    yield _sse({"error": self._timeout().message, "code": "timeout"}, "error")
+                    yield _sse({"error": self._timeout([p], job.target).message, "code": "timeout"}, "error")
                     return
                 except ApiError as e:
                     yield _sse({"error": e.message, "code": e.code}, "error")

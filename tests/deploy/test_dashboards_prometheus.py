@@ -4,8 +4,12 @@ data (a non-empty result with a number in it).
 
 The stack is the scale-out topology of deploy/k8s, on loopback: the gateway (``python -m service.cli``,
 configured by MOE_* variables as in the container) routes en-de to a remote vLLM server (CPU build) of a tiny
-random Qwen3-MoE, and a second specialist points at a port nobody listens on (engine down: rejections, 503).
-Prometheus scrapes both every second. One vLLM engine for the whole module (about 30-90 s to start here).
+random Qwen3-MoE, de-en to a pruned specialist of it in an in-process engine (from a registry), and a third
+specialist points at a port nobody listens on (engine down: rejections, 503). Prometheus scrapes the gateway
+and the vLLM server every second. Two vLLM engines for the whole module (about 30-90 s to start here).
+
+The same scrapes check that the gateway's metrics carry the right values (hand-computed from the traffic sent
+and the specialists served).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tests.deploy.conftest import ROOT, dashboard_queries, free_port, need_tool,
 
 START_TIMEOUT_S = 240
 BASE_BYTES, EN_DE_BYTES, DEAD_BYTES = 4_000_000, 1_000_000, 2_500_000
+DE_EN_KEPT = [[0, 1, 2, 3, 4, 5], [0, 2, 4, 6]]  # 10 of 2 x 8 experts
 
 
 @contextlib.contextmanager
@@ -63,8 +68,12 @@ def wait_for(what: str, check, procs: list[tuple[subprocess.Popen, Path]], timeo
     pytest.fail(f"{what}: not within {timeout} s\n{logs}")
 
 
+ROUNDS = 2
+EN_DE_OK, DE_EN_OK = 5, 2  # successful texts per round: remote en-de (4 plain, 1 streamed), in-process de-en
+
+
 def send_traffic(gateway: str) -> None:
-    """Successes (plain and streamed), a 400, and a 503 from the specialist whose server is down."""
+    """Successes (plain and streamed, both engines), a 400, and a 503 from the specialist whose server is down."""
     with httpx.Client(base_url=gateway, timeout=60) as c:
         for i in range(4):
             r = c.post(
@@ -78,6 +87,9 @@ def send_traffic(gateway: str) -> None:
         ) as r:
             assert r.status_code == 200
             r.read()
+        r = c.post("/v1/translate", json={"text": ["Guten Morgen", "Danke"], "source": "de", "target": "en",
+                                          "max_tokens": 4})
+        assert r.status_code == 200 and r.headers["X-Specialist"] == "tiny-de-en", r.text
         r = c.post("/v1/translate", json={"text": "x", "source": "en", "target": "xx"})
         assert r.status_code == 400, r.text
         r = c.post("/v1/translate", json={"text": "Hello", "source": "en", "target": "fr", "specialist": "dead-en-fr"})
@@ -85,12 +97,22 @@ def send_traffic(gateway: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def prometheus_url(tmp_path_factory) -> Iterator[str]:
+def stack_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("deploy-stack")
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(stack_dir) -> Iterator[str]:
     prometheus = need_tool("prometheus", "Debian package `prometheus`: apt-get install -y prometheus")
+    from models.registry import Registry
+    from pruning.apply import apply_plan
+    from pruning.plan import plan_from_kept
     from tests.tiny import save_tiny
 
-    tmp = tmp_path_factory.mktemp("deploy-stack")
+    tmp = stack_dir
     model = save_tiny("qwen3_moe", tmp / "tiny-qwen3-moe", layers=2, experts=8, top_k=2)
+    pruned = apply_plan(plan_from_kept(model, DE_EN_KEPT), tmp / "tiny-de-en")
+    Registry(tmp / "registry").register_dir("tiny-de-en", pruned, base=model, directions=["de-en"])
     vllm_port, gateway_port, prom_port, dead_port = free_port(), free_port(), free_port(), free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -135,6 +157,10 @@ def prometheus_url(tmp_path_factory) -> Iterator[str]:
         "MOE_HOST": "127.0.0.1",
         "MOE_PORT": str(gateway_port),
         "MOE_SPECIALISTS": json.dumps(specialists),
+        "MOE_REGISTRY_DIR": str(tmp / "registry"),
+        "MOE_DTYPE": "float32",
+        "MOE_MAX_MODEL_LEN": "512",
+        "MOE_ENFORCE_EAGER": "true",
         "MOE_HEALTH_INTERVAL_S": "1",
         "MOE_REMOTE_TIMEOUT_S": "2",
         "MOE_READINESS": "any",
@@ -162,19 +188,22 @@ def prometheus_url(tmp_path_factory) -> Iterator[str]:
         process(prom_cmd, tmp / "prometheus.log") as pr,
     ):
         procs = [(vllm, tmp / "vllm.log"), (gw, tmp / "gateway.log"), (pr, tmp / "prometheus.log")]
+        def states() -> dict:
+            return {k: v["state"] for k, v in httpx.get(f"{gateway}/readyz", timeout=5).json()["specialists"].items()}
+
         wait_for(
-            "gateway ready (remote vLLM server up)",
-            lambda: httpx.get(f"{gateway}/readyz", timeout=5).json()["specialists"]["tiny-en-de"]["state"] == "ready",
+            "gateway ready (remote vLLM server and in-process engine up)",
+            lambda: states()["tiny-en-de"] == states()["tiny-de-en"] == "ready",
             procs,
         )
         # Two rounds: a counter or histogram series appears at its first increment, and rate() counts only
         # increases it has seen scraped, so the series must be in Prometheus before the traffic it measures.
-        for rounds in (1, 2):
+        for rounds in range(1, ROUNDS + 1):
             send_traffic(gateway)
             expected = (
                 f"count(up == 1) == 2"
                 f" and on() sum(moe_gateway_time_to_first_token_seconds_count) >= {rounds}"
-                f" and on() sum(moe_gateway_requests_total) >= {5 * rounds}"
+                f" and on() sum(moe_gateway_requests_total) >= {(EN_DE_OK + DE_EN_OK) * rounds}"
                 f" and on() sum(moe_gateway_rejections_total) >= {rounds}"
                 f" and on() sum(vllm:request_success_total) >= {5 * rounds}"
             )
@@ -205,12 +234,19 @@ def test_template_variable_has_values(prometheus_url, var_id, metric, label):
     assert r["status"] == "success" and r["data"], f"{var_id}: label_values({metric}, {label}) is empty"
 
 
-def test_memory_savings_values_are_the_configured_ones(prometheus_url):
+def test_memory_savings_values_are_the_configured_ones(prometheus_url, stack_dir):
     """The savings panels show what the specialists' sizes say: saved = base - weights, ratio = saved / base."""
+    from models.registry import Registry
+
+    entry = Registry(stack_dir / "registry").get("tiny-de-en")
     saved = {
         s["metric"]["specialist"]: float(s["value"][1]) for s in query(prometheus_url, "moe_specialist_bytes_saved")
     }
-    assert saved == {"tiny-en-de": BASE_BYTES - EN_DE_BYTES, "dead-en-fr": BASE_BYTES - DEAD_BYTES}
+    assert saved == {
+        "tiny-en-de": BASE_BYTES - EN_DE_BYTES,
+        "dead-en-fr": BASE_BYTES - DEAD_BYTES,
+        "tiny-de-en": entry.base_weight_bytes - entry.weight_bytes,
+    }
     ratio = query(
         prometheus_url,
         'moe_specialist_bytes_saved{specialist="tiny-en-de"}'
@@ -218,4 +254,44 @@ def test_memory_savings_values_are_the_configured_ones(prometheus_url):
     )
     assert float(ratio[0]["value"][1]) == pytest.approx(0.75)
     ready = {s["metric"]["specialist"]: float(s["value"][1]) for s in query(prometheus_url, "moe_gateway_engine_ready")}
-    assert ready == {"tiny-en-de": 1.0, "dead-en-fr": 0.0}
+    assert ready == {"tiny-en-de": 1.0, "dead-en-fr": 0.0, "tiny-de-en": 1.0}
+
+
+def value(prom: str, expr: str) -> float:
+    (sample,) = query(prom, expr)
+    return float(sample["value"][1])
+
+
+def test_gateway_metrics_have_the_right_values(prometheus_url, stack_dir):
+    """What Prometheus scraped from the gateway, against what was sent and what is served."""
+    from models.registry import Registry
+
+    prom = prometheus_url
+    for specialist, direction, ok in [("tiny-en-de", "en-de", EN_DE_OK), ("tiny-de-en", "de-en", DE_EN_OK)]:
+        sel = f'specialist="{specialist}", direction="{direction}"'
+        assert value(prom, f'moe_gateway_requests_total{{{sel}, status="200"}}') == ok * ROUNDS
+        assert value(prom, f"moe_gateway_request_latency_seconds_count{{{sel}}}") == ok * ROUNDS
+        assert value(prom, f"moe_gateway_inflight_requests{{{sel}}}") == 0  # all answered
+        assert value(prom, f"moe_gateway_queued_requests{{{sel}}}") == 0
+        assert 0 < value(prom, f"moe_gateway_generated_tokens_total{{{sel}}}") <= 8 * ok * ROUNDS
+    assert value(prom, 'moe_gateway_rejections_total{specialist="dead-en-fr", reason="unavailable"}') == ROUNDS
+    assert value(prom, 'moe_gateway_queue_limit{specialist="tiny-en-de"}') == 64  # Settings default
+
+    # What the specialists are: the in-process one from its registry entry, the others from MOE_SPECIALISTS.
+    entry = Registry(stack_dir / "registry").get("tiny-de-en")
+    sel = 'specialist="tiny-de-en"'
+    assert value(prom, f"moe_specialist_experts_kept{{{sel}}}") == 10
+    assert value(prom, f"moe_specialist_experts_total{{{sel}}}") == 16
+    assert value(prom, f"moe_specialist_parameters{{{sel}}}") == entry.parameters
+    saved = entry.base_weight_bytes - entry.weight_bytes
+    assert value(prom, f"moe_specialist_bytes_saved_ratio{{{sel}}}") == pytest.approx(saved / entry.base_weight_bytes)
+    assert value(prom, 'moe_specialist_bytes_saved_ratio{specialist="tiny-en-de"}') == pytest.approx(0.75)
+
+    # Engine memory, measured in the in-process engine's worker: at least the fp32 checkpoint's weights.
+    weights = value(prom, f'moe_engine_memory_bytes{{{sel}, kind="weights"}}')
+    assert entry.weight_bytes <= weights < entry.weight_bytes + 2**20  # + buffers (RoPE cache)
+    assert value(prom, f'moe_engine_memory_bytes{{{sel}, kind="kv_cache"}}') > 0
+    for specialist in ("tiny-de-en", "tiny-en-de"):  # in-process scheduler stats; remote: scraped from vLLM
+        assert 0 <= value(prom, f'moe_engine_kv_cache_usage_ratio{{specialist="{specialist}"}}') <= 1
+        assert value(prom, f'moe_engine_requests{{specialist="{specialist}", state="running"}}') >= 0
+    assert value(prom, 'process_resident_memory_bytes{job="gateway"}') > 100 * 2**20  # python + torch + vLLM

@@ -90,7 +90,9 @@ def test_same_text_as_transformers_greedy(client):
         out = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=tok.eos_token_id)
     expected = extract_translation(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False), [tok.eos_token])
     r = translate(client, text="The cat sits.", source="en", target="de", max_tokens=6)
-    assert r.json()["translations"][0]["text"] == expected
+    # The byte-level tokenizer of a random model can end on half a UTF-8 character: transformers decodes it
+    # to U+FFFD, vLLM's detokenizer holds it back.
+    assert r.json()["translations"][0]["text"] == expected.rstrip("\ufffd")
 
 
 def test_greedy_is_deterministic_and_batch_matches_single(client):
