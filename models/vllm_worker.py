@@ -55,6 +55,12 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
 class EngineMemoryProbe:
     """Mixed into vLLM's worker class: ``self.model_runner`` is the worker's."""
 
+    def model_weight_bytes(self) -> dict[str, int | None]:
+        """``weight_bytes`` of the loaded model, and vLLM's own measurement where it makes one (GPU runners)."""
+        runner = self.model_runner  # type: ignore[attr-defined]
+        usage = getattr(runner, "model_memory_usage", None)
+        return {**weight_bytes(runner.get_model()), "model_memory_usage": int(usage) if usage else None}
+
     def engine_memory(self) -> dict[str, int]:
         """weights (parameters + buffers), kv_cache (the allocated cache tensors) and, on a GPU, the bytes the
         worker's CUDA caching allocator holds (``device_reserved``; 0 on the CPU)."""

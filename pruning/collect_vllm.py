@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from models.adapters import FamilyAdapter, adapter_for
+from models.vllm_worker import EngineMemoryProbe
 from pruning.collect import data_fingerprint
 from pruning.data import CalibrationSequence
 from pruning.stats import GroupStats, RoutingStats, StatsAccumulator
@@ -141,8 +142,9 @@ class RouterTaps:
         self._handles.clear()
 
 
-class RoutingStatsWorker:
-    """Methods mixed into the vLLM worker (``worker_extension_cls``); called with ``llm.collective_rpc(name)``."""
+class RoutingStatsWorker(EngineMemoryProbe):
+    """Methods mixed into the vLLM worker (``worker_extension_cls``); called with ``llm.collective_rpc(name)``.
+    The memory probes (``engine_memory``, ``model_weight_bytes``) come with it."""
 
     def routing_stats_start(self) -> dict[str, Any]:
         self.routing_stats_stop()
@@ -168,28 +170,6 @@ class RoutingStatsWorker:
         if taps is not None:
             taps.close()
             self._routing_taps = None
-
-    def model_weight_bytes(self) -> dict[str, int | None]:
-        """Weight memory of the loaded model: its parameters, plus the dense linears that vLLM's CPU backend
-        repacked into oneDNN handles (their parameter is then empty; counted by shape and dtype), its buffers
-        apart (e.g. RoPE caches), and vLLM's own measurement where it makes one (GPU runners only)."""
-        model = self.model_runner.get_model()
-        params = {id(t): t for t in model.parameters()}
-        buffers = {id(t): t for t in model.buffers() if id(t) not in params}
-        packed = 0
-        for m in model.modules():
-            w = getattr(m, "weight", None)
-            if hasattr(m, "cpu_linear") and isinstance(w, torch.Tensor) and w.numel() == 0:
-                rows = getattr(m, "output_size_per_partition", None) or m.output_size
-                cols = getattr(m, "input_size_per_partition", None) or m.input_size
-                packed += rows * cols * m.params_dtype.itemsize
-        usage = getattr(self.model_runner, "model_memory_usage", None)
-        return {
-            "parameter_bytes": sum(t.numel() * t.element_size() for t in params.values()) + packed,
-            "packed_linear_bytes": packed,
-            "buffer_bytes": sum(t.numel() * t.element_size() for t in buffers.values()),
-            "model_memory_usage": int(usage) if usage else None,
-        }
 
 
 def stats_engine_problems(config: Any) -> list[str]:
