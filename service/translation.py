@@ -73,6 +73,16 @@ class Translator:
                     f"text {i} has {len(text)} characters; the limit is {s.max_chars_per_text} per text",
                     limit=s.max_chars_per_text, index=i,
                 )
+            if not text.strip():
+                raise ApiError(400, "empty_text", f"text {i} is empty or only whitespace: nothing to translate",
+                               index=i)
+            try:
+                text.encode()
+            except UnicodeEncodeError as e:  # a lone surrogate (JSON can escape one): no tokenizer takes it
+                raise ApiError(
+                    400, "invalid_text", f"text {i} has a lone surrogate {text[e.start]!r} at character {e.start}: "
+                    "it is not valid Unicode; send UTF-8 text", index=i,
+                ) from None
         total = sum(len(t) for t in job.texts)
         if total > s.max_chars_per_batch:
             raise ApiError(

@@ -14,7 +14,7 @@ from service.translation import Job
 router = APIRouter(prefix="/v1", tags=["translate"])
 
 ERRORS = {
-    400: {"description": "unknown or unserved language, bad options"},
+    400: {"description": "unknown or unserved language, empty text or a lone surrogate, bad options"},
     401: {"description": "API key missing"},
     403: {"description": "API key wrong"},
     413: {"description": "text or batch over the limit"},

