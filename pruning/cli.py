@@ -50,6 +50,14 @@ def _langs(value: str) -> list[str]:
     return [x.strip() for x in value.split(",") if x.strip()]
 
 
+def _sizes(plan) -> dict:
+    return {
+        "experts_per_layer": plan.experts_per_layer(),
+        "parameters": plan.parameters,
+        "base_parameters": plan.base.parameters,
+    }
+
+
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg="red", err=True)
     raise typer.Exit(2)
@@ -131,16 +139,7 @@ def plan(
     except (ValueError, ValidationError) as e:
         _fail(e)
     p.save(out)
-    typer.echo(
-        json.dumps(
-            {
-                "plan": str(out),
-                "experts_per_layer": p.experts_per_layer(),
-                "parameters": p.parameters,
-                "base_parameters": p.base.parameters,
-            }
-        )
-    )
+    typer.echo(json.dumps({"plan": str(out), **_sizes(p)}))
 
 
 @app.command()
@@ -205,16 +204,7 @@ def prune(
     except (ValueError, FileExistsError) as e:
         _fail(e)
     typer.echo(
-        json.dumps(
-            {
-                "specialist": str(out),
-                "statistics": str(stats_path),
-                "registered": register,
-                "experts_per_layer": p.experts_per_layer(),
-                "parameters": p.parameters,
-                "base_parameters": p.base.parameters,
-            }
-        )
+        json.dumps({"specialist": str(out), "statistics": str(stats_path), "registered": register, **_sizes(p)})
     )
 
 

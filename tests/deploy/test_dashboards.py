@@ -151,8 +151,11 @@ def test_memory_savings_dashboard_shows_what_the_issue_asks():
     exprs = " ".join(e for q, e in dashboard_queries() if q.startswith("memory-savings/"))
     for metric in (
         "moe_specialist_bytes_saved",
+        "moe_specialist_bytes_saved_ratio",
+        "moe_specialist_experts_kept",
         "moe_specialist_weight_bytes",
         "moe_specialist_base_weight_bytes",
-        "vllm:kv_cache_usage_perc",
+        "moe_engine_memory_bytes",
+        "moe_engine_kv_cache_usage_ratio",
     ):
         assert metric in exprs
