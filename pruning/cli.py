@@ -299,8 +299,16 @@ def evaluate(
     max_new_tokens: int = 256,
     batch_size: int = 32,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
+    comet: Annotated[
+        str | None,
+        typer.Option(help="Also score with this COMET model, e.g. Unbabel/XCOMET-XL or a .ckpt file."),
+    ] = None,
+    comet_python: Annotated[
+        str | None,
+        typer.Option(help="A Python with unbabel-comet installed (it needs its own venv: it pins transformers<5)."),
+    ] = None,
 ) -> None:
-    """Translate DATA/SPLIT with MODEL; chrF, BLEU and the degenerate-output rate per direction (JSON)."""
+    """Translate DATA/SPLIT with MODEL; chrF, BLEU (and xCOMET) and the degenerate-output rate per direction."""
     from pruning.evaluate import evaluate as run
 
     try:
@@ -316,8 +324,10 @@ def evaluate(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             out=out,
+            comet_model=comet,
+            **({"comet_python": comet_python} if comet_python else {}),
         )
-    except ValueError as e:
+    except (ValueError, ImportError, RuntimeError) as e:
         _fail(e)
     typer.echo(res.model_dump_json(indent=1, exclude={"directions": {"__all__": {"seeds"}}}))
 

@@ -9,14 +9,21 @@ and scores are reported as mean and (sample) std over seeds; greedy decoding run
 
 Backends: ``transformers`` (batched ``generate`` with left padding; always works) and ``vllm`` (the ``LLM``
 engine; pruned specialists load through the project's vLLM plugin).
+
+xCOMET (or any COMET model) when the user has it: ``comet_model="Unbabel/XCOMET-XL"`` (hub id or a local
+checkpoint), scored by unbabel-comet in its own Python (``comet_python``; see ``CometScorer``). It is reported
+x 100 as the mean segment score with degenerate outputs scored 0, like chrF's empty hypotheses.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +34,7 @@ from models.prompts import render
 from pruning.data import read_parallel
 
 Backend = Literal["transformers", "vllm"]
+SegmentScorer = Callable[[list[str], list[str], list[str]], list[float]]  # (sources, hypotheses, refs) -> scores
 Degeneracy = Literal["empty", "loop", "residue"]
 
 # End-of-turn markers of the families we know (the tokenizer's own eos is added at run time).
@@ -106,6 +114,73 @@ def corpus_scores(hypotheses: list[str], references: list[str], target: str) -> 
     return chrf, bleu
 
 
+def segment_mean(score: SegmentScorer, sources: list[str], hyps: list[str], refs: list[str],
+                 degenerate: list[bool]) -> float:
+    """100 * sum of segment scores over non-degenerate outputs / n: a degenerate output scores 0."""
+    keep = [i for i, d in enumerate(degenerate) if not d]
+    picked = ([sources[i] for i in keep], [hyps[i] for i in keep], [refs[i] for i in keep])
+    scores = score(*picked) if keep else []
+    return 100 * sum(scores) / max(len(hyps), 1)
+
+
+# unbabel-comet pins transformers < 5 and huggingface-hub < 1, so it cannot share our environment: the scorer
+# runs in a Python that has it (its own venv), as a child process fed one JSON line per batch of segments.
+_COMET_WORKER = """
+import json, sys
+import torch
+from comet import download_model, load_from_checkpoint
+model, batch_size = sys.argv[1], int(sys.argv[2])
+net = load_from_checkpoint(model if model.endswith(".ckpt") else download_model(model))
+gpus = 1 if torch.cuda.is_available() else 0
+for line in sys.stdin:
+    out = net.predict(json.loads(line), batch_size=batch_size, gpus=gpus, progress_bar=False)
+    print("COMET-SCORES " + json.dumps([float(x) for x in out.scores]), flush=True)
+"""
+
+
+class CometScorer:
+    """A ``SegmentScorer`` backed by a COMET model (hub id such as ``Unbabel/XCOMET-XL`` or a local .ckpt)
+    loaded once in a child process of ``python`` (an interpreter with unbabel-comet installed)."""
+
+    def __init__(self, model: str, python: str = sys.executable, batch_size: int = 8):
+        self.model, self.python = model, python
+        self.proc = subprocess.Popen(
+            [python, "-c", _COMET_WORKER, model, str(batch_size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def _failed(self) -> Exception:
+        self.proc.kill()
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        if "No module named 'comet'" in err:
+            return ImportError(
+                f"{self.python} has no unbabel-comet. It pins transformers<5, so give it its own environment: "
+                "python -m venv ~/comet && ~/comet/bin/pip install unbabel-comet; "
+                "then --comet-python ~/comet/bin/python"
+            )
+        return RuntimeError(f"COMET scoring with {self.model} failed:\n{err[-3000:]}")
+
+    def __call__(self, sources: list[str], hyps: list[str], refs: list[str]) -> list[float]:
+        data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hyps, refs, strict=True)]
+        try:
+            self.proc.stdin.write(json.dumps(data) + "\n")
+            self.proc.stdin.flush()
+            for line in self.proc.stdout:
+                if line.startswith("COMET-SCORES "):
+                    return json.loads(line.removeprefix("COMET-SCORES "))
+        except (BrokenPipeError, ValueError):
+            pass
+        raise self._failed()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 # --- results --------------------------------------------------------------------------------------------------
 
 
@@ -113,6 +188,7 @@ class SeedScore(BaseModel):
     seed: int
     chrf: float
     bleu: float
+    comet: float | None = None  # x 100, degenerate outputs 0
     degenerate: dict[str, int]  # kind -> count
     truncated: int  # outputs that hit max_new_tokens without an end marker
 
@@ -125,6 +201,7 @@ class DirectionResult(BaseModel):
     chrf_std: float
     bleu: float
     bleu_std: float
+    comet: float | None = None  # mean over seeds, when a COMET model scored it
     degenerate_rate: float  # mean over seeds of degenerate / n
     seeds: list[SeedScore]
     seconds: float
@@ -138,6 +215,7 @@ class EvalResults(BaseModel):
     limit: int | None
     temperature: float
     max_new_tokens: int
+    comet_model: str | None = None
     directions: dict[str, DirectionResult] = Field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
@@ -322,6 +400,7 @@ def evaluate_direction(
     temperature: float = 0.0,
     max_new_tokens: int = 256,
     length_ratio: float = 2.0,
+    comet: SegmentScorer | None = None,
 ) -> DirectionResult:
     """Translate and score one direction. Each output gets at most
     ``min(max_new_tokens, length_ratio * source tokens + 16)`` new tokens (loops stop early)."""
@@ -331,7 +410,7 @@ def evaluate_direction(
     per_seed = []
     for seed in seeds if temperature > 0 else list(seeds)[:1] or [0]:
         raws = translator.generate(prompts, seed, temperature, budgets)
-        hyps, counts, truncated = [], {"empty": 0, "loop": 0, "residue": 0}, 0
+        hyps, counts, truncated, degenerate = [], {"empty": 0, "loop": 0, "residue": 0}, 0, []
         for raw in raws:
             text, kind = classify(raw, translator.end_markers)
             truncated += not any(m in raw for m in (*END_MARKERS, *translator.end_markers))
@@ -339,8 +418,12 @@ def evaluate_direction(
                 counts[kind] += 1
                 text = ""
             hyps.append(text)
+            degenerate.append(kind is not None)
         chrf, bleu = corpus_scores(hyps, references, target)
-        per_seed.append(SeedScore(seed=seed, chrf=chrf, bleu=bleu, degenerate=counts, truncated=truncated))
+        neural = None if comet is None else segment_mean(comet, sources, hyps, references, degenerate)
+        per_seed.append(
+            SeedScore(seed=seed, chrf=chrf, bleu=bleu, comet=neural, degenerate=counts, truncated=truncated)
+        )
     n = len(sources)
     std = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     return DirectionResult(
@@ -350,6 +433,7 @@ def evaluate_direction(
         chrf_std=std([s.chrf for s in per_seed]),
         bleu=statistics.fmean(s.bleu for s in per_seed),
         bleu_std=std([s.bleu for s in per_seed]),
+        comet=None if comet is None else statistics.fmean(s.comet for s in per_seed),
         degenerate_rate=statistics.fmean(sum(s.degenerate.values()) / max(n, 1) for s in per_seed),
         seeds=per_seed,
         seconds=time.perf_counter() - started,
@@ -370,9 +454,13 @@ def evaluate(
     dtype: str = "float32",
     out: str | Path | None = None,
     translator: Translator | None = None,
+    comet_model: str | None = None,
+    comet_python: str = sys.executable,
+    comet: SegmentScorer | None = None,
 ) -> EvalResults:
     """Translate ``split`` passages in every direction with ``model_dir`` and score them (module docstring).
-    ``translator`` reuses an already loaded model. Results are written to ``out`` as JSON when given."""
+    ``translator`` reuses an already loaded model, ``comet`` an already loaded scorer (else ``comet_model``
+    is loaded). Results are written to ``out`` as JSON when given."""
     pairs = parse_directions(directions)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
@@ -381,6 +469,9 @@ def evaluate(
     texts = read_parallel(data_dir, split, sorted({lang for p in pairs for lang in p}), limit)
     own = translator is None
     translator = translator or load_translator(model_dir, backend, dtype=dtype, batch_size=batch_size)
+    own_comet = comet is None and comet_model is not None
+    if own_comet:
+        comet = CometScorer(comet_model, comet_python)  # loads its model while we translate
     results = EvalResults(
         model=str(model_dir),
         backend=backend,
@@ -388,15 +479,18 @@ def evaluate(
         limit=limit,
         temperature=temperature,
         max_new_tokens=max_new_tokens,
+        comet_model=comet_model,
     )
     try:
         for src, tgt in pairs:
             results.directions[f"{src}-{tgt}"] = evaluate_direction(
-                translator, src, tgt, texts[src], texts[tgt], seeds, temperature, max_new_tokens
+                translator, src, tgt, texts[src], texts[tgt], seeds, temperature, max_new_tokens, comet=comet
             )
     finally:
         if own:
             translator.close()
+        if own_comet:
+            comet.close()
     if out is not None:
         results.save(out)
     return results

@@ -5,7 +5,16 @@ import json
 import pytest
 import sacrebleu
 
-from pruning.evaluate import classify, corpus_scores, evaluate, extract, has_loop, parse_directions
+from pruning.evaluate import (
+    CometScorer,
+    classify,
+    corpus_scores,
+    evaluate,
+    extract,
+    has_loop,
+    parse_directions,
+    segment_mean,
+)
 from tests.tiny import save_tiny
 
 
@@ -70,6 +79,62 @@ def test_corpus_scores_match_sacrebleu():
     assert corpus_scores(["The cat is on the mat.", ""], refs[:2], "en")[0] < corpus_scores(refs[:2], refs[:2], "en")[0]
 
 
+def test_segment_mean_scores_degenerate_outputs_zero():
+    seen = []
+
+    def score(sources, hyps, refs):  # a stand-in segment scorer: 1 per matching word count, by hand
+        seen.append(hyps)
+        return [0.5 if h.split() == r.split() else 0.2 for h, r in zip(hyps, refs, strict=True)]
+
+    got = segment_mean(score, ["a", "b", "c", "d"], ["x y", "", "z", "w"], ["x y", "q", "z", "v"],
+                       [False, True, False, False])
+    assert seen == [["x y", "z", "w"]]  # the degenerate output is not sent to the scorer
+    assert got == pytest.approx(100 * (0.5 + 0 + 0.5 + 0.2) / 4)
+    assert segment_mean(score, ["a"], [""], ["b"], [True]) == 0.0
+
+
+# unbabel-comet cannot be installed beside transformers 5 and its models come from the hub, so the COMET child
+# process runs a stand-in ``comet`` package with the same API (score = word overlap with the reference).
+FAKE_COMET = """
+class _Out:
+    def __init__(self, scores):
+        self.scores = scores
+
+
+class _Model:
+    def predict(self, data, batch_size, gpus, progress_bar):
+        return _Out([len(set(d["mt"].split()) & set(d["ref"].split())) / max(len(d["ref"].split()), 1) for d in data])
+
+
+def download_model(name):
+    return name + ".ckpt"
+
+
+def load_from_checkpoint(path):
+    assert path == "Unbabel/XCOMET-XL.ckpt", path
+    return _Model()
+"""
+
+
+def test_comet_scorer_runs_comet_in_a_child_python(tmp_path, monkeypatch):
+    (tmp_path / "comet").mkdir()
+    (tmp_path / "comet" / "__init__.py").write_text(FAKE_COMET)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    scorer = CometScorer("Unbabel/XCOMET-XL")
+    try:
+        assert scorer(["s1", "s2"], ["a b", "x"], ["a b c d", "y"]) == [0.5, 0.0]
+        assert scorer(["s"], ["same words"], ["same words"]) == [1.0]  # one model load, several batches
+    finally:
+        scorer.close()
+
+
+def test_comet_without_the_package_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # an empty folder: no comet package anywhere
+    scorer = CometScorer("Unbabel/XCOMET-XL")
+    with pytest.raises(ImportError, match="own environment"):
+        scorer(["s"], ["h"], ["r"])
+
+
 def test_parse_directions():
     assert parse_directions(["en-de", ("fr", "en")]) == [("en", "de"), ("fr", "en")]
     for bad in (["en"], ["en-en"], []):
@@ -87,9 +152,12 @@ def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, flores_dir):
     assert 0.0 <= r.degenerate_rate <= 1.0 and 0.0 <= r.chrf <= 100.0
     assert sum(r.seeds[0].degenerate.values()) == round(r.degenerate_rate * 3)
     assert json.loads(out.read_text())["directions"]["de-en"]["n"] == 3
-    # greedy is deterministic
-    again = evaluate(model, flores_dir, ["en-de"], limit=3, max_new_tokens=12)
+    # greedy is deterministic; a COMET scorer (a stand-in here: xCOMET needs the hub and a GPU-size model)
+    # scores the same outputs, degenerate ones as 0
+    constant = lambda sources, hyps, refs: [0.5] * len(hyps)  # noqa: E731
+    again = evaluate(model, flores_dir, ["en-de"], limit=3, max_new_tokens=12, comet=constant)
     assert again.directions["en-de"].chrf == r.chrf
+    assert again.directions["en-de"].comet == pytest.approx(50 * (1 - r.degenerate_rate))
     sampled = evaluate(model, flores_dir, ["en-de"], limit=3, max_new_tokens=12, temperature=1.0, seeds=[0, 1, 2])
     s = sampled.directions["en-de"]
     assert [x.seed for x in s.seeds] == [0, 1, 2]
