@@ -22,7 +22,7 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 
 
 
 class GatewayMetrics:
-    """The gateway's metrics. Labels: ``specialist`` (model name, "none" before routing), ``direction``
+    """The gateway's metrics. Labels: ``specialist`` (model name), ``direction``
     ("en-de"), ``status`` (HTTP status code, or 499 for a request cut off), ``reason`` of a rejection."""
 
     content_type = CONTENT_TYPE_LATEST

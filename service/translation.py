@@ -156,9 +156,7 @@ class Translator:
     def admit(self, planned: list[Planned], target: str, stack: contextlib.ExitStack) -> None:
         """Reserve queue slots for every text (all or nothing) or raise 429/503."""
         texts = Counter((p.engine.name, f"{p.source}-{target}") for p in planned)  # (specialist, direction) -> n
-        per_engine: Counter[str] = Counter()
-        for (name, _), n in texts.items():
-            per_engine[name] += n
+        per_engine = Counter(p.engine.name for p in planned)
         direction = {name: d for (name, d) in texts}  # a rejection is counted under one of its directions
         retry = {"Retry-After": str(self.settings.retry_after_s)}
         for name, n in per_engine.items():
