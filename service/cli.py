@@ -14,8 +14,6 @@ from typing import Any
 
 from service.settings import Settings, SpecialistSpec
 
-log = logging.getLogger("service.cli")
-
 BUNDLED_REGISTRY_ENV = "MOE_BUNDLED_REGISTRY"
 
 
