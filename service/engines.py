@@ -258,6 +258,25 @@ class LocalVllmEngine(Engine):
             raise EngineUnavailable(f"specialist {self.name!r}: generation failed: {type(e).__name__}: {e}") from e
 
 
+def scheduler_gauges(exposition: str, model: str | None) -> tuple[int, int, float]:
+    """(running, waiting, KV-cache usage) of ``model`` from a vLLM server's Prometheus text: requests summed
+    over its engines, the KV-cache usage of the fullest one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    running = waiting = usage = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.labels.get("model_name", model) != model:
+                continue
+            if sample.name == "vllm:num_requests_running":
+                running += sample.value
+            elif sample.name == "vllm:num_requests_waiting":
+                waiting += sample.value
+            elif sample.name == "vllm:kv_cache_usage_perc":
+                usage = max(usage, sample.value)
+    return int(running), int(waiting), usage
+
+
 class RemoteVllmEngine(Engine):
     """A vLLM OpenAI-compatible server. Prompts are rendered here when the tokenizer loads (from
     ``spec.tokenizer`` or the server's model root) and sent to /v1/completions; otherwise the server's chat
@@ -305,20 +324,13 @@ class RemoteVllmEngine(Engine):
 
     async def _scrape_scheduler(self) -> None:
         """Copy the server's scheduler gauges (its vllm:* metrics for our model) into the gateway's metrics."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        wanted = {"vllm:num_requests_running": 0.0, "vllm:num_requests_waiting": 0.0, "vllm:kv_cache_usage_perc": 0.0}
         try:
             resp = (await self.client.get("/metrics", timeout=self.settings.remote_timeout_s)).raise_for_status()
-            for family in text_string_to_metric_families(resp.text):
-                for sample in family.samples:
-                    if sample.name in wanted and sample.labels.get("model_name", self.model) == self.model:
-                        wanted[sample.name] += sample.value
+            running, waiting, usage = scheduler_gauges(resp.text, self.model)
         except (httpx.HTTPError, ValueError) as e:
             log.debug("%s: no scheduler metrics from %s: %s", self.name, self.spec.path, e)
             return
-        running, waiting, usage = wanted.values()
-        self.metrics.engine_scheduler(self.name, int(running), int(waiting), usage)
+        self.metrics.engine_scheduler(self.name, running, waiting, usage)
 
     async def _load_tokenizer(self, root: str | None) -> None:
         self._tokenizer_tried = True
