@@ -1,4 +1,5 @@
-"""The translation prompt, shared by calibration, training, evaluation and the gateway.
+"""The translation prompt, shared by calibration, training, evaluation and the gateway, and its inverse: the
+answer span of what a model generates after it.
 
 One instruction ("Translate this passage from S to T.") rendered through the tokenizer's chat template, so
 each family gets its own format (GPT-OSS harmony, Qwen3 ChatML, the bundled translator's template).
@@ -6,7 +7,12 @@ each family gets its own format (GPT-OSS harmony, Qwen3 ChatML, the bundled tran
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
+
+HARMONY_FINAL = "<|channel|>final<|message|>"
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 # ISO 639-1/3 codes of FLORES languages we know by name; any code in this table is accepted by the API.
 LANGUAGE_NAMES: dict[str, str] = {
@@ -53,3 +59,21 @@ def render(tokenizer: Any, source: str, target: str, text: str, translation: str
         return prompt
     eos = getattr(tokenizer, "eos_token", None) or ""
     return f"{prompt} {translation}{eos}"
+
+
+def answer_span(raw: str, end_markers: Iterable[str]) -> tuple[str, bool]:
+    """(answer, unfinished) of generated text decoded WITH special tokens: GPT-OSS harmony output keeps its
+    ``final`` channel only, ``<think>...</think>`` blocks are dropped, and the text ends at the first end marker.
+    ``unfinished``: the model stopped while reasoning (harmony output without a final channel gives "", an
+    unclosed ``<think>`` the text before it)."""
+    text = raw
+    if HARMONY_FINAL in text:
+        text = text[text.rindex(HARMONY_FINAL) + len(HARMONY_FINAL) :]
+    elif "<|channel|>" in text:
+        return "", True
+    text = _THINK.sub("", text)
+    unfinished = "<think>" in text
+    if unfinished:
+        text = text[: text.index("<think>")]
+    cut = min((i for m in end_markers if m and (i := text.find(m)) != -1), default=len(text))
+    return text[:cut], unfinished

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import sacrebleu
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.prompts import render
+from models.prompts import answer_span, render
 from pruning.data import read_parallel
 
 Backend = Literal["transformers", "vllm"]
@@ -39,7 +39,6 @@ Degeneracy = Literal["empty", "loop", "residue"]
 
 # End-of-turn markers of the families we know (the tokenizer's own eos is added at run time).
 END_MARKERS = ("<|end|>", "<|return|>", "<|call|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<eos>")
-HARMONY_FINAL = "<|channel|>final<|message|>"
 _SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?think>|<(?:eos|pad|bos|s|unk)>")
 _ROLE_LINE = re.compile(r"^\s*(?:assistant|user|system)\s*:?\s*$", re.IGNORECASE | re.MULTILINE)
 
@@ -54,20 +53,7 @@ def extract(raw: str, end_markers: Sequence[str] = ()) -> tuple[str, bool]:
     and ``<think>...</think>`` blocks are dropped. Anything template-like still left in the translation
     (special tokens such as ``<|user|>``, role lines, an unclosed ``<think>``, harmony output that never reaches
     its final channel) is removed from the returned text and reported as ``residue=True``."""
-    text = raw
-    residue = False
-    if HARMONY_FINAL in text:
-        text = text[text.rindex(HARMONY_FINAL) + len(HARMONY_FINAL) :]
-    elif "<|channel|>" in text:
-        return "", True  # harmony reasoning that never reached the final answer
-    text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL)
-    if "<think>" in text:
-        text, residue = text[: text.index("<think>")], True
-    cut = len(text)
-    for marker in (*END_MARKERS, *end_markers):
-        if marker and (i := text.find(marker)) != -1:
-            cut = min(cut, i)
-    text = text[:cut]
+    text, residue = answer_span(raw, (*END_MARKERS, *end_markers))
     cleaned = _ROLE_LINE.sub("", _SPECIAL.sub("", text))
     if cleaned != text:
         residue = True
