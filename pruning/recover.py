@@ -201,12 +201,10 @@ def _end_markers(tokenizer: Any) -> list[int]:
 
 def decode_translation(tokenizer: Any, ids: list[int]) -> str:
     """The translation in generated ids (cut before EOS): decoded with special tokens and passed through the
-    gateway's extractor (final channel of reasoning formats, think blocks dropped) when it is installed,
-    else decoded without special tokens."""
-    try:
-        from service.extract import extract_translation
-    except ImportError:  # the service package is optional for offline pruning
-        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+    gateway's extractor (final channel of reasoning formats, think blocks dropped), so the specialist learns
+    what the gateway would answer."""
+    from service.extract import extract_translation  # ships in the same distribution; needs only models/
+
     return extract_translation(tokenizer.decode(ids, skip_special_tokens=False)).strip()
 
 
