@@ -88,16 +88,22 @@ def _show(e: SpecialistEntry) -> str:
     return json.dumps(data, indent=2)
 
 
+Name = Annotated[str, typer.Argument(help="Specialist name (a-z 0-9 . _ -).")]
+Directions = Annotated[list[str] | None, typer.Option(help="Served direction, e.g. en-de (repeatable).")]
+Languages = Annotated[list[str] | None, typer.Option(help="Language of a multilingual specialist (repeatable).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an entry of the same name.")]
+
+
 @app.command("add")
 def add(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Specialist name (a-z 0-9 . _ -).")],
+    name: Name,
     path: Annotated[Path, typer.Argument(help="Folder with config.json and *.safetensors.")],
     base: Annotated[str | None, typer.Option(help="Base model: local folder (for bytes saved) or hub id.")] = None,
     plan: Annotated[Path | None, typer.Option(help="plan.json the specialist was pruned with.")] = None,
-    direction: Annotated[list[str] | None, typer.Option(help="Served direction, e.g. en-de (repeatable).")] = None,
-    language: Annotated[list[str] | None, typer.Option(help="Language of a multilingual specialist.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an entry of the same name.")] = False,
+    direction: Directions = None,
+    language: Languages = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Register a specialist from a local folder."""
     with _errors():
@@ -110,12 +116,12 @@ def add(
 @app.command("materialise")
 def materialise(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Specialist name (a-z 0-9 . _ -).")],
+    name: Name,
     plan: Annotated[Path, typer.Argument(help="plan.json to apply.")],
     base: Annotated[str | None, typer.Option(help="Base model folder or hub id (default: the plan's).")] = None,
-    direction: Annotated[list[str] | None, typer.Option(help="Served direction (repeatable).")] = None,
-    language: Annotated[list[str] | None, typer.Option(help="Language of a multilingual specialist.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an entry of the same name.")] = False,
+    direction: Directions = None,
+    language: Languages = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Apply a plan to its base (cached by plan hash) and register the result."""
     with _errors():
