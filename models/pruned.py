@@ -61,6 +61,10 @@ def rebuild_moe_blocks(model: nn.Module, adapter: FamilyAdapter, block_cls: type
 class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
     """Qwen3-MoE causal LM with per-layer expert counts."""
 
+    # The experts modules are the family's own, so transformers' grouped_mm / batched_mm kernels work; transformers
+    # only offers them to classes whose module source contains its experts decorator, which ours need not.
+    _can_set_experts_implementation_cached_value = True
+
     def __init__(self, config: Qwen3MoeConfig):
         super().__init__(config)
         rebuild_moe_blocks(self, QWEN3_MOE, Qwen3MoeSparseMoeBlock)
@@ -69,6 +73,8 @@ class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
 
 class PrunedGptOssForCausalLM(GptOssForCausalLM):
     """GPT-OSS causal LM with per-layer expert counts."""
+
+    _can_set_experts_implementation_cached_value = True  # as above
 
     def __init__(self, config: GptOssConfig):
         super().__init__(config)

@@ -45,6 +45,11 @@ Allocation = Annotated[
     ),
 ]
 
+ExpertsImplementation = Annotated[
+    str | None,
+    typer.Option(help="transformers experts kernel: eager (default), batched_mm or grouped_mm (fast on GPUs)."),
+]
+
 
 def _langs(value: str) -> list[str]:
     return [x.strip() for x in value.split(",") if x.strip()]
@@ -240,9 +245,17 @@ def recover(
         str, typer.Option(help="distill: auto (vLLM, else transformers), vllm or transformers.")
     ] = "auto",
     max_new_tokens: int = 256,
+    generate_batch_size: Annotated[int, typer.Option(help="distill: passages the parent translates at once.")] = 16,
+    distilled: Annotated[
+        Path | None,
+        typer.Option(help="distill: train on the parent's translations saved by an earlier --save-data run."),
+    ] = None,
     save_data: Annotated[Path | None, typer.Option(help="Write the training pairs here (.jsonl).")] = None,
-    dtype: str = "float32",
+    dtype: Annotated[str, typer.Option(help="Training dtype (the result is saved in the specialist's own).")] = (
+        "float32"
+    ),
     device: str = "cpu",
+    experts_implementation: ExpertsImplementation = None,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations (less memory).")] = False,
     overwrite: bool = False,
 ) -> None:
@@ -272,7 +285,10 @@ def recover(
             dtype=dtype,
             backend=backend,
             max_new_tokens=max_new_tokens,
+            generate_batch_size=generate_batch_size,
+            distilled=distilled,
             save_data=save_data,
+            experts_implementation=experts_implementation,
             gradient_checkpointing=gradient_checkpointing,
             overwrite=overwrite,
         )
@@ -298,6 +314,9 @@ def evaluate(
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     max_new_tokens: int = 256,
     batch_size: int = 32,
+    dtype: str = "float32",
+    device: Annotated[str, typer.Option(help="transformers backend: cpu, cuda, ...")] = "cpu",
+    experts_implementation: ExpertsImplementation = None,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
     comet: Annotated[
         str | None,
@@ -323,6 +342,9 @@ def evaluate(
             temperature=temperature,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            dtype=dtype,
+            device=device,
+            experts_implementation=experts_implementation,
             out=out,
             comet_model=comet,
             **({"comet_python": comet_python} if comet_python else {}),

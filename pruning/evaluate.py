@@ -345,11 +345,12 @@ def load_translator(
     dtype: str = "float32",
     batch_size: int = 32,
     experts_implementation: str | None = None,
+    device: str = "cpu",
 ) -> Translator:
-    """``experts_implementation`` (transformers): eager (default), batched_mm or grouped_mm."""
+    """``experts_implementation`` and ``device``: transformers only (eager, batched_mm or grouped_mm)."""
     if backend == "transformers":
         return TransformersTranslator(
-            model_dir, dtype, batch_size=batch_size, experts_implementation=experts_implementation
+            model_dir, dtype, device, batch_size=batch_size, experts_implementation=experts_implementation
         )
     if backend == "vllm":
         try:
@@ -438,6 +439,8 @@ def evaluate(
     max_new_tokens: int = 256,
     batch_size: int = 32,
     dtype: str = "float32",
+    device: str = "cpu",
+    experts_implementation: str | None = None,
     out: str | Path | None = None,
     translator: Translator | None = None,
     comet_model: str | None = None,
@@ -454,7 +457,9 @@ def evaluate(
         raise ValueError("sampling (temperature > 0) needs at least one seed")
     texts = read_parallel(data_dir, split, sorted({lang for p in pairs for lang in p}), limit)
     own = translator is None
-    translator = translator or load_translator(model_dir, backend, dtype=dtype, batch_size=batch_size)
+    translator = translator or load_translator(
+        model_dir, backend, dtype, batch_size, experts_implementation=experts_implementation, device=device
+    )
     own_comet = comet is None and comet_model is not None
     if own_comet:
         comet = CometScorer(comet_model, comet_python)  # loads its model while we translate

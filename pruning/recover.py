@@ -10,7 +10,8 @@ translation pairs from one of two sources:
 * ``distill``: sequence-level distillation. English passages are partitioned across the target languages
   (passage i goes to ``languages[i % n]``), the unpruned PARENT translates each into its language (vLLM when it
   is installed and starts for the parent, else transformers batched greedy decoding) and the specialist
-  learns those outputs.
+  learns those outputs; with direction ``both`` it also learns each pair reversed (X->English), which keeps a
+  small model from forgetting the X->English directions (docs/results/recovery.md).
 
 Each pair is rendered with ``models.prompts.render`` (the one prompt of the project); the loss is the mean
 cross-entropy over the translation tokens only: labels are -100 on the prompt (found as the tokens of
@@ -163,6 +164,14 @@ def read_passages(data: str | Path, split: str = "dev", limit: int | None = None
     return lines[:limit] if limit else lines
 
 
+def with_reversed(pairs: list[Pair], direction: Direction) -> list[Pair]:
+    """Distilled pivot->X pairs for training in ``direction``: ``to`` as they are, ``from`` each reversed (the
+    parent's translation as the source, the original passage as the target, as in back-translation),
+    ``both`` the pairs followed by their reverses."""
+    reverse = [Pair(p.target, p.source, p.tgt, p.src) for p in pairs]
+    return {"to": pairs, "from": reverse, "both": pairs + reverse}[direction]
+
+
 def data_fingerprint(pairs: Iterable[Pair]) -> str:
     """sha256 over the JSON of every (source, target, src, tgt), in training order."""
     h = hashlib.sha256()
@@ -180,6 +189,15 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> Path:
         for p in pairs:
             f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
     return path
+
+
+def load_model(
+    model_dir: str | Path, dtype: str, device: str, experts_implementation: str | None = None
+) -> nn.Module:
+    """``AutoModelForCausalLM`` (pruned classes included) in ``dtype`` on ``device``; ``experts_implementation``:
+    transformers' eager (default), batched_mm or grouped_mm (much faster on GPUs)."""
+    extra = {"experts_implementation": experts_implementation} if experts_implementation else {}
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,11 +228,17 @@ def decode_translation(tokenizer: Any, ids: list[int]) -> str:
 
 @torch.no_grad()
 def _generate_transformers(
-    model_dir: Path, prompts: list[list[int]], max_new_tokens: int, batch_size: int, device: str, dtype: str
+    model_dir: Path,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    experts_implementation: str | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Greedy continuation ids of each prompt (left-padded batches) and whether it ended with EOS."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+    model = load_model(model_dir, dtype, device, experts_implementation).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = set(_end_markers(tokenizer))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
@@ -280,6 +304,7 @@ def distillation_pairs(
     dtype: str = "float32",
     seed: int = 0,
     pivot: str = "en",
+    experts_implementation: str | None = None,
 ) -> tuple[list[Pair], list[bool], str]:
     """The parent's greedy translation of each passage into its assigned language (``partition_languages``):
     one pair per passage, whether each output ended with EOS (unfinished ones are usually loops), and the
@@ -302,7 +327,9 @@ def distillation_pairs(
                 raise ValueError(f"vLLM could not generate with {parent_dir}: {e}") from e
             print(f"vLLM unavailable for distillation ({type(e).__name__}: {e}); using transformers generate")
     if outputs is None:
-        outputs = _generate_transformers(parent_dir, prompts, max_new_tokens, batch_size, device, dtype)
+        outputs = _generate_transformers(
+            parent_dir, prompts, max_new_tokens, batch_size, device, dtype, experts_implementation
+        )
     pairs, finished = [], []
     for (lang, text), (ids, ended) in zip(jobs, outputs, strict=True):
         pairs.append(Pair(pivot, lang, text, decode_translation(tokenizer, ids)))
@@ -428,6 +455,12 @@ def _copy_side_files(src: Path, dst: Path) -> None:
             shutil.copy2(item, dst / item.name)
 
 
+def checkpoint_dtype(config: dict[str, Any]) -> str | None:
+    """The dtype a checkpoint's config.json declares (``dtype``, or ``torch_dtype`` before transformers 5)."""
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype) else None
+
+
 def _default_languages(plan: Plan, pivot: str) -> list[str]:
     langs = {x for d in plan.recipe.directions for x in d.split("-") if x in LANGUAGE_NAMES} - {pivot}
     return sorted(langs)
@@ -455,9 +488,12 @@ def recover(
     dtype: str = "float32",
     backend: Backend = "auto",
     max_new_tokens: int = 256,
+    generate_batch_size: int = 16,
     keep_unfinished: bool = False,
+    distilled: str | Path | None = None,
     save_data: str | Path | None = None,
     pivot: str = "en",
+    experts_implementation: str | None = None,
     gradient_checkpointing: bool = False,
     overwrite: bool = False,
     log_every: int = 10,
@@ -465,11 +501,16 @@ def recover(
     """Fine-tune every parameter of ``specialist_dir`` on translation tokens and write the recovered
     specialist to ``out_dir`` (plan.json lineage says how). ``sft``: pairs from ``data``. ``distill``: English
     passages of ``data`` translated by ``parent`` (default: the plan's base) into ``languages`` (default: the
-    plan's languages), unfinished outputs dropped unless ``keep_unfinished``. ``steps`` (default: ``epochs``
-    passes over the pairs) batches of ``batch_size``."""
+    plan's languages), unfinished outputs dropped unless ``keep_unfinished``; or, with ``distilled``, the
+    parent's translations saved by an earlier run (``save_data``), so several specialists learn one set;
+    ``direction`` ``both`` also trains X->pivot on each distilled pair reversed (``with_reversed``).
+    ``steps`` (default: ``epochs`` passes over the pairs) batches of ``batch_size``, trained in ``dtype``; the
+    result is saved in the specialist's own dtype."""
     specialist_dir, out_dir = Path(specialist_dir), Path(out_dir)
     if mode not in ("sft", "distill"):
         raise ValueError(f"mode must be 'sft' or 'distill', not {mode!r}")
+    if distilled is not None and mode != "distill":
+        raise ValueError("distilled (the parent's saved translations) goes with mode 'distill'")
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; choose another folder or pass overwrite")
     config = read_config(specialist_dir)
@@ -483,6 +524,9 @@ def recover(
     distill: dict[str, Any] | None = None
     if mode == "sft":
         pairs = read_pairs(data, languages, direction, split, limit, pivot)
+    elif distilled is not None:
+        pairs = read_pairs(distilled, languages, "to", split, limit, pivot)
+        distill = {"parent": str(parent or plan.base.id), "pairs_file": str(distilled), "generated": "earlier"}
     else:
         if not languages:
             raise ValueError(f"give target languages for distillation (the paper: {PAPER_DISTILL_LANGUAGES})")
@@ -492,7 +536,17 @@ def recover(
             raise ValueError(f"no English passages in {data}")
         t0 = time.time()
         generated, finished, used = distillation_pairs(
-            parent, passages, languages, backend, max_new_tokens, device=device, dtype=dtype, seed=seed, pivot=pivot
+            parent,
+            passages,
+            languages,
+            backend,
+            max_new_tokens,
+            batch_size=generate_batch_size,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            pivot=pivot,
+            experts_implementation=experts_implementation,
         )
         pairs = [p for p, ok in zip(generated, finished, strict=True) if p.tgt and (ok or keep_unfinished)]
         distill = {
@@ -510,7 +564,9 @@ def recover(
         if not pairs:
             raise ValueError("the parent produced no finished translation; raise max_new_tokens or keep_unfinished")
     if save_data:
-        write_pairs(pairs, save_data)
+        write_pairs(pairs, save_data)  # distill: the parent's pivot->X translations, reusable as `distilled`
+    if mode == "distill":
+        pairs = with_reversed(pairs, direction)
 
     tokenizer = AutoTokenizer.from_pretrained(specialist_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -520,7 +576,7 @@ def recover(
         raise ValueError(f"no pair fits max_len={max_len} tokens")
     total = steps if steps is not None else max(1, math.ceil(epochs * len(examples) / batch_size))
 
-    model = AutoModelForCausalLM.from_pretrained(specialist_dir, dtype=getattr(torch, dtype)).to(device)
+    model = load_model(specialist_dir, dtype, device, experts_implementation)
     counts_before = adapter.experts_per_layer(model.config)
     if gradient_checkpointing:  # recompute activations in the backward pass: memory for time on big models
         model.gradient_checkpointing_enable()
@@ -530,16 +586,17 @@ def recover(
     )
     seconds = time.time() - t0
     assert adapter.experts_per_layer(model.config) == counts_before
+    saved_dtype = checkpoint_dtype(config) or dtype
 
     window = max(1, min(10, len(losses) // 2))  # mean training loss of the first and last steps
     recovery = {
         "mode": mode,
-        "data": str(data),
+        "data": str(distilled or data),
         "data_fingerprint": data_fingerprint(pairs),
         "pairs": len(pairs),
         "examples": len(examples),
         "languages": languages,
-        "direction": direction if mode == "sft" else "to",
+        "direction": direction,
         "split": split,
         "limit": limit,
         "steps": total,
@@ -552,7 +609,9 @@ def recover(
         "max_len": max_len,
         "seed": seed,
         "dtype": dtype,
+        "saved_dtype": saved_dtype,
         "device": device,
+        "experts_implementation": experts_implementation or "eager",
         "gradient_checkpointing": gradient_checkpointing,
         "optimizer": "AdamW(0.9, 0.98), grad clip 1.0",
         "trained": "all parameters (routers included)",
@@ -574,7 +633,7 @@ def recover(
     }
 
     with building_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.to(getattr(torch, saved_dtype)).save_pretrained(tmp)
         _copy_side_files(specialist_dir, tmp)
         saved = read_config(tmp)
         assert adapter.experts_per_layer(saved) == adapter.experts_per_layer(config)

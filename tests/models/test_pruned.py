@@ -43,3 +43,23 @@ def test_inconsistent_counts_are_refused():
         build_model("qwen3_moe", counts=[16, 6, 11])
     with pytest.raises(ValueError, match="layer 3 keeps 2 experts; each MoE layer needs top-k=4"):
         build_model("qwen3_moe", counts=[16, 6, 11, 2])
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])
+@pytest.mark.parametrize("kernel", ["grouped_mm", "batched_mm"])
+def test_pruned_classes_take_the_fast_expert_kernels(tmp_path, family, kernel):
+    """transformers only offers experts_implementation to classes whose module source carries its decorator;
+    the pruned classes reuse the family's experts, so the kernels must give eager's logits and gradients."""
+    build_model(family, counts=[16, 6, 11, 4]).save_pretrained(tmp_path)
+    ids = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 11, 12]])
+    results = []
+    for impl in ("eager", kernel):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, experts_implementation=impl)
+        assert model.config._experts_implementation == impl
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grad = model.model.layers[1].mlp.experts.gate_up_proj.grad
+        results.append((out.logits.detach(), grad))
+    (logits, grad), (fast_logits, fast_grad) = results
+    torch.testing.assert_close(fast_logits, logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_grad, grad, rtol=1e-4, atol=1e-5)

@@ -184,5 +184,11 @@ def test_cli_evaluate(tmp_path, flores_dir):
     r = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["directions"]["en-de"]["n"] == 2
+    fast = tmp_path / "fast.json"  # the grouped_mm experts kernel translates exactly like the default
+    kernel = ["--experts-implementation", "grouped_mm", "--device", "cpu"]
+    r = CliRunner().invoke(app, [*args, *kernel, "--out", str(fast)])
+    assert r.exit_code == 0, r.output
+    default, quick = (json.loads(f.read_text())["directions"]["en-de"] for f in (out, fast))
+    assert quick["seeds"] == default["seeds"]  # chrF, BLEU, degenerate and truncated counts
     bad = CliRunner().invoke(app, [*args[:3], "en-xx", *args[4:]])
     assert bad.exit_code == 2 and "available" in bad.output

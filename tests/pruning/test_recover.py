@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -20,6 +21,7 @@ from pruning.cli import app
 from pruning.plan import Plan, plan_from_kept
 from pruning.recover import (
     Pair,
+    checkpoint_dtype,
     collate,
     data_fingerprint,
     distillation_pairs,
@@ -29,6 +31,7 @@ from pruning.recover import (
     read_passages,
     recover,
     translation_loss,
+    with_reversed,
     write_pairs,
 )
 from tests.tiny import save_tiny, tiny_tokenizer
@@ -172,6 +175,52 @@ def test_distillation_data_from_a_tiny_parent(specialists, tmp_path):
     assert rec["distillation"]["passages"] == 5 and rec["distillation"]["parent"] == str(parent)
     saved = read_pairs(tmp_path / "distilled.jsonl")
     assert rec["data_fingerprint"] == data_fingerprint(saved) and [p.target for p in saved[:2]] == ["de", "fr"]
+
+    # another specialist learns the same translations without asking the parent again, also reversed
+    again = recover(
+        specialists["gpt_oss"], tmp_path / "again", mode="distill", distilled=tmp_path / "distilled.jsonl",
+        languages=["de", "fr"], direction="both", steps=1, batch_size=2, log_every=0,
+    )  # fmt: skip
+    reused = Plan.load(again / "plan.json").lineage["recovery"]
+    assert reused["mode"] == "distill" and reused["direction"] == "both" and reused["pairs"] == 10
+    assert reused["data_fingerprint"] == data_fingerprint(with_reversed(saved, "both"))
+    assert reused["distillation"]["generated"] == "earlier"
+    with pytest.raises(ValueError, match="mode 'distill'"):
+        recover(specialists["gpt_oss"], tmp_path / "x", distilled=tmp_path / "distilled.jsonl", steps=1)
+
+
+def test_with_reversed():
+    pairs = PAIRS[:2]
+    back = [Pair("de", "en", "Guten Morgen.", "Good morning."),
+            Pair("de", "en", "Die Katze schläft.", "The cat sleeps.")]
+    assert with_reversed(pairs, "to") == pairs
+    assert with_reversed(pairs, "from") == back
+    assert with_reversed(pairs, "both") == pairs + back
+
+
+def test_checkpoint_dtype():
+    assert checkpoint_dtype({"dtype": "bfloat16"}) == "bfloat16"
+    assert checkpoint_dtype({"torch_dtype": "float16"}) == "float16"  # transformers 4 configs
+    assert checkpoint_dtype({"dtype": "auto"}) is None and checkpoint_dtype({}) is None
+
+
+def test_trained_in_float32_saved_in_the_specialists_dtype_with_either_kernel(tmp_path):
+    base = save_tiny("qwen3_moe", tmp_path / "base", dtype=torch.bfloat16)
+    spec = apply_plan(plan_from_kept(base, KEPT), tmp_path / "spec")
+    data = write_pairs(PAIRS, tmp_path / "pairs.jsonl")
+    runs = {}
+    for kernel in (None, "grouped_mm"):
+        out = recover(spec, tmp_path / f"rec-{kernel}", data=data, steps=3, lr=1e-3, batch_size=2, log_every=0,
+                      experts_implementation=kernel)  # fmt: skip
+        runs[kernel] = Plan.load(out / "plan.json").lineage["recovery"]
+        weights = {k: v for f in out.glob("*.safetensors") for k, v in load_file(f).items()}
+        assert weights and {v.dtype for v in weights.values()} == {torch.bfloat16}
+        assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    eager, fast = runs[None], runs["grouped_mm"]
+    assert (eager["dtype"], eager["saved_dtype"]) == ("float32", "bfloat16")
+    assert (eager["experts_implementation"], fast["experts_implementation"]) == ("eager", "grouped_mm")
+    assert fast["loss_first"] == pytest.approx(eager["loss_first"], rel=1e-4)
+    assert fast["loss_last"] == pytest.approx(eager["loss_last"], rel=1e-3)
 
 
 def test_read_pairs_formats(tmp_path, flores_dir):
