@@ -1,9 +1,10 @@
 """Reproduce docs/results/recovery.md: recovery tuning of the bundled tiny translator (issue 8).
 
 Specialists: routing-mass ranking, dynamic allocation, calibrated on FLORES dev en->{languages}; each drop is
-measured without recovery, after (a) SFT on parallel en->X pairs and (b) sequence-level distillation (the
-parent's greedy translations of English passages, one language per passage, generated once and shared by
-every drop); FLORES devtest, en->X and X->en, chrF and the degenerate-output rate.
+measured without recovery, after (a) SFT on parallel en->X pairs (``sft``) and (b) sequence-level
+distillation (the parent's greedy translations of English passages, one language per passage, generated once
+and shared by every drop), learnt as they are (``distill``) or also reversed (``distill-both``); FLORES
+devtest, en->X and X->en, chrF and the degenerate-output rate.
 
     # here (CPU, seconds): slice the training corpus and FLORES into a few MB under .device/ (git-ignored)
     python benchmarks/recovery.py prepare
@@ -61,10 +62,7 @@ def prepare(corpus: Path, flores: Path, out: Path, languages: list[str], sft_per
     english = [x for x in read_passages(corpus) if len(x) < MAX_CHARS and x not in used]
     rng.shuffle(english)
     out.mkdir(parents=True, exist_ok=True)
-    plain = write_pairs(sft, out / "sft.jsonl")
-    with plain.open("rb") as f, gzip.open(out / "sft.jsonl.gz", "wb") as g:
-        shutil.copyfileobj(f, g)
-    plain.unlink()
+    write_pairs(sft, out / "sft.jsonl.gz")
     with gzip.open(out / "passages.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps({"en": x}, ensure_ascii=False) + "\n" for x in english[:passages])
     for split in ("dev", "devtest"):
@@ -151,11 +149,8 @@ def run(args: argparse.Namespace) -> None:
                           "data": data / "passages.jsonl.gz", "limit": args.passages,
                           "backend": "transformers", "max_new_tokens": 256,
                           "generate_batch_size": args.generate_batch_size,
-                          "save_data": work / "distilled.jsonl"}  # fmt: skip
+                          "save_data": distilled}  # fmt: skip
             folder = recover(pruned, work / name, languages=args.languages, overwrite=True, **source, **train)
-            if not distilled.is_file() and (work / "distilled.jsonl").is_file():
-                with (work / "distilled.jsonl").open("rb") as f, gzip.open(distilled, "wb") as g:
-                    shutil.copyfileobj(f, g)
             measure(name, folder, {**sizes, "recovery": Plan.load(folder / "plan.json").lineage["recovery"]})
     print(table(results.rows))
 

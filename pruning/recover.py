@@ -182,10 +182,12 @@ def data_fingerprint(pairs: Iterable[Pair]) -> str:
 
 
 def write_pairs(pairs: Iterable[Pair], path: str | Path) -> Path:
-    """A jsonl of ``{"source","target","src","tgt"}`` rows that ``read_pairs`` reads back (for ``sft``)."""
+    """A jsonl (gzipped when the name ends in .gz) of ``{"source","target","src","tgt"}`` rows that
+    ``read_pairs`` reads back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
         for p in pairs:
             f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
     return path

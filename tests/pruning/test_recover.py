@@ -239,6 +239,11 @@ def test_read_pairs_formats(tmp_path, flores_dir):
     ]
     assert len(read_pairs(path, ["de", "fr"], direction="both")) == 4
     assert read_passages(path) == ["One dog.", "One cat."]
+    zipped = write_pairs(PAIRS, tmp_path / "pairs.jsonl.gz")  # written gzipped, read back
+    with gzip.open(zipped, "rt", encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    assert first == {"source": "en", "target": "de", "src": "Good morning.", "tgt": "Guten Morgen."}
+    assert read_pairs(zipped) == PAIRS
     flores = read_pairs(flores_dir, ["de", "fr"], limit=3)
     assert [(p.source, p.target) for p in flores] == [("en", "de")] * 3 + [("en", "fr")] * 3
     assert len(read_passages(flores_dir, limit=4)) == 4
