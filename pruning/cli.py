@@ -51,6 +51,24 @@ ExpertsImplementation = Annotated[
 ]
 
 
+def _check_device(value: str) -> str:
+    """A torch device this machine has, refused before any model loads."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError as e:
+        raise typer.BadParameter(f"{value!r} is not a torch device; e.g. cpu, cuda, cuda:1") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter(f"{value!r}: torch {torch.__version__} sees no CUDA GPU on this machine; use cpu")
+    return value
+
+
+Device = Annotated[
+    str, typer.Option(callback=_check_device, help="torch device (transformers): cpu, cuda, cuda:1, ...")
+]
+
+
 def _langs(value: str) -> list[str]:
     return [x.strip() for x in value.split(",") if x.strip()]
 
@@ -84,7 +102,7 @@ def calibrate(
     ] = False,
     revision: str | None = None,
     dtype: str = "float32",
-    device: str = "cpu",
+    device: Device = "cpu",
 ) -> None:
     """Collect routing statistics of MODEL translating between English and each language."""
     from pruning.calibrate import calibrate as run
@@ -177,7 +195,7 @@ def prune(
     limit: Annotated[int | None, typer.Option(help="Use only the first N calibration passages.")] = None,
     batch_size: int = 8,
     dtype: str = "float32",
-    device: str = "cpu",
+    device: Device = "cpu",
     register: Annotated[str | None, typer.Option(help="Register the specialist under this name.")] = None,
     registry: Annotated[Path, typer.Option(envvar=ROOT_ENV, help="Registry folder (with --register).")] = DEFAULT_ROOT,
 ) -> None:
@@ -254,7 +272,7 @@ def recover(
     dtype: Annotated[str, typer.Option(help="Training dtype (the result is saved in the specialist's own).")] = (
         "float32"
     ),
-    device: str = "cpu",
+    device: Device = "cpu",
     experts_implementation: ExpertsImplementation = None,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations (less memory).")] = False,
     overwrite: bool = False,
@@ -315,7 +333,7 @@ def evaluate(
     max_new_tokens: int = 256,
     batch_size: int = 32,
     dtype: str = "float32",
-    device: Annotated[str, typer.Option(help="transformers backend: cpu, cuda, ...")] = "cpu",
+    device: Device = "cpu",
     experts_implementation: ExpertsImplementation = None,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
     comet: Annotated[

@@ -68,3 +68,14 @@ def test_errors_are_one_clear_line(tmp_path, flores_dir):
     assert r.exit_code == 2 and "no calibration statistics for ['en-ja']" in r.output
     r = cli("prune", base, "--out", tmp_path / "x", "-l", "de", "--drop", 4, "--register", "../evil", ok=False)
     assert r.exit_code == 2 and "evil" in r.output and not (tmp_path / "x").exists()
+
+
+def test_an_unusable_device_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    for job in (["evaluate", tmp_path, "-d", "en-de"], ["recover", tmp_path, "--out", tmp_path / "r"],
+                ["calibrate", tmp_path, "--out", tmp_path / "s", "-l", "de"]):  # fmt: skip
+        for device, why in (("cuda", "sees no CUDA GPU"), ("gpu", "is not a torch device")):
+            r = cli(*job, "--device", device, ok=False)
+            said = " ".join(r.output.replace("│", " ").split())  # the message may wrap inside a box
+            assert r.exit_code == 2 and why in said, r.output
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
