@@ -10,7 +10,9 @@ config.json says ``architectures: [Pruned...]`` and the family's own class other
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -107,6 +109,15 @@ def _by_architecture(config_cls: type, base_cls: type, pruned_cls: type) -> type
         {"config_class": config_cls, "from_pretrained": classmethod(from_pretrained),
          "_from_config": classmethod(_from_config)},
     )
+
+
+def load_causal_lm(
+    model_dir: str | Path, dtype: str = "float32", device: str = "cpu", experts_implementation: str | None = None
+) -> nn.Module:
+    """``AutoModelForCausalLM`` (the pruned classes once registered) in ``dtype`` on ``device``;
+    ``experts_implementation``: transformers' eager (default), batched_mm or grouped_mm (fast on GPUs)."""
+    extra = {"experts_implementation": experts_implementation} if experts_implementation else {}
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra).to(device)
 
 
 def register_transformers() -> None:

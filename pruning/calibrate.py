@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 import models  # noqa: F401  (registers the pruned classes)
 from models.adapters import adapter_for
+from models.pruned import load_causal_lm
 from pruning.checkpoint import checkpoint_summary, read_config, resolve_model
 from pruning.collect import collect_transformers
 from pruning.data import Direction, available_languages, calibration_sequences, directions_for
@@ -48,7 +48,7 @@ def calibrate(
     model_dir, revision = resolve_model(model, revision)
     check_calibration_request(model_dir, data_dir, split, languages, direction, pivot)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
+    lm = load_causal_lm(model_dir, dtype, device)
     adapter = adapter_for(lm.config)
     summary = checkpoint_summary(model_dir, adapter)
     base = {

@@ -252,18 +252,17 @@ class TransformersTranslator(Translator):
         experts_implementation: str | None = None,
     ):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         import models  # noqa: F401  (registers the pruned classes)
+        from models.pruned import load_causal_lm
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        extra = {"experts_implementation": experts_implementation} if experts_implementation else {}
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra)
-        self.model = self.model.to(device).eval()
+        self.model = load_causal_lm(model_dir, dtype, device, experts_implementation).eval()
         self.device, self.batch_size = device, batch_size
         self.end_ids = _end_ids(self.tokenizer)
         self.end_markers = tuple(self.tokenizer.convert_ids_to_tokens(self.end_ids))

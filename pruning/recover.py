@@ -41,11 +41,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 import models  # noqa: F401  (registers the pruned classes)
 from models.adapters import adapter_for
 from models.prompts import LANGUAGE_NAMES, render
+from models.pruned import load_causal_lm
 from pruning.checkpoint import INDEX_NAME, building_dir, file_sha256, read_config, resolve_model
 from pruning.data import Direction, directions_for, read_parallel
 from pruning.plan import Plan
@@ -193,15 +194,6 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> Path:
     return path
 
 
-def load_model(
-    model_dir: str | Path, dtype: str, device: str, experts_implementation: str | None = None
-) -> nn.Module:
-    """``AutoModelForCausalLM`` (pruned classes included) in ``dtype`` on ``device``; ``experts_implementation``:
-    transformers' eager (default), batched_mm or grouped_mm (much faster on GPUs)."""
-    extra = {"experts_implementation": experts_implementation} if experts_implementation else {}
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra).to(device)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # sequence-level distillation data
 
@@ -240,7 +232,7 @@ def _generate_transformers(
 ) -> list[tuple[list[int], bool]]:
     """Greedy continuation ids of each prompt (left-padded batches) and whether it ended with EOS."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_model(model_dir, dtype, device, experts_implementation).eval()
+    model = load_causal_lm(model_dir, dtype, device, experts_implementation).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = set(_end_markers(tokenizer))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
@@ -578,7 +570,7 @@ def recover(
         raise ValueError(f"no pair fits max_len={max_len} tokens")
     total = steps if steps is not None else max(1, math.ceil(epochs * len(examples) / batch_size))
 
-    model = load_model(specialist_dir, dtype, device, experts_implementation)
+    model = load_causal_lm(specialist_dir, dtype, device, experts_implementation)
     counts_before = adapter.experts_per_layer(model.config)
     if gradient_checkpointing:  # recompute activations in the backward pass: memory for time on big models
         model.gradient_checkpointing_enable()
