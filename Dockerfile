@@ -25,8 +25,9 @@ WORKDIR /app
 FROM base AS deps
 COPY pyproject.toml README.md ./
 COPY deploy/install.sh deploy/install.sh
-RUN mkdir -p pruning models service \
- && touch pruning/__init__.py models/__init__.py service/__init__.py \
+RUN mkdir -p cli pruning models/tiny_translator service/routers \
+ && touch cli/__init__.py pruning/__init__.py models/__init__.py models/tiny_translator/__init__.py \
+    service/__init__.py service/routers/__init__.py \
  && python -m venv /opt/venv
 
 FROM deps AS deps-cpu
@@ -48,6 +49,7 @@ ENV HF_HUB_OFFLINE=${HF_HUB_OFFLINE} \
     MOE_PORT=8000
 COPY --from=deps-cpu /opt/venv /opt/venv
 COPY --from=deps-cpu /app /app
+COPY cli cli
 COPY pruning pruning
 COPY models models
 COPY service service
@@ -76,6 +78,7 @@ ENV HF_HUB_OFFLINE=${HF_HUB_OFFLINE} \
     MOE_PORT=8000
 COPY --from=deps-gpu /opt/venv /opt/venv
 COPY --from=deps-gpu /app /app
+COPY cli cli
 COPY pruning pruning
 COPY models models
 COPY service service

@@ -12,8 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from models.tiny_translator import BUNDLED_MODEL_DIR
-from pruning.sweep import Sweep, SweepConfig
+from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
+from moe_specialists.pruning.sweep import Sweep, SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 it (remote backend), at several concurrencies. Prints throughput (requests/s), the ratio gateway/direct, and
 the latency the gateway adds (p50, p99). Goal (issue 5): ratio >= 0.95, added p50 <= 5 ms.
 
-Both paths send the same prompt (``models.prompts.render``) with greedy decoding and the same max_tokens, so
+Both paths send the same prompt (``moe_specialists.models.prompts.render``) with greedy decoding and the same max_tokens, so
 the engine does the same work; the difference is the gateway's HTTP hop, routing, admission and extraction.
 
     python benchmarks/gateway_overhead.py                       # the bundled tiny translator on the CPU
@@ -136,8 +136,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from models.prompts import render
-    from models.tiny_translator import BUNDLED_MODEL_DIR
+    from moe_specialists.models.prompts import render
+    from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
 
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     model = args.model or str(BUNDLED_MODEL_DIR)
@@ -154,7 +154,7 @@ def main() -> None:
         genv = {**env, "MOE_SPECIALISTS": json.dumps([spec]), "MOE_PORT": str(gport),
                 "MOE_MAX_QUEUE_PER_ENGINE": "100000",
                 "MOE_ACCESS_LOG": "false", "MOE_MAX_TOKENS_LIMIT": str(max(args.max_tokens, 1024))}
-        gateway = start([sys.executable, "-m", "service.cli"], genv, work / "gateway.log")
+        gateway = start([sys.executable, "-m", "moe_specialists.service.cli"], genv, work / "gateway.log")
         wait_http(f"http://127.0.0.1:{gport}/readyz", gateway, work / "gateway.log")
         rows = asyncio.run(bench(f"http://127.0.0.1:{vport}", f"http://127.0.0.1:{gport}", prompt, args))
     finally:

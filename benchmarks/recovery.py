@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from models.adapters import adapter_for
-from models.tiny_translator import BUNDLED_MODEL_DIR
-from pruning.apply import apply_plan
-from pruning.calibrate import calibrate
-from pruning.checkpoint import checkpoint_summary, read_config
-from pruning.evaluate import evaluate
-from pruning.plan import Plan, Recipe, make_plan
-from pruning.recover import read_pairs, read_passages, recover, write_pairs
-from pruning.stats import RoutingStats
+from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
+from moe_specialists.pruning.apply import apply_plan
+from moe_specialists.pruning.calibrate import calibrate
+from moe_specialists.pruning.checkpoint import checkpoint_summary, read_config
+from moe_specialists.pruning.evaluate import evaluate
+from moe_specialists.pruning.plan import Plan, Recipe, make_plan
+from moe_specialists.pruning.recover import read_pairs, read_passages, recover, write_pairs
+from moe_specialists.pruning.stats import RoutingStats
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

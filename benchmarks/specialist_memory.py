@@ -37,8 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.tiny_translator import BUNDLED_MODEL_DIR  # noqa: E402
-from pruning.collect_vllm import WORKER_EXTENSION  # noqa: E402
+from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR  # noqa: E402
+from moe_specialists.pruning.collect_vllm import WORKER_EXTENSION  # noqa: E402
 from tests.models.test_vllm_serving import vllm_engine  # noqa: E402
 
 GOAL = 0.02  # |memory ratio - kept-parameter fraction|, as a fraction of the base
@@ -47,8 +47,8 @@ MIB = 2**20
 
 def checkpoint_parameters(path: Path) -> dict[str, int]:
     """Parameters of a checkpoint folder: all, expert tensors, router rows, and experts kept (over all layers)."""
-    from models.adapters import adapter_for
-    from pruning.checkpoint import read_config, read_header, shard_files, stored_parameters
+    from moe_specialists.models.adapters import adapter_for
+    from moe_specialists.pruning.checkpoint import read_config, read_header, shard_files, stored_parameters
 
     config = read_config(path)
     adapter = adapter_for(config)
@@ -66,10 +66,10 @@ def checkpoint_parameters(path: Path) -> dict[str, int]:
 def build_specialists(tmp: Path, drops: list[int], stats_path: Path | None, data: Path, languages: list[str],
                       limit: int) -> tuple[dict[str, Path], float]:
     """{name: folder} of the specialists, from one calibration pass (or the given statistics)."""
-    from pruning.apply import apply_plan
-    from pruning.calibrate import calibrate
-    from pruning.plan import Recipe, make_plan
-    from pruning.stats import RoutingStats
+    from moe_specialists.pruning.apply import apply_plan
+    from moe_specialists.pruning.calibrate import calibrate
+    from moe_specialists.pruning.plan import Recipe, make_plan
+    from moe_specialists.pruning.stats import RoutingStats
 
     t = time.perf_counter()
     if stats_path is None or not stats_path.exists():

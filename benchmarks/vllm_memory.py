@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safetensors import safe_open  # noqa: E402
 
-from pruning.collect_vllm import WORKER_EXTENSION, stats_engine_args  # noqa: E402
+from moe_specialists.pruning.collect_vllm import WORKER_EXTENSION, stats_engine_args  # noqa: E402
 from tests.models.test_vllm_serving import build_tiny, vllm_engine  # noqa: E402
 
 SPECIALIST = [12, 6, 8, 6]  # 32 of 4 x 16 experts: 50% pruned, non-uniform

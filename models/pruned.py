@@ -24,7 +24,7 @@ from transformers import (
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
-from models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter, decoder_layers
+from moe_specialists.models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter, decoder_layers
 
 
 def layer_config(config, adapter: FamilyAdapter, num_experts: int):
@@ -127,3 +127,7 @@ def register_transformers() -> None:
         (GptOssConfig, GptOssForCausalLM, PrunedGptOssForCausalLM),
     ):
         AutoModelForCausalLM.register(config_cls, _by_architecture(config_cls, base_cls, pruned_cls), exist_ok=True)
+
+
+# Importing this module lets AutoModelForCausalLM load specialist folders (the transformers way: register at import).
+register_transformers()

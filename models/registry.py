@@ -156,7 +156,7 @@ def _files(folder: Path) -> list[Path]:
 
 def checksums(folder: str | Path) -> dict[str, str]:
     """sha256 of every file of a specialist folder, keyed by its path relative to the folder."""
-    from pruning.checkpoint import file_sha256
+    from moe_specialists.pruning.checkpoint import file_sha256
 
     folder = Path(folder)
     return {p.relative_to(folder).as_posix(): file_sha256(p) for p in _files(folder)}
@@ -164,7 +164,7 @@ def checksums(folder: str | Path) -> dict[str, str]:
 
 def verify_checksums(folder: str | Path, expected: dict[str, str]) -> None:
     """ChecksumError naming every missing or changed file."""
-    from pruning.checkpoint import file_sha256
+    from moe_specialists.pruning.checkpoint import file_sha256
 
     folder = Path(folder)
     bad = [f for f, h in expected.items() if not (folder / f).is_file() or file_sha256(folder / f) != h]
@@ -179,7 +179,7 @@ def weight_stats(folder: str | Path) -> tuple[int, int]:
     """(parameters, weight bytes) of a checkpoint from its safetensors headers alone (no tensor is read).
     Parameters = sum of element counts (MXFP4 blocks count 2 a byte, scales 0: ``stored_parameters``);
     weight bytes = sum of tensor data sizes ``data_offsets[1] - data_offsets[0]`` (headers excluded)."""
-    from pruning.checkpoint import read_header, shard_files, stored_parameters
+    from moe_specialists.pruning.checkpoint import read_header, shard_files, stored_parameters
 
     params = nbytes = 0
     for shard in shard_files(Path(folder)):
@@ -198,7 +198,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _experts_per_layer(config: dict[str, Any]) -> list[int]:
-    from models.adapters import ADAPTERS, EXPERTS_PER_LAYER_KEY, adapter_for
+    from moe_specialists.models.adapters import ADAPTERS, EXPERTS_PER_LAYER_KEY, adapter_for
 
     if config.get("model_type") in ADAPTERS:
         return adapter_for(config).experts_per_layer(config)
@@ -229,7 +229,7 @@ def entry_from_dir(
         plan = folder / "plan.json"
     base_bytes, base_experts = 0, _experts_per_layer(config)
     if plan is not None:
-        from pruning.plan import Plan
+        from moe_specialists.pruning.plan import Plan
 
         recorded = Plan.load(plan).base
         base = recorded.id if base is None else base
@@ -269,7 +269,7 @@ def plan_hash(plan: str | Path, base: str | Path | None = None) -> str:
 
 
 def _default_apply(plan: Path, base: str | Path | None, out_dir: Path) -> Any:
-    from pruning.apply import apply_plan
+    from moe_specialists.pruning.apply import apply_plan
 
     return apply_plan(plan, out_dir, base=base)
 

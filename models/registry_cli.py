@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from models.registry import Registry, RegistryError, SpecialistEntry
+from moe_specialists.models.registry import Registry, RegistryError, SpecialistEntry
 
 ROOT_ENV = "MOE_SPECIALISTS_REGISTRY"
 DEFAULT_ROOT = Path("~/.cache/moe-specialists/registry").expanduser()

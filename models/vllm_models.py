@@ -40,8 +40,8 @@ from vllm.model_executor.models.qwen3_moe import (
 )
 from vllm.model_executor.models.utils import extract_layer_index, maybe_prefix
 
-from models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter
-from models.pruned import check_expert_counts, layer_config
+from moe_specialists.models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter
+from moe_specialists.models.pruned import check_expert_counts, layer_config
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 

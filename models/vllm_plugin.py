@@ -7,14 +7,14 @@ pruned architecture name (config.json ``architectures``) to its class in ``model
 
 from __future__ import annotations
 
-VLLM_MODELS_MODULE = "models.vllm_models"
+VLLM_MODELS_MODULE = "moe_specialists.models.vllm_models"
 
 
 def register() -> None:
     """Register the pruned architectures with vLLM's ModelRegistry (idempotent)."""
     from vllm import ModelRegistry
 
-    from models.adapters import ADAPTERS
+    from moe_specialists.models.adapters import ADAPTERS
 
     for adapter in ADAPTERS.values():
         arch = adapter.pruned_architecture
@@ -28,7 +28,7 @@ def _share_config_fixups() -> None:
     quantisation name and reasoning parser), which vLLM looks up by architecture name."""
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
-    from models.adapters import ADAPTERS
+    from moe_specialists.models.adapters import ADAPTERS
 
     for adapter in ADAPTERS.values():
         if adapter.base_architecture in MODELS_CONFIG_MAP:

@@ -1,6 +1,6 @@
 """What a vLLM engine holds in memory, measured inside its worker process.
 
-``EngineMemoryProbe`` is a vLLM worker extension (``worker_extension_cls="models.vllm_worker.EngineMemoryProbe"``):
+``EngineMemoryProbe`` is a vLLM worker extension (``worker_extension_cls=PROBE``):
 ``llm.collective_rpc("engine_memory")`` returns one dict per worker. The gateway exports it as metrics; the
 benchmarks compare it across specialists.
 """
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-PROBE = "models.vllm_worker.EngineMemoryProbe"
+PROBE = "moe_specialists.models.vllm_worker.EngineMemoryProbe"
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:

@@ -17,9 +17,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from models.adapters import FamilyAdapter, adapter_for
-from pruning.checkpoint import INDEX_NAME, building_dir, file_sha256, read_config, resolve_model, shard_files
-from pruning.plan import Plan
+from moe_specialists.models.adapters import FamilyAdapter, adapter_for
+from moe_specialists.pruning.checkpoint import (
+    INDEX_NAME,
+    building_dir,
+    file_sha256,
+    read_config,
+    resolve_model,
+    shard_files,
+)
+from moe_specialists.pruning.plan import Plan
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 

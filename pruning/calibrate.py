@@ -6,12 +6,12 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-import models  # noqa: F401  (registers the pruned classes)
-from models.adapters import adapter_for
-from models.pruned import load_causal_lm
-from pruning.checkpoint import checkpoint_summary, read_config, resolve_model
-from pruning.collect import collect_transformers
-from pruning.data import Direction, available_languages, calibration_sequences, directions_for
+import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
+from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.pruned import load_causal_lm
+from moe_specialists.pruning.checkpoint import checkpoint_summary, read_config, resolve_model
+from moe_specialists.pruning.collect import collect_transformers
+from moe_specialists.pruning.data import Direction, available_languages, calibration_sequences, directions_for
 
 
 def check_calibration_request(

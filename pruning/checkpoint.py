@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from models.adapters import FamilyAdapter, adapter_for
+from moe_specialists.models.adapters import FamilyAdapter, adapter_for
 
 INDEX_NAME = "model.safetensors.index.json"
 DTYPE_BYTES = {

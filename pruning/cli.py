@@ -1,4 +1,5 @@
-"""`moe-specialists`: a thin command line over the job functions.
+"""The pruning commands (mounted at the top of `moe-specialists` by ``moe_specialists.cli``): a thin command
+line over the job functions.
 
 calibrate  route translation prompts through a model, save routing statistics (the slow step, once)
 plan       rank experts and allocate per-layer counts from saved statistics -> plan.json (instant)
@@ -7,8 +8,6 @@ prune      all three in one go
 evaluate   translate a FLORES-style split: chrF, BLEU, degenerate-output rate (JSON)
 sweep      compression curves per method, kept-expert IoU, unseen-language comparison -> docs/results
 recover    recovery tuning: full fine-tuning of a specialist (SFT on pairs, or distillation from its parent)
-serve      the translation gateway: routes requests by language pair to specialists loaded in vLLM
-registry   register, materialise, list, show, remove, push and pull specialists
 """
 
 from __future__ import annotations
@@ -19,16 +18,9 @@ from typing import Annotated
 
 import typer
 
-from models.registry_cli import DEFAULT_ROOT, ROOT_ENV
-from models.registry_cli import app as registry_app
+from moe_specialists.models.registry_cli import DEFAULT_ROOT, ROOT_ENV
 
-app = typer.Typer(
-    help="Carve translation specialists out of mixture-of-experts LLMs by pruning experts, and serve them.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-
-app.add_typer(registry_app, name="registry")
+app = typer.Typer(help="Prune experts: calibrate, plan, apply, evaluate, sweep, recover.", no_args_is_help=True)
 
 Languages = Annotated[
     str, typer.Option("--languages", "-l", help="Comma-separated language codes, e.g. de or de,fr,ru.")
@@ -105,7 +97,7 @@ def calibrate(
     device: Device = "cpu",
 ) -> None:
     """Collect routing statistics of MODEL translating between English and each language."""
-    from pruning.calibrate import calibrate as run
+    from moe_specialists.pruning.calibrate import calibrate as run
 
     try:
         path = run(
@@ -131,8 +123,8 @@ def calibrate(
 def _recipe(
     stats_path: Path, drop: int, ranking: str, allocation: str, directions: str | None, invert: bool, seed: int
 ):
-    from pruning.plan import Recipe, make_plan
-    from pruning.stats import RoutingStats
+    from moe_specialists.pruning.plan import Recipe, make_plan
+    from moe_specialists.pruning.stats import RoutingStats
 
     stats = RoutingStats.load(stats_path)
     dirs = _langs(directions) if directions else sorted(stats.groups)
@@ -173,7 +165,7 @@ def apply(
     overwrite: bool = False,
 ) -> None:
     """Write the specialist: the base checkpoint sliced by the plan, streamed shard by shard."""
-    from pruning.apply import apply_plan
+    from moe_specialists.pruning.apply import apply_plan
 
     try:
         path = apply_plan(plan, out, base=base, overwrite=overwrite)
@@ -200,9 +192,9 @@ def prune(
     registry: Annotated[Path, typer.Option(envvar=ROOT_ENV, help="Registry folder (with --register).")] = DEFAULT_ROOT,
 ) -> None:
     """calibrate + plan + apply; statistics and plan are kept beside the specialist for reuse."""
-    from models.registry import Registry, validate_name
-    from pruning.apply import apply_plan
-    from pruning.calibrate import calibrate as run
+    from moe_specialists.models.registry import Registry, validate_name
+    from moe_specialists.pruning.apply import apply_plan
+    from moe_specialists.pruning.calibrate import calibrate as run
 
     stats_path = out.with_name(out.name + ".stats.safetensors")
     try:
@@ -278,8 +270,8 @@ def recover(
     overwrite: bool = False,
 ) -> None:
     """Fine-tune every parameter of SPECIALIST on translation tokens; the new plan.json records the lineage."""
-    from pruning.plan import Plan
-    from pruning.recover import recover as run
+    from moe_specialists.pruning.plan import Plan
+    from moe_specialists.pruning.recover import recover as run
 
     try:
         path = run(
@@ -346,7 +338,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Translate DATA/SPLIT with MODEL; chrF, BLEU (and xCOMET) and the degenerate-output rate per direction."""
-    from pruning.evaluate import evaluate as run
+    from moe_specialists.pruning.evaluate import evaluate as run
 
     try:
         res = run(
@@ -396,7 +388,7 @@ def sweep(
 
     from pydantic import ValidationError
 
-    from pruning.sweep import METHODS, Sweep, SweepConfig
+    from moe_specialists.pruning.sweep import METHODS, Sweep, SweepConfig
 
     ints = lambda s: [int(x) for x in _langs(s)]  # noqa: E731
     try:
@@ -422,40 +414,3 @@ def sweep(
         _fail(e)
     typer.echo(f"report written to {path}")
 
-
-@app.command()
-def serve(
-    specialist: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--specialist",
-            "-s",
-            help="name=path:directions, repeatable. path: a folder, hub id or http(s) URL of a vLLM server; "
-            "directions: en-de,de-en (those), en,de,fr (every pair among them) or base. "
-            "Example: -s en-de=/models/en-de:en-de,de-en",
-        ),
-    ] = None,
-    registry: Annotated[
-        Path | None, typer.Option(help="Serve every specialist registered in this registry folder.")
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1, MOE_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000, MOE_PORT).")] = None,
-    api_key: Annotated[
-        list[str] | None, typer.Option("--api-key", help="Accepted API key, repeatable (default: none needed).")
-    ] = None,
-) -> None:
-    """Serve translation specialists over HTTP (FastAPI + vLLM). With no specialist and no registry it serves
-    pruned specialists of the bundled tiny translator on the CPU. MOE_* environment variables set the rest
-    (see service/settings.py)."""
-    from pydantic import ValidationError
-
-    from service.cli import serve as run_gateway
-
-    try:
-        run_gateway(specialists=specialist, registry=registry, host=host, port=port, api_keys=api_key)
-    except (ValueError, ValidationError) as e:
-        _fail(e)
-
-
-if __name__ == "__main__":
-    app()

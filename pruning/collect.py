@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.adapters import FamilyAdapter, adapter_for
-from pruning.data import CalibrationSequence
-from pruning.stats import RoutingStats, StatsAccumulator
+from moe_specialists.models.adapters import FamilyAdapter, adapter_for
+from moe_specialists.pruning.data import CalibrationSequence
+from moe_specialists.pruning.stats import RoutingStats, StatsAccumulator
 
 
 def expert_output_norms(experts: nn.Module, hidden: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -128,7 +128,7 @@ def generate_translations(
     model: nn.Module, tokenizer: Any, sequences: list[CalibrationSequence], max_new_tokens: int, batch_size: int
 ) -> list[list[int]]:
     """Token ids of prompt + the model's own greedy translation, for each calibration sequence."""
-    from models.prompts import render
+    from moe_specialists.models.prompts import render
 
     device = next(model.parameters()).device
     out = []

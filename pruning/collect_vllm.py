@@ -32,13 +32,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.adapters import FamilyAdapter, adapter_for
-from models.vllm_worker import EngineMemoryProbe
-from pruning.collect import data_fingerprint
-from pruning.data import CalibrationSequence
-from pruning.stats import GroupStats, RoutingStats, StatsAccumulator
+from moe_specialists.models.adapters import FamilyAdapter, adapter_for
+from moe_specialists.models.vllm_worker import EngineMemoryProbe
+from moe_specialists.pruning.collect import data_fingerprint
+from moe_specialists.pruning.data import CalibrationSequence
+from moe_specialists.pruning.stats import GroupStats, RoutingStats, StatsAccumulator
 
-WORKER_EXTENSION = "pruning.collect_vllm.RoutingStatsWorker"
+WORKER_EXTENSION = "moe_specialists.pruning.collect_vllm.RoutingStatsWorker"
 
 
 def stats_engine_args() -> dict[str, Any]:
@@ -222,7 +222,7 @@ def collect_vllm(
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from models.prompts import render
+    from moe_specialists.models.prompts import render
 
     check_stats_engine(llm)
     info = llm.collective_rpc("routing_stats_start")[0]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from models.prompts import LANGUAGE_NAMES, render
+from moe_specialists.models.prompts import LANGUAGE_NAMES, render
 
 Direction = Literal["to", "from", "both"]  # en->L, L->en, both
 

@@ -30,8 +30,8 @@ from typing import Any, Literal
 import sacrebleu
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.prompts import answer_span, render
-from pruning.data import read_parallel
+from moe_specialists.models.prompts import answer_span, render
+from moe_specialists.pruning.data import read_parallel
 
 Backend = Literal["transformers", "vllm"]
 SegmentScorer = Callable[[list[str], list[str], list[str]], list[float]]  # (sources, hypotheses, refs) -> scores
@@ -254,8 +254,8 @@ class TransformersTranslator(Translator):
         import torch
         from transformers import AutoTokenizer
 
-        import models  # noqa: F401  (registers the pruned classes)
-        from models.pruned import load_causal_lm
+        import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
+        from moe_specialists.models.pruned import load_causal_lm
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)

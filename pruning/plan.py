@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pruning.allocation import Allocation, allocate, check_drop
-from pruning.scores import Ranking, importance, keep_top, routing_divergence
-from pruning.stats import RoutingStats
+from moe_specialists.pruning.allocation import Allocation, allocate, check_drop
+from moe_specialists.pruning.scores import Ranking, importance, keep_top, routing_divergence
+from moe_specialists.pruning.stats import RoutingStats
 
 FORMAT_VERSION = 1
 
@@ -136,8 +136,8 @@ def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
 def plan_from_kept(model_dir: str | Path, kept: list[list[int]], recipe: Recipe | None = None) -> Plan:
     """A plan keeping ``kept[slot]`` (original indices) in each MoE layer of a local checkpoint, without
     statistics: for hand-made specialists, tests and benchmarks."""
-    from models.adapters import adapter_for
-    from pruning.checkpoint import checkpoint_summary, read_config
+    from moe_specialists.models.adapters import adapter_for
+    from moe_specialists.pruning.checkpoint import checkpoint_summary, read_config
 
     config = read_config(Path(model_dir))
     adapter = adapter_for(config)

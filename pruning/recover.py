@@ -43,13 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer
 
-import models  # noqa: F401  (registers the pruned classes)
-from models.adapters import adapter_for
-from models.prompts import LANGUAGE_NAMES, render
-from models.pruned import load_causal_lm
-from pruning.checkpoint import INDEX_NAME, building_dir, file_sha256, read_config, resolve_model
-from pruning.data import Direction, directions_for, read_parallel
-from pruning.plan import Plan
+import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
+from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.prompts import LANGUAGE_NAMES, render
+from moe_specialists.models.pruned import load_causal_lm
+from moe_specialists.pruning.checkpoint import INDEX_NAME, building_dir, file_sha256, read_config, resolve_model
+from moe_specialists.pruning.data import Direction, directions_for, read_parallel
+from moe_specialists.pruning.plan import Plan
 
 Mode = Literal["sft", "distill"]
 Backend = Literal["auto", "vllm", "transformers"]
@@ -215,7 +215,9 @@ def decode_translation(tokenizer: Any, ids: list[int]) -> str:
     """The translation in generated ids (cut before EOS): decoded with special tokens and passed through the
     gateway's extractor (final channel of reasoning formats, think blocks dropped), so the specialist learns
     what the gateway would answer."""
-    from service.extract import extract_translation  # ships in the same distribution; needs only models/
+    from moe_specialists.service.extract import (
+        extract_translation,  # ships in the same distribution; needs only models/
+    )
 
     return extract_translation(tokenizer.decode(ids, skip_special_tokens=False)).strip()
 

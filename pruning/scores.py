@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from pruning.stats import GroupStats
+from moe_specialists.pruning.stats import GroupStats
 
 Ranking = Literal["routing-mass", "reap", "frequency", "random"]
 RANKINGS: tuple[str, ...] = ("routing-mass", "reap", "frequency", "random")

@@ -21,14 +21,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.adapters import adapter_for
-from pruning.allocation import check_drop
-from pruning.apply import apply_plan
-from pruning.calibrate import calibrate
-from pruning.checkpoint import read_config, resolve_model
-from pruning.evaluate import Backend, EvalResults, evaluate, load_translator
-from pruning.plan import Plan, Recipe, make_plan
-from pruning.stats import RoutingStats
+from moe_specialists.models.adapters import adapter_for
+from moe_specialists.pruning.allocation import check_drop
+from moe_specialists.pruning.apply import apply_plan
+from moe_specialists.pruning.calibrate import calibrate
+from moe_specialists.pruning.checkpoint import read_config, resolve_model
+from moe_specialists.pruning.evaluate import Backend, EvalResults, evaluate, load_translator
+from moe_specialists.pruning.plan import Plan, Recipe, make_plan
+from moe_specialists.pruning.stats import RoutingStats
 
 # --- expert-set overlap (pure functions) ----------------------------------------------------------------------
 

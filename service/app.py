@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 
-from models.registry import Registry
-from service.engines import EnginePool
-from service.errors import install_error_handlers
-from service.metrics import GatewayMetrics
-from service.routers import health, languages, libretranslate, specialists, translate
-from service.settings import Settings, SpecialistSpec
-from service.translation import Translator
+from moe_specialists.models.registry import Registry
+from moe_specialists.service.engines import EnginePool
+from moe_specialists.service.errors import install_error_handlers
+from moe_specialists.service.metrics import GatewayMetrics
+from moe_specialists.service.routers import health, languages, libretranslate, specialists, translate
+from moe_specialists.service.settings import Settings, SpecialistSpec
+from moe_specialists.service.translation import Translator
 
-log = logging.getLogger("service.app")
+log = logging.getLogger(__name__)
 
 
 def specialist_specs(settings: Settings) -> list[SpecialistSpec]:

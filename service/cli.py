@@ -1,4 +1,4 @@
-"""``serve``: run the gateway with uvicorn (the ``moe-specialists serve`` command calls it).
+"""``serve``: run the gateway with uvicorn (``serve_command`` is ``moe-specialists serve``).
 
 Specialists come from ``--specialist name=path:directions`` options, a registry folder, or MOE_* settings.
 With none of these it serves the specialists of the bundled tiny translator on the CPU, materialised from the
@@ -10,16 +10,18 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from service.settings import Settings, SpecialistSpec
+import typer
+
+from moe_specialists.service.settings import Settings, SpecialistSpec
 
 BUNDLED_REGISTRY_ENV = "MOE_BUNDLED_REGISTRY"
 
 
 def bundled_registry_dir() -> Path:
     """Materialise the bundled specialists (cached) and return their registry folder."""
-    from models.tiny_translator import bundled_registry
+    from moe_specialists.models.tiny_translator import bundled_registry
 
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe-specialists" / "bundled"
     return bundled_registry(os.environ.get(BUNDLED_REGISTRY_ENV, cache)).root
@@ -45,7 +47,7 @@ def serve(
     ``SpecialistSpec.parse_option``); ``overrides``: any other ``Settings`` field. MOE_* variables apply too."""
     import uvicorn
 
-    from service.app import create_app
+    from moe_specialists.service.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fields: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
@@ -64,6 +66,38 @@ def serve(
         settings = zero_configuration(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                 access_log=settings.access_log)
+
+
+def serve_command(
+    specialist: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--specialist",
+            "-s",
+            help="name=path:directions, repeatable. path: a folder, hub id or http(s) URL of a vLLM server; "
+            "directions: en-de,de-en (those), en,de,fr (every pair among them) or base. "
+            "Example: -s en-de=/models/en-de:en-de,de-en",
+        ),
+    ] = None,
+    registry: Annotated[
+        Path | None, typer.Option(help="Serve every specialist registered in this registry folder.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1, MOE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000, MOE_PORT).")] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option("--api-key", help="Accepted API key, repeatable (default: none needed).")
+    ] = None,
+) -> None:
+    """Serve translation specialists over HTTP (FastAPI + vLLM). With no specialist and no registry it serves
+    pruned specialists of the bundled tiny translator on the CPU. MOE_* environment variables set the rest
+    (see service/settings.py)."""
+    from pydantic import ValidationError
+
+    try:
+        serve(specialists=specialist, registry=registry, host=host, port=port, api_keys=api_key)
+    except (ValueError, ValidationError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from service.engines import EnginePool
-from service.errors import ApiError
-from service.metrics import GatewayMetrics
-from service.settings import Settings
-from service.translation import Translator
+from moe_specialists.service.engines import EnginePool
+from moe_specialists.service.errors import ApiError
+from moe_specialists.service.metrics import GatewayMetrics
+from moe_specialists.service.settings import Settings
+from moe_specialists.service.translation import Translator
 
 
 def get_settings(request: Request) -> Settings:

@@ -22,13 +22,13 @@ from typing import Any
 
 import httpx
 
-from models.prompts import render, translation_messages
-from models.vllm_worker import PROBE
-from service.metrics import GatewayMetrics
-from service.routing import Route, make_route
-from service.settings import Settings, SpecialistSpec
+from moe_specialists.models.prompts import render, translation_messages
+from moe_specialists.models.vllm_worker import PROBE
+from moe_specialists.service.metrics import GatewayMetrics
+from moe_specialists.service.routing import Route, make_route
+from moe_specialists.service.settings import Settings, SpecialistSpec
 
-log = logging.getLogger("service.engines")
+log = logging.getLogger(__name__)
 
 
 class EngineError(Exception):

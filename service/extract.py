@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from models.prompts import answer_span
+from moe_specialists.models.prompts import answer_span
 
 END_MARKERS = ("<|return|>", "<|end|>", "<|call|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 _SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>")

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from models.prompts import LANGUAGE_NAMES
+from moe_specialists.models.prompts import LANGUAGE_NAMES
 
 
 class Tier(IntEnum):

@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.prompts import LANGUAGE_NAMES
-from models.registry import NAME_PATTERN, SpecialistEntry
+from moe_specialists.models.prompts import LANGUAGE_NAMES
+from moe_specialists.models.registry import NAME_PATTERN, SpecialistEntry
 
 REMOTE_PREFIXES = ("http://", "https://")
 

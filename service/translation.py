@@ -11,9 +11,9 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from models.prompts import LANGUAGE_NAMES
-from service.detect import METHOD, detect_language
-from service.engines import (
+from moe_specialists.models.prompts import LANGUAGE_NAMES
+from moe_specialists.service.detect import METHOD, detect_language
+from moe_specialists.service.engines import (
     Engine,
     EngineBusy,
     EngineInputError,
@@ -22,12 +22,12 @@ from service.engines import (
     Generation,
     GenerationParams,
 )
-from service.errors import ApiError
-from service.extract import extract_translation
-from service.metrics import GatewayMetrics
-from service.routing import NoRoute, Tier, choose, served, served_pairs
-from service.schemas import DetectedLanguage, Sampling, TranslationItem
-from service.settings import Settings
+from moe_specialists.service.errors import ApiError
+from moe_specialists.service.extract import extract_translation
+from moe_specialists.service.metrics import GatewayMetrics
+from moe_specialists.service.routing import NoRoute, Tier, choose, served, served_pairs
+from moe_specialists.service.schemas import DetectedLanguage, Sampling, TranslationItem
+from moe_specialists.service.settings import Settings
 
 
 @dataclass

@@ -15,7 +15,7 @@ from transformers import (
     Qwen3MoeForCausalLM,
 )
 
-from models.pruned import PRUNED_CLASSES
+from moe_specialists.models.pruned import PRUNED_CLASSES
 
 SPECIALS = ["<pad>", "<eos>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (

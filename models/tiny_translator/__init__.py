@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.registry import Quality, Registry
+from moe_specialists.models.registry import Quality, Registry
 
 BUNDLED_MODEL_DIR = Path(__file__).parent
 PLANS_DIR = BUNDLED_MODEL_DIR / "plans"

@@ -42,9 +42,9 @@ from transformers import (
 )
 from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
-from models.prompts import render
-from models.tiny_translator import BUNDLED_MODEL_DIR
-from models.tiny_translator.tokenizer import ASSISTANT, read_pairs
+from moe_specialists.models.prompts import render
+from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
+from moe_specialists.models.tiny_translator.tokenizer import ASSISTANT, read_pairs
 
 # Pairs from these sources are independent captions of one image, not translations of each other.
 NOT_TRANSLATIONS = ("multi30k_task2",)

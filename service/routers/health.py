@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from service.deps import MetricsDep, PoolDep, SettingsDep
+from moe_specialists.service.deps import MetricsDep, PoolDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from models.prompts import LANGUAGE_NAMES
-from service.deps import PoolDep
-from service.routing import Tier, served_pairs
-from service.schemas import Direction, Language, LanguagesResponse
+from moe_specialists.models.prompts import LANGUAGE_NAMES
+from moe_specialists.service.deps import PoolDep
+from moe_specialists.service.routing import Tier, served_pairs
+from moe_specialists.service.schemas import Direction, Language, LanguagesResponse
 
 router = APIRouter(prefix="/v1", tags=["languages"])
 

@@ -12,11 +12,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service.deps import HeaderKeyDep, PoolDep, SettingsDep, TranslatorDep, check_api_key
-from service.errors import ApiError
-from service.routers.languages import served_languages
-from service.schemas import LibreTranslateRequest, TranslationItem
-from service.translation import Job
+from moe_specialists.service.deps import HeaderKeyDep, PoolDep, SettingsDep, TranslatorDep, check_api_key
+from moe_specialists.service.errors import ApiError
+from moe_specialists.service.routers.languages import served_languages
+from moe_specialists.service.schemas import LibreTranslateRequest, TranslationItem
+from moe_specialists.service.translation import Job
 
 router = APIRouter(tags=["libretranslate"])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import PoolDep
-from service.schemas import SpecialistInfo
+from moe_specialists.service.deps import PoolDep
+from moe_specialists.service.schemas import SpecialistInfo
 
 router = APIRouter(prefix="/v1", tags=["specialists"])
 

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from service.deps import ApiKeyDep, TranslatorDep
-from service.errors import ApiError
-from service.schemas import TranslateRequest, TranslateResponse
-from service.translation import Job
+from moe_specialists.service.deps import ApiKeyDep, TranslatorDep
+from moe_specialists.service.errors import ApiError
+from moe_specialists.service.schemas import TranslateRequest, TranslateResponse
+from moe_specialists.service.translation import Job
 
 router = APIRouter(prefix="/v1", tags=["translate"])
 

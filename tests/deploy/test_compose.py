@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.settings import Settings
+from moe_specialists.service.settings import Settings
 from tests.deploy.conftest import ROOT, env_of, need_module, need_tool, parse
 
 COMPOSE = ROOT / "docker-compose.yml"

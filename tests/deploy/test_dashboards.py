@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from service.metrics import GatewayMetrics
+from moe_specialists.service.metrics import GatewayMetrics
 from tests.deploy.conftest import (
     DASHBOARDS,
     ROOT,

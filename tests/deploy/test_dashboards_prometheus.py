@@ -104,9 +104,9 @@ def stack_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def prometheus_url(stack_dir) -> Iterator[str]:
     prometheus = need_tool("prometheus", "Debian package `prometheus`: apt-get install -y prometheus")
-    from models.registry import Registry
-    from pruning.apply import apply_plan
-    from pruning.plan import plan_from_kept
+    from moe_specialists.models.registry import Registry
+    from moe_specialists.pruning.apply import apply_plan
+    from moe_specialists.pruning.plan import plan_from_kept
     from tests.tiny import save_tiny
 
     tmp = stack_dir
@@ -184,7 +184,7 @@ def prometheus_url(stack_dir) -> Iterator[str]:
 
     with (
         process(vllm_cmd, tmp / "vllm.log", env) as vllm,
-        process([sys.executable, "-m", "service.cli"], tmp / "gateway.log", gateway_env) as gw,
+        process([sys.executable, "-m", "moe_specialists.service.cli"], tmp / "gateway.log", gateway_env) as gw,
         process(prom_cmd, tmp / "prometheus.log") as pr,
     ):
         procs = [(vllm, tmp / "vllm.log"), (gw, tmp / "gateway.log"), (pr, tmp / "prometheus.log")]
@@ -236,7 +236,7 @@ def test_template_variable_has_values(prometheus_url, var_id, metric, label):
 
 def test_memory_savings_values_are_the_configured_ones(prometheus_url, stack_dir):
     """The savings panels show what the specialists' sizes say: saved = base - weights, ratio = saved / base."""
-    from models.registry import Registry
+    from moe_specialists.models.registry import Registry
 
     entry = Registry(stack_dir / "registry").get("tiny-de-en")
     saved = {
@@ -264,7 +264,7 @@ def value(prom: str, expr: str) -> float:
 
 def test_gateway_metrics_have_the_right_values(prometheus_url, stack_dir):
     """What Prometheus scraped from the gateway, against what was sent and what is served."""
-    from models.registry import Registry
+    from moe_specialists.models.registry import Registry
 
     prom = prometheus_url
     for specialist, direction, ok in [("tiny-en-de", "en-de", EN_DE_OK), ("tiny-de-en", "de-en", DE_EN_OK)]:

@@ -12,10 +12,11 @@ import shutil
 import subprocess
 import tomllib
 import venv
+from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
+from moe_specialists.service.settings import Settings
 from tests.deploy.conftest import DOCKERFILE, ROOT, chain, env_of, need_tool, parse, stage
 
 FINAL = ("cpu", "gpu")
@@ -53,9 +54,7 @@ def test_final_stage_copies_the_installed_environment(target):
     copies = s.args("COPY")
     assert f"--from=deps-{target} /opt/venv /opt/venv" in copies
     assert f"--from=deps-{target} /app /app" in copies, "the editable install points at /app"
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    for pattern in packages["include"]:
-        package = pattern.rstrip("*")
+    for package in {Path(folder).parts[0] for folder in package_folders().values()}:
         assert f"{package} {package}" in copies, f"{target}: the {package} sources are not copied"
 
 
@@ -113,6 +112,17 @@ def test_base_images_are_pinned():
         assert tag and tag != "latest" and re.match(r"\d+\.\d+\.\d+", tag), f"{image} is not pinned to a release"
 
 
+def package_folders() -> dict[str, str]:
+    """pyproject.toml's packages -> the folder each is read from (its package-dir mapping)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = setuptools["package-dir"]
+    folders = {}
+    for package in setuptools["packages"]:
+        top = max((p for p in mapping if package == p or package.startswith(p + ".")), key=len)
+        folders[package] = str(Path(mapping[top], *package[len(top) :].split(".")[1:]))
+    return folders
+
+
 def dockerignore_excludes(path: str) -> bool:
     """Docker's rule: the last matching pattern wins; a pattern matches a path or any of its parents."""
     excluded = False
@@ -155,28 +165,28 @@ def test_deps_stage_editable_install_finds_the_sources_copied_later(tmp_path):
     final stage copies the real sources over them at the same path; the editable install must import those."""
     (deps,) = [s for s in parse()[1] if s.name == "deps"]
     (run,) = deps.args("RUN")
-    stubs = re.search(r"mkdir -p ([\w ]+?) &&", run).group(1).split()
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert sorted(stubs) == sorted(p.rstrip("*") for p in include), "a stub per package of pyproject.toml"
+    stubs = re.search(r"mkdir -p ([\w/ ]+?) &&", run).group(1).split()
+    folders = sorted({str(Path(s)) for stub in stubs for s in [stub, *map(str, Path(stub).parents)] if s != "."})
+    assert folders == sorted(package_folders().values()), "a stub folder per package of pyproject.toml"
 
     app = tmp_path / "app"
     app.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, app / name)
-    for package in stubs:
-        (app / package).mkdir()
-        (app / package / "__init__.py").touch()
+    for folder in folders:
+        (app / folder).mkdir(parents=True, exist_ok=True)
+        (app / folder / "__init__.py").touch()
     venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"
     out = subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(app)], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
-    for package in stubs:  # COPY <package> <package>
+    for package in {Path(f).parts[0] for f in folders}:  # COPY <package> <package>
         shutil.copytree(ROOT / package, app / package, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     probe = (
         "import importlib.util, json; from importlib.metadata import entry_points; "
-        "print(json.dumps([importlib.util.find_spec('service.routers.health').origin, "
+        "print(json.dumps([importlib.util.find_spec('moe_specialists.service.routers.health').origin, "
         "[e.value for e in entry_points(group='vllm.general_plugins')], "
         "[e.value for e in entry_points(group='console_scripts', name='moe-specialists')]]))"
     )
@@ -184,5 +194,5 @@ def test_deps_stage_editable_install_finds_the_sources_copied_later(tmp_path):
     assert out.returncode == 0, out.stderr
     origin, plugins, scripts = json.loads(out.stdout)
     assert origin == str(app / "service" / "routers" / "health.py")
-    assert plugins == ["models.vllm_plugin:register"] and scripts == ["pruning.cli:app"]
+    assert plugins == ["moe_specialists.models.vllm_plugin:register"] and scripts == ["moe_specialists.cli:app"]
     assert (tmp_path / "venv" / "bin" / "moe-specialists").exists()

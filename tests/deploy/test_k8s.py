@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from service.settings import Settings
+from moe_specialists.service.settings import Settings
 from tests.deploy.conftest import ROOT, env_of, need_module, need_tool
 
 K8S = ROOT / "deploy" / "k8s"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.prompts import answer_span
+from moe_specialists.models.prompts import answer_span
 
 ENDS = ("<|end|>", "<|return|>", "<eos>")
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GptOssForCausalLM, Qwen3MoeForCausalLM
 
-import models  # noqa: F401
-from models.pruned import PrunedGptOssForCausalLM, PrunedQwen3MoeForCausalLM
+import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
+from moe_specialists.models.pruned import PrunedGptOssForCausalLM, PrunedQwen3MoeForCausalLM
 from tests.tiny import build_model, tiny_config
 
 CASES = [("qwen3_moe", Qwen3MoeForCausalLM, PrunedQwen3MoeForCausalLM),
@@ -28,7 +28,7 @@ def test_auto_class_follows_architectures(tmp_path, family, base_cls, pruned_cls
 @pytest.mark.parametrize(("family", "base_cls", "pruned_cls"), CASES)
 def test_each_layer_has_its_own_expert_count(family, base_cls, pruned_cls):
     model = build_model(family, counts=[16, 6, 11, 4])
-    from models.adapters import adapter_for
+    from moe_specialists.models.adapters import adapter_for
 
     adapter = adapter_for(model.config)
     for layer, count in enumerate([16, 6, 11, 4]):

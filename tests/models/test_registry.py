@@ -20,8 +20,8 @@ from huggingface_hub.utils import filter_repo_objects
 from pydantic import ValidationError
 from transformers import Qwen3MoeConfig
 
-from models.pruned import PrunedQwen3MoeForCausalLM
-from models.registry import (
+from moe_specialists.models.pruned import PrunedQwen3MoeForCausalLM
+from moe_specialists.models.registry import (
     ENTRY_FILE,
     ChecksumError,
     CorruptEntryError,
@@ -234,7 +234,7 @@ def test_register_dir(tiny: SimpleNamespace, tmp_path: Path) -> None:
 
 
 def tiny_plan(base: Path, kept1: list[int]) -> dict:
-    from pruning.plan import Plan
+    from moe_specialists.pruning.plan import Plan
 
     return json.loads(
         Plan.model_validate(
@@ -261,7 +261,7 @@ def tiny_plan(base: Path, kept1: list[int]) -> dict:
 
 
 def test_materialise_from_base_and_plan_is_cached(tiny: SimpleNamespace, tmp_path: Path) -> None:
-    from models.registry import _default_apply
+    from moe_specialists.models.registry import _default_apply
 
     calls = []
 

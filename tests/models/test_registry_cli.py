@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from models.registry_cli import ROOT_ENV, app
+from moe_specialists.models.registry_cli import ROOT_ENV, app
 from tests.models.test_registry import PER_EXPERT, FakeHub, save_tiny, tiny_plan
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import Registry, SpecialistEntry, UnknownSpecialistError
+from moe_specialists.models.registry import Registry, SpecialistEntry, UnknownSpecialistError
 
 REGISTRY_PY = Path(__file__).resolve().parents[2] / "models" / "registry.py"
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from models.prompts import render
-from models.tiny_translator import BUNDLED_MODEL_DIR
+from moe_specialists.models.prompts import render
+from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

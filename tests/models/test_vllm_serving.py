@@ -39,7 +39,7 @@ def tiny_config(family: str, counts: list[int] | None = None, layers: int = 4, e
     """Hidden 128, head_dim 64 (vLLM's CPU attention needs >= 64), top-4, no EOS (greedy runs to the end)."""
     from transformers import GptOssConfig, Qwen3MoeConfig
 
-    from models.adapters import ADAPTERS
+    from moe_specialists.models.adapters import ADAPTERS
 
     common = dict(
         vocab_size=VOCAB, hidden_size=128, num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
@@ -62,7 +62,7 @@ def build_tiny(path: Path, family: str, counts: list[int] | None = None, seed: i
     """A random tiny checkpoint in the on-disk format `apply` writes (pruned when ``counts`` is given)."""
     from transformers import AutoModelForCausalLM
 
-    import models  # noqa: F401  (registers the pruned transformers classes)
+    import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, counts, **kw), dtype=torch.float32)
@@ -88,7 +88,7 @@ def byte_tokenizer() -> Any:
 def hf_greedy(path: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     from transformers import AutoModelForCausalLM
 
-    import models  # noqa: F401
+    import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     out = []
@@ -149,8 +149,8 @@ def vllm_greedy(llm: Any, prompts: list[list[int]], max_new_tokens: int) -> list
 def test_register_is_idempotent() -> None:
     from vllm import ModelRegistry
 
-    from models.adapters import ADAPTERS
-    from models.vllm_plugin import register
+    from moe_specialists.models.adapters import ADAPTERS
+    from moe_specialists.models.vllm_plugin import register
 
     register()
     register()
@@ -172,8 +172,8 @@ def test_vllm_greedy_equals_transformers(tmp_path: Path, family: str, pruned: bo
 def test_expert_parallel_is_refused(tmp_path: Path) -> None:
     from vllm.engine.arg_utils import EngineArgs
 
-    from models.adapters import QWEN3_MOE
-    from models.vllm_models import refuse_expert_parallel
+    from moe_specialists.models.adapters import QWEN3_MOE
+    from moe_specialists.models.vllm_models import refuse_expert_parallel
 
     path = build_tiny(tmp_path / "m", "qwen3_moe", COUNTS)
     config = EngineArgs(str(path), skip_tokenizer_init=True).create_engine_config()
@@ -192,7 +192,7 @@ def _break_config(path: Path, **changes: Any) -> None:
 def test_inconsistent_specialist_is_refused(tmp_path: Path) -> None:
     """Qwen3: config says layer 1 keeps 8 experts, the tensors hold 6. GPT-OSS: the same for packed tensors.
     Plus a per-layer list shorter than the model."""
-    from models.adapters import EXPERTS_PER_LAYER_KEY
+    from moe_specialists.models.adapters import EXPERTS_PER_LAYER_KEY
 
     cases = []
     for family in FAMILIES:

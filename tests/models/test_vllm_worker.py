@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.vllm_worker import storage_bytes, weight_bytes
+from moe_specialists.models.vllm_worker import storage_bytes, weight_bytes
 
 
 def test_storage_bytes_counts_a_shared_buffer_once():

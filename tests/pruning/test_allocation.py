@@ -2,7 +2,7 @@
 
 import pytest
 
-from pruning.allocation import allocate, capped_proportional, check_drop, hamilton_round
+from moe_specialists.pruning.allocation import allocate, capped_proportional, check_drop, hamilton_round
 
 
 def test_hamilton_round_by_hand():

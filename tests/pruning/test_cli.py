@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-import models  # noqa: F401
-from pruning.cli import app
+import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
+from moe_specialists.cli import app
 from tests.tiny import save_tiny
 
 runner = CliRunner()

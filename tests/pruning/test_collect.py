@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from pruning.collect import collect_transformers, pad_batch
-from pruning.data import CalibrationSequence
+from moe_specialists.pruning.collect import collect_transformers, pad_batch
+from moe_specialists.pruning.data import CalibrationSequence
 from tests.tiny import build_model, tiny_tokenizer
 
 

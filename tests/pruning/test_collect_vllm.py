@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruning.data import CalibrationSequence
+from moe_specialists.pruning.data import CalibrationSequence
 from tests.models.test_vllm_serving import COUNTS, FAMILIES, build_tiny, byte_tokenizer, vllm_engine
 
 TEXTS = [
@@ -33,7 +33,7 @@ def sequences() -> list[CalibrationSequence]:
 
 
 def test_router_weights_by_hand() -> None:
-    from pruning.collect_vllm import router_weights
+    from moe_specialists.pruning.collect_vllm import router_weights
 
     logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
     idx, w = router_weights(logits, 2, renormalise=True)
@@ -47,9 +47,9 @@ def test_router_weights_by_hand() -> None:
 def test_vllm_stats_match_transformers(tmp_path: Path, family: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    from models.prompts import render
-    from pruning.collect import collect_transformers
-    from pruning.collect_vllm import collect_vllm, stats_engine_args
+    from moe_specialists.models.prompts import render
+    from moe_specialists.pruning.collect import collect_transformers
+    from moe_specialists.pruning.collect_vllm import collect_vllm, stats_engine_args
 
     path = build_tiny(tmp_path / "m", family, COUNTS, seed=1)
     tok = byte_tokenizer()
@@ -88,7 +88,7 @@ def test_engine_without_hooks_is_refused(tmp_path: Path) -> None:
     """An engine config that would miss tokens is named with its fixes (no engine needs to start)."""
     from vllm.engine.arg_utils import EngineArgs
 
-    from pruning.collect_vllm import stats_engine_args, stats_engine_problems
+    from moe_specialists.pruning.collect_vllm import stats_engine_args, stats_engine_problems
 
     path = build_tiny(tmp_path / "m", "qwen3_moe", COUNTS)
     plain = EngineArgs(str(path), skip_tokenizer_init=True, enable_prefix_caching=True).create_engine_config()

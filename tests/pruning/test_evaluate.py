@@ -5,7 +5,7 @@ import json
 import pytest
 import sacrebleu
 
-from pruning.evaluate import (
+from moe_specialists.pruning.evaluate import (
     CometScorer,
     classify,
     corpus_scores,
@@ -176,7 +176,7 @@ def test_evaluate_refuses_bad_requests(tmp_path, flores_dir):
 def test_cli_evaluate(tmp_path, flores_dir):
     from typer.testing import CliRunner
 
-    from pruning.cli import app
+    from moe_specialists.cli import app
 
     model = save_tiny("qwen3_moe", tmp_path / "m")
     out = tmp_path / "r.json"

@@ -12,14 +12,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-import models  # noqa: F401  (registers the pruned classes)
-from models.adapters import adapter_for
-from models.registry import entry_from_dir
-from pruning.apply import apply_plan
-from pruning.checkpoint import file_sha256
-from pruning.cli import app
-from pruning.plan import Plan, plan_from_kept
-from pruning.recover import (
+import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
+from moe_specialists.cli import app
+from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.registry import entry_from_dir
+from moe_specialists.pruning.apply import apply_plan
+from moe_specialists.pruning.checkpoint import file_sha256
+from moe_specialists.pruning.plan import Plan, plan_from_kept
+from moe_specialists.pruning.recover import (
     Pair,
     checkpoint_dtype,
     collate,

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from pruning.scores import importance, jsd, keep_top, routing_divergence
-from pruning.stats import GroupStats
+from moe_specialists.pruning.scores import importance, jsd, keep_top, routing_divergence
+from moe_specialists.pruning.stats import GroupStats
 
 
 def _group():

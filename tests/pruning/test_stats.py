@@ -2,7 +2,7 @@
 
 import torch
 
-from pruning.stats import GroupStats, RoutingStats, StatsAccumulator, dense_weights, sequence_mass
+from moe_specialists.pruning.stats import GroupStats, RoutingStats, StatsAccumulator, dense_weights, sequence_mass
 
 
 def test_dense_weights_scatters_topk():

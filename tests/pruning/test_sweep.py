@@ -6,7 +6,15 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from pruning.sweep import METHODS, Sweep, SweepConfig, excess_iou, expected_iou, expected_pair_iou, pooled_iou
+from moe_specialists.pruning.sweep import (
+    METHODS,
+    Sweep,
+    SweepConfig,
+    excess_iou,
+    expected_iou,
+    expected_pair_iou,
+    pooled_iou,
+)
 from tests.tiny import save_tiny
 
 

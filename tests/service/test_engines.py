@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.engines import scheduler_gauges
+from moe_specialists.service.engines import scheduler_gauges
 
 # The shape of vLLM's exposition (names and labels as vLLM 0.32 writes them), two engines of one model and
 # another model on the same server.

@@ -9,11 +9,11 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from models.registry import Registry
-from pruning.apply import apply_plan
-from pruning.plan import plan_from_kept
-from service.app import create_app
-from service.settings import Settings
+from moe_specialists.models.registry import Registry
+from moe_specialists.pruning.apply import apply_plan
+from moe_specialists.pruning.plan import plan_from_kept
+from moe_specialists.service.app import create_app
+from moe_specialists.service.settings import Settings
 from tests.service.conftest import wait_ready
 
 KEY = "test-key"
@@ -77,9 +77,9 @@ def test_same_text_as_transformers_greedy(client):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from models.prompts import render
-    from models.pruned import register_transformers
-    from service.extract import extract_translation
+    from moe_specialists.models.prompts import render
+    from moe_specialists.models.pruned import register_transformers
+    from moe_specialists.service.extract import extract_translation
 
     register_transformers()
     path = client.app.state.pool.engines["tiny-en-de"].spec.path

@@ -29,8 +29,8 @@ import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from service.app import create_app
-from service.settings import Settings, SpecialistSpec
+from moe_specialists.service.app import create_app
+from moe_specialists.service.settings import Settings, SpecialistSpec
 from tests.service.conftest import READY_TIMEOUT_S, VllmServer, free_port, wait_ready
 
 pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 300)
@@ -124,7 +124,7 @@ FUZZ_BUDGET = {  # examples per (operation, generation mode); the GET operations
 def openapi_with_libretranslate_body(url: str) -> dict:
     """The served schema, plus the body of LibreTranslate's /translate (read by hand, so FastAPI does not
     document it) so that it is fuzzed too."""
-    from service.schemas import LibreTranslateRequest
+    from moe_specialists.service.schemas import LibreTranslateRequest
 
     spec = httpx.get(f"{url}/openapi.json").raise_for_status().json()
     body = LibreTranslateRequest.model_json_schema()

@@ -12,8 +12,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings, SpecialistSpec
+from moe_specialists.service.app import create_app
+from moe_specialists.service.settings import Settings, SpecialistSpec
 from tests.service.conftest import VllmServer, wait_ready
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.routing import NoRoute, Tier, choose, make_route, served_pairs
+from moe_specialists.service.routing import NoRoute, Tier, choose, make_route, served_pairs
 
 EN_DE = make_route("en-de", ["en-de"])
 DE_EN = make_route("de-en", ["de-en"])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from models.registry import SpecialistEntry
-from service import cli
-from service.app import create_app, specialist_specs
-from service.settings import Settings, SpecialistSpec
+from moe_specialists.models.registry import SpecialistEntry
+from moe_specialists.service import cli
+from moe_specialists.service.app import create_app, specialist_specs
+from moe_specialists.service.settings import Settings, SpecialistSpec
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 import pytest
 
-from service.detect import detect_language
-from service.extract import extract_translation
+from moe_specialists.service.detect import detect_language
+from moe_specialists.service.extract import extract_translation
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,3 @@
+from moe_specialists.cli import app
+
+app()
