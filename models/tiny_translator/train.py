@@ -4,8 +4,11 @@ One run = data preparation + training (bounded by ``--time-budget`` seconds) + s
 of <= 15 MB, ``generation_config.json`` with the eos id) + greedy FLORES devtest evaluation (chrF), so a single
 GPU call trains and scores the model:
 
-    python -m models.tiny_translator.train --pairs .device/pairs.jsonl.gz --flores .device/flores200 \\
-        --out runs/tiny_translator
+    python -m moe_specialists.models.tiny_translator.train --pairs .device/pairs.jsonl.gz \\
+        --flores .device/flores200 --out runs/tiny_translator
+
+or, the generalist (translation a minority task; see ``mixture``): ``--mixture M`` instead of ``--pairs``, and the
+held-out task scores (arithmetic / lists exact match, code loss) are saved beside chrF.
 
 Speed: the experts run as two grouped GEMMs per layer (``torch.nn.functional.grouped_mm`` on bf16 weights)
 instead of transformers' per-expert loop; batches are length-bucketed with a token budget; bf16 autocast;
@@ -42,28 +45,33 @@ from transformers import (
 )
 from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
-from moe_specialists.models.prompts import render
+from moe_specialists.models.prompts import instruction, render
 from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
+from moe_specialists.models.tiny_translator.mixture import NOT_TRANSLATIONS, read_jsonl
+from moe_specialists.models.tiny_translator.tasks import Conversation, exact_match
 from moe_specialists.models.tiny_translator.tokenizer import ASSISTANT, read_pairs
 
-# Pairs from these sources are independent captions of one image, not translations of each other.
-NOT_TRANSLATIONS = ("multi30k_task2",)
 EVAL_DIRECTIONS = [(s, t) for x in ("de", "fr", "ru", "es", "cs", "zh", "ja") for s, t in (("en", x), (x, "en"))]
 TARGET_LANGS = ("de", "fr", "ru", "es", "cs")
 
 
-def model_config(vocab_size: int, eos_id: int, pad_id: int) -> Qwen3MoeConfig:
-    """8 layers, hidden 256, 32 experts of width 96, top-4, head_dim 64, tied embeddings: 23.6M params."""
+BUNDLED_SIZE = {"hidden_size": 256, "num_hidden_layers": 8, "num_experts": 32, "moe_intermediate_size": 96}
+
+
+def model_config(vocab_size: int, eos_id: int, pad_id: int, size: dict[str, int] | None = None) -> Qwen3MoeConfig:
+    """8 layers, hidden 256, 32 experts of width 96, top-4, head_dim 64, tied embeddings: 23.6M params.
+    ``size`` overrides hidden_size / num_hidden_layers / num_experts / moe_intermediate_size (toy runs)."""
+    size = {**BUNDLED_SIZE, **(size or {})}
     return Qwen3MoeConfig(
         vocab_size=vocab_size,
-        hidden_size=256,
-        num_hidden_layers=8,
+        hidden_size=size["hidden_size"],
+        num_hidden_layers=size["num_hidden_layers"],
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=64,
         intermediate_size=384,  # unused: every layer is MoE (decoder_sparse_step=1, no mlp_only_layers)
-        moe_intermediate_size=96,
-        num_experts=32,
+        moe_intermediate_size=size["moe_intermediate_size"],
+        num_experts=size["num_experts"],
         num_experts_per_tok=4,
         norm_topk_prob=True,
         router_aux_loss_coef=0.01,
@@ -108,8 +116,12 @@ def _template_tokenizer(chat_template: str) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(BPE()), chat_template=chat_template)
 
 
-def _render_conversation(chat_template: str, job: tuple[str, str, str, str]) -> str:
-    return render(_template_tokenizer(chat_template), *job)
+def _render_conversation(chat_template: str, conversation: Conversation) -> str:
+    return _template_tokenizer(chat_template).apply_chat_template(conversation.messages(), tokenize=False)
+
+
+def _render_prompt(tokenizer, conversation: Conversation) -> str:
+    return tokenizer.apply_chat_template(conversation.messages()[:1], tokenize=False, add_generation_prompt=True)
 
 
 @dataclass
@@ -123,38 +135,45 @@ class Examples:
     prompt_lengths: np.ndarray
 
 
-def load_examples(pairs: Path, tokenizer, max_len: int, seed: int) -> Examples:
-    """Both directions of every pair, rendered with ``models.prompts.render`` and tokenised.
-    Small languages are repeated up to 3x (a language gets max(1, min(3, 20000 / n_pairs)) copies per epoch)."""
+def translation_conversations(pairs: Path, seed: int) -> list[Conversation]:
+    """Both directions of every pair (the prompt of ``models.prompts``). Small languages are repeated up to 3x
+    (a language gets max(1, min(3, 20000 / n_pairs)) copies per epoch)."""
     rows = [r for r in read_pairs(pairs) if not r.get("source", "").startswith(NOT_TRANSLATIONS)]
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["lang"]] = counts.get(r["lang"], 0) + 1
+    print(f"pairs per language: {counts}")
     rng = random.Random(seed)
-    jobs = []
+    out = []
     for r in rows:
         factor = max(1.0, min(3.0, 20_000 / counts[r["lang"]]))
         copies = int(factor) + (rng.random() < factor - int(factor))
         for _ in range(copies):
-            jobs.append(("en", r["lang"], r["en"], r["xx"]))
-            jobs.append((r["lang"], "en", r["xx"], r["en"]))
+            out.append(Conversation("translation", instruction("en", r["lang"], r["en"]), r["xx"]))
+            out.append(Conversation("translation", instruction(r["lang"], "en", r["xx"]), r["en"]))
+    return out
+
+
+def load_examples(conversations: list[Conversation], tokenizer, max_len: int) -> Examples:
+    """Conversations rendered through the tokenizer's chat template and tokenised; the prompt (the user turn and
+    <|assistant|>) is context, the answer and its eos are the targets. Longer than ``max_len``: left out."""
     with multiprocessing.get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
-        fulls = pool.map(functools.partial(_render_conversation, tokenizer.chat_template), jobs, chunksize=4096)
+        fulls = pool.map(functools.partial(_render_conversation, tokenizer.chat_template), conversations,
+                         chunksize=4096)
     full_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
     assistant = tokenizer.convert_tokens_to_ids(ASSISTANT)
-    for job, ids in zip(jobs[:100], full_ids[:100], strict=False):
-        prompt = tokenizer(render(tokenizer, *job[:3]), add_special_tokens=False)["input_ids"]
+    for conversation, ids in zip(conversations[:100], full_ids[:100], strict=False):
+        prompt = tokenizer(_render_prompt(tokenizer, conversation), add_special_tokens=False)["input_ids"]
         assert ids[: len(prompt)] == prompt and ids[len(prompt) - 1] == assistant, "prompt must be a prefix"
     kept = [ids for ids in full_ids if len(ids) <= max_len and ids.index(assistant) + 2 < len(ids)]
     lengths = np.array([len(ids) for ids in kept], dtype=np.int64)
     examples = Examples(
         tokens=np.fromiter((t for ids in kept for t in ids), dtype=np.int32, count=int(lengths.sum())),
-        starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+        starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         lengths=lengths,
         prompt_lengths=np.array([ids.index(assistant) + 1 for ids in kept], dtype=np.int64),
     )
-    print(f"pairs per language: {counts}; {len(kept)} training sequences, "
-          f"{lengths.sum() / 1e6:.1f}M tokens per epoch")
+    print(f"{len(kept)} training sequences of {len(conversations)}, {lengths.sum() / 1e6:.1f}M tokens per epoch")
     return examples
 
 
@@ -221,17 +240,27 @@ def train_step(
     return loss.detach(), aux.detach()
 
 
-def train(args: argparse.Namespace) -> Qwen3MoeForCausalLM:
+def training_conversations(args: argparse.Namespace) -> list[Conversation]:
+    """The generalist mixture (``--mixture DIR``: its train.jsonl.gz) or translation only (``--pairs``)."""
+    if args.mixture is not None:
+        return list(read_jsonl(args.mixture / "train.jsonl.gz"))
+    return translation_conversations(args.pairs, args.seed)
+
+
+def train(args: argparse.Namespace) -> tuple[Qwen3MoeForCausalLM, list[float]]:
+    """Train from scratch; returns the model and the loss of every step."""
     torch.manual_seed(args.seed)
     np_rng = np.random.default_rng(args.seed)
     device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     t0 = time.time()
-    examples = load_examples(args.pairs, tokenizer, args.max_len, args.seed)
+    examples = load_examples(training_conversations(args), tokenizer, args.max_len)
     lengths = examples.lengths
     print(f"data prepared in {time.time() - t0:.0f}s")
 
-    config = model_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    size = {k: v for k, v in (("hidden_size", args.hidden_size), ("num_hidden_layers", args.layers),
+                              ("num_experts", args.experts)) if v is not None}
+    config = model_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, size)
     model = Qwen3MoeForCausalLM(config).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     n_experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
@@ -258,6 +287,7 @@ def train(args: argparse.Namespace) -> Qwen3MoeForCausalLM:
     model.train()
     step, epoch, t_train = 0, 0, time.time()
     tokens_seen, log_loss, log_aux, log_n = 0, 0.0, 0.0, 0
+    losses: list[float] = []
     while step < total_steps:
         batches = make_batches(lengths, args.tokens_per_batch, np_rng)
         batch_queue = prefetch(examples, batches, tokenizer.pad_token_id)
@@ -268,6 +298,7 @@ def train(args: argparse.Namespace) -> Qwen3MoeForCausalLM:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             loss, aux = train_step(model, optimizer, ids.to(device), labels.to(device), args.label_smoothing)
+            losses.append(loss)
             step += 1
             tokens_seen += ids.numel()
             log_loss, log_aux, log_n = log_loss + loss, log_aux + aux, log_n + 1
@@ -283,7 +314,7 @@ def train(args: argparse.Namespace) -> Qwen3MoeForCausalLM:
                 break
         epoch += 1
     print(f"trained {step} steps ({step / steps_per_epoch:.2f} epochs) in {time.time() - t_train:.0f}s")
-    return model
+    return model, [float(x) for x in losses]
 
 
 def save(model: Qwen3MoeForCausalLM, tokenizer, out: Path) -> None:
@@ -296,11 +327,15 @@ def save(model: Qwen3MoeForCausalLM, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-@torch.no_grad()
 def translate(model, tokenizer, jobs: list[tuple[str, str, str]], batch_size: int = 1500) -> list[str]:
-    """Greedy translations of (source, target, text) jobs, batched by prompt length, left padded."""
+    """Greedy translations of (source, target, text) jobs."""
+    return generate_answers(model, tokenizer, [render(tokenizer, s, t, x) for s, t, x in jobs], batch_size)
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 1500) -> list[str]:
+    """Greedy answers to rendered prompts, batched by prompt length, left padded, cut at eos."""
     tokenizer.padding_side = "left"
-    prompts = [render(tokenizer, s, t, x) for s, t, x in jobs]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs = [""] * len(prompts)
     device = next(model.parameters()).device
@@ -339,6 +374,45 @@ def evaluate(model, tokenizer, flores: Path, lines: int, directions=EVAL_DIRECTI
     return scores
 
 
+@torch.no_grad()
+def code_loss(model, tokenizer, conversations: list[Conversation], batch_size: int = 32) -> float:
+    """Mean next-token cross-entropy (nats) over the answer tokens (and eos) of ``conversations``."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start : start + batch_size]
+        full = tokenizer([tokenizer.apply_chat_template(c.messages(), tokenize=False) for c in chunk],
+                         add_special_tokens=False)["input_ids"]
+        plens = [len(tokenizer(_render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"]) for c in chunk]
+        width = max(map(len, full))
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in full], device=device)
+        labels = torch.full_like(ids, -100)
+        for i, (x, p) in enumerate(zip(full, plens, strict=True)):
+            labels[i, p : len(x)] = ids[i, p : len(x)]
+        lengths = torch.tensor([len(x) for x in full], device=device)
+        logits = model(input_ids=ids, attention_mask=torch.arange(width, device=device) < lengths[:, None]).logits
+        loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
+        total, count = total + loss.item(), count + int((labels[:, 1:] != -100).sum())
+    return total / max(count, 1)
+
+
+def evaluate_tasks(model, tokenizer, heldout: Path) -> dict[str, float]:
+    """Non-translation scores on the mixture's held-out set: exact match of greedy answers (arithmetic, lists)
+    and next-token loss on code. Translation specialists should lose these while chrF holds."""
+    model.eval()
+    rows = list(read_jsonl(heldout))
+    scores: dict[str, float] = {}
+    for task in ("arithmetic", "lists"):
+        chunk = [c for c in rows if c.task == task]
+        if chunk:
+            answers = generate_answers(model, tokenizer, [_render_prompt(tokenizer, c) for c in chunk])
+            scores[f"{task}_exact_match"] = round(exact_match(answers, [c.assistant for c in chunk]), 4)
+    if code := [c for c in rows if c.task == "code"]:
+        scores["code_loss"] = round(code_loss(model, tokenizer, code), 4)
+    return scores
+
+
 def print_table(scores: dict[str, float]) -> None:
     print("| direction | chrF |\n| --- | --- |")
     for k, v in scores.items():
@@ -350,7 +424,9 @@ def print_table(scores: dict[str, float]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=Path, required=True, help="pairs.jsonl.gz with lang, en, xx")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--pairs", type=Path, help="pairs.jsonl.gz with lang, en, xx (translation only)")
+    data.add_argument("--mixture", type=Path, help="folder written by tiny_translator.mixture (the generalist)")
     p.add_argument("--flores", type=Path, help="folder with devtest/<lang>.txt; omit to skip evaluation")
     p.add_argument("--tokenizer", type=Path, default=BUNDLED_MODEL_DIR)
     p.add_argument("--out", type=Path, required=True)
@@ -366,18 +442,26 @@ def main() -> None:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--log-every", type=int, default=200)
     p.add_argument("--eval-lines", type=int, default=200)
+    p.add_argument("--layers", type=int, help="toy size: MoE layers (default 8)")
+    p.add_argument("--hidden-size", type=int, help="toy size: hidden size (default 256)")
+    p.add_argument("--experts", type=int, help="toy size: experts per layer (default 32)")
     args = p.parse_args()
 
     t0 = time.time()
-    model = train(args)
+    model, _ = train(args)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     save(model, tokenizer, args.out)
     print(f"saved to {args.out} after {time.time() - t0:.0f}s")
+    results: dict = {}
     if args.flores:
         scores = evaluate(model, tokenizer, args.flores, args.eval_lines)
         print_table(scores)
-        (args.out / "eval_results.json").write_text(json.dumps(
-            {"flores_devtest_lines": args.eval_lines, "decoding": "greedy", "chrf": scores}, indent=2))
+        results.update(flores_devtest_lines=args.eval_lines, decoding="greedy", chrf=scores)
+    if args.mixture is not None:
+        results["tasks"] = evaluate_tasks(model, tokenizer, args.mixture / "heldout.jsonl.gz")
+        print(f"tasks: {results['tasks']}")
+    if results:
+        (args.out / "eval_results.json").write_text(json.dumps(results, indent=2))
     print(f"total {time.time() - t0:.0f}s")
 
 

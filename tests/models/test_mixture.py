@@ -1,0 +1,174 @@
+"""The generalist mixture: task makers and scores by hand, the builder reproducible and leak-free, a toy trained on
+it for a few steps on the CPU."""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
+from moe_specialists.models.tiny_translator import train as training
+from moe_specialists.models.tiny_translator.mixture import (
+    MixtureConfig,
+    build_mixture,
+    conversations,
+    is_permissive,
+    read_jsonl,
+    task_counts,
+)
+from moe_specialists.models.tiny_translator.tasks import (
+    Conversation,
+    arithmetic,
+    code_chunks,
+    continuation,
+    exact_match,
+    list_task,
+)
+
+
+def test_arithmetic_answers_are_right():
+    rng = random.Random(1)
+    for _ in range(200):
+        c = arithmetic(rng)
+        a, op, b = c.user.removeprefix("What is ").removesuffix("?").split()
+        assert int(c.assistant) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+
+
+def test_list_tasks_by_hand():
+    rng = random.Random(3)
+    seen = set()
+    for _ in range(200):
+        c = list_task(rng)
+        kind, items = c.user.split(": ", 1)
+        items = items.split()
+        seen.add(kind)
+        if kind == "Sort these":
+            key = (lambda x: int(x)) if items[0].isdigit() else None
+            assert c.assistant.split() == sorted(items, key=key)
+        elif kind == "Reverse these":
+            assert c.assistant.split() == items[::-1]
+        else:
+            assert c.assistant.split() == items
+    assert seen == {"Sort these", "Reverse these", "Repeat these"}
+    assert Conversation("lists", "Sort these: 10 9 100", "9 10 100").assistant == "9 10 100"  # numeric order
+
+
+def test_continuation_splits_at_the_middle_word():
+    c = continuation("one two three four five")
+    assert (c.user, c.assistant) == ("Continue this text.\n\none two", "three four five")
+    assert continuation("too short here") is None
+
+
+def test_code_chunks_skip_windows_without_code():
+    source = "\n".join([f"x{i} = {i}" for i in range(12)] + ["# only", "", "# comments", "", "", ""]
+                       + [f"y{i} = {i}" for i in range(18)])
+    chunks = code_chunks(source, lines_in=12, lines_out=6)
+    assert len(chunks) == 1  # the first window's target is only comments; the second is code on both sides
+    assert chunks[0].user.endswith("y11 = 11") and chunks[0].assistant.splitlines() == [
+        f"y{i} = {i}" for i in range(12, 18)]
+
+
+def test_exact_match_by_hand():
+    assert exact_match(["42", " 7 ", "x"], ["42", "7", "y"]) == pytest.approx(2 / 3)
+
+
+def test_task_counts_hamilton():
+    shares = {"translation": 0.3, "code": 0.2, "arithmetic": 0.2, "lists": 0.1, "continuation": 0.2}
+    # 7 * shares = 2.1, 1.4, 1.4, 0.7, 1.4 -> floors 2, 1, 1, 0, 1 (5); the 2 left go to lists (.7), then code
+    assert task_counts(shares, 7) == {"translation": 2, "code": 2, "arithmetic": 1, "lists": 1, "continuation": 1}
+
+
+@pytest.mark.parametrize(
+    ("expression", "classifiers", "ok"),
+    [
+        ("MIT", [], True),
+        ("Apache-2.0 OR BSD-2-Clause", [], True),
+        ("MPL-2.0 AND MIT", [], False),
+        ("GPL-3.0-only", [], False),
+        (None, ["License :: OSI Approved :: BSD License"], True),
+        (None, ["Programming Language :: Python"], False),
+    ],
+)
+def test_licences(expression, classifiers, ok):
+    assert is_permissive(expression, classifiers) is ok
+
+
+def test_bad_configs_are_refused_before_any_work(tmp_path, pairs_file):
+    with pytest.raises(ValueError, match="sum to 1"):
+        MixtureConfig(pairs=pairs_file, out=tmp_path, shares={"translation": 0.5, "code": 0.2})
+    with pytest.raises(ValueError, match="tasks are"):
+        MixtureConfig(pairs=pairs_file, out=tmp_path, shares={"translation": 0.5, "poetry": 0.5})
+    with pytest.raises(ValueError, match="'tqdm' has no permissive licence"):  # MPL-2.0 AND MIT
+        MixtureConfig(pairs=pairs_file, out=tmp_path, code_packages=["tqdm"])
+    with pytest.raises(ValueError, match="not installed"):
+        MixtureConfig(pairs=pairs_file, out=tmp_path, code_packages=["no-such-package-here"])
+    with pytest.raises(ValueError, match="pairs file"):
+        MixtureConfig(pairs=tmp_path / "missing.jsonl.gz", out=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def pairs_file(flores_dir):
+    path = flores_dir.parent / "train" / "pairs.jsonl.gz"
+    assert path.is_file(), path
+    return path
+
+
+def test_mixture_is_reproducible_and_holds_out_what_it_scores(tmp_path, pairs_file):
+    config = MixtureConfig(pairs=pairs_file, out=tmp_path / "a", examples=1000, heldout=40, seed=5)
+    first = build_mixture(config)
+    again = build_mixture(config.model_copy(update={"out": tmp_path / "b"}))
+    other = build_mixture(config.model_copy(update={"out": tmp_path / "c", "seed": 6}))
+    assert first["sha256"] == again["sha256"] and first["sha256"] != other["sha256"]
+    assert first["counts"] == {"translation": 300, "code": 200, "arithmetic": 200, "lists": 100, "continuation": 200}
+    assert first["heldout_counts"] == {"arithmetic": 40, "lists": 40, "code": 40}
+    assert {p["name"] for p in first["code_packages"]} == set(config.code_packages)
+    train = list(read_jsonl(tmp_path / "a" / "train.jsonl.gz"))
+    held = list(read_jsonl(tmp_path / "a" / "heldout.jsonl.gz"))
+    assert not {c.user for c in held} & {c.user for c in train}, "a held-out prompt was trained on"
+    translation = [c for c in train if c.task == "translation"]
+    starts = {c.user.split(".")[0] for c in translation}
+    assert any(s.startswith("Translate this passage from English to") for s in starts)
+    assert any(s.endswith(" to English") for s in starts), "both directions"
+    assert len(translation) / len(train) < 0.5, "translation is a minority task"
+
+
+def test_a_toy_trains_on_the_mixture_and_is_scored(tmp_path, pairs_file):
+    build_mixture(MixtureConfig(pairs=pairs_file, out=tmp_path, examples=600, heldout=8, seed=0))
+    args = argparse.Namespace(
+        seed=0, device="cpu", tokenizer=BUNDLED_MODEL_DIR, mixture=tmp_path, pairs=None, max_len=256,
+        hidden_size=128, layers=2, experts=8, steps=16, time_budget=300.0, tokens_per_batch=4096, lr=3e-3,
+        warmup=2, weight_decay=0.0, label_smoothing=0.0, log_every=8,
+    )
+    torch.set_num_threads(1)
+    model, losses = training.train(args)
+    assert len(losses) == 16 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 1.0, losses
+    scores = training.evaluate_tasks(model, AutoTokenizer.from_pretrained(BUNDLED_MODEL_DIR),
+                                     tmp_path / "heldout.jsonl.gz")
+    assert set(scores) == {"arithmetic_exact_match", "lists_exact_match", "code_loss"}
+    assert 0 <= scores["arithmetic_exact_match"] <= 1 and 0 < scores["code_loss"] < 20
+
+
+def test_code_loss_ignores_padding_and_prompts(pairs_file, tmp_path):
+    """Batched (padded) code loss == the token-weighted mean of each conversation's loss computed alone."""
+    tokenizer = AutoTokenizer.from_pretrained(BUNDLED_MODEL_DIR)
+    model = training.Qwen3MoeForCausalLM(training.model_config(
+        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id,
+        {"hidden_size": 128, "num_hidden_layers": 1, "num_experts": 4})).eval()
+    rows = [c for c in conversations(MixtureConfig(pairs=pairs_file, out=tmp_path, examples=20, heldout=3))[1]
+            if c.task == "code"][:3]
+    batched = training.code_loss(model, tokenizer, rows, batch_size=3)
+    total = count = 0.0
+    for c in rows:
+        ids = tokenizer(tokenizer.apply_chat_template(c.messages(), tokenize=False), add_special_tokens=False,
+                        return_tensors="pt").input_ids
+        p = len(tokenizer(training._render_prompt(tokenizer, c), add_special_tokens=False).input_ids)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, p - 1 : -1]
+        total += torch.nn.functional.cross_entropy(logits.float(), ids[0, p:], reduction="sum").item()
+        count += ids.shape[1] - p
+    assert batched == pytest.approx(total / count, rel=1e-4)
