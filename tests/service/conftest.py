@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from moe_specialists.models.registry import Registry  # noqa: E402
-from moe_specialists.service.settings import Settings  # noqa: E402
+from moe_specialists.service.settings import Settings, SpecialistSpec  # noqa: E402
 from tests.tiny import save_tiny  # noqa: E402
 
 READY_TIMEOUT_S = 420
@@ -66,6 +66,24 @@ def gateway_settings(registry_dir: Path) -> Settings:
         max_tokens_limit=64,
         api_keys=[KEY],
         cors_origins=["https://example.org"],
+    )
+
+
+# The reliability gateway: an in-process specialist and a remote one, small limits (a queue of 2 per engine).
+LOCAL, REMOTE = "local-en-de", "remote-en-fr"
+MAX_CHARS, MAX_BATCH_CHARS, MAX_BATCH, QUEUE, MAX_TOKENS = 200, 300, 4, 2, 8
+
+
+def reliability_settings(local_path: str, remote_url: str) -> Settings:
+    return Settings(
+        specialists=[
+            SpecialistSpec(name=LOCAL, path=local_path, directions=["en-de"]),
+            SpecialistSpec(name=REMOTE, path=remote_url, directions=["en-fr"]),
+        ],
+        dtype="float32", max_model_len=512, enforce_eager=True,
+        max_chars_per_text=MAX_CHARS, max_chars_per_batch=MAX_BATCH_CHARS, max_batch_size=MAX_BATCH,
+        max_queue_per_engine=QUEUE, default_max_tokens=4, max_tokens_limit=MAX_TOKENS,
+        health_interval_s=1, remote_timeout_s=3, request_timeout_s=60, access_log=False,
     )
 
 
