@@ -2,7 +2,7 @@
 that scraped a running gateway and a running vLLM OpenAI server on 127.0.0.1 after some traffic: each returns
 data (a non-empty result with a number in it).
 
-The stack is the scale-out topology of deploy/k8s, on loopback: the gateway (``python -m service.cli``,
+The stack is the scale-out topology of deploy/k8s, on loopback: the gateway (``python -m moe_specialists.service.cli``,
 configured by MOE_* variables as in the container) routes en-de to a remote vLLM server (CPU build) of a tiny
 random Qwen3-MoE, de-en to a pruned specialist of it in an in-process engine (from a registry), and a third
 specialist points at a port nobody listens on (engine down: rejections, 503). Prometheus scrapes the gateway
