@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 
 from moe_specialists.models.registry import Registry
-from moe_specialists.service.engines import EnginePool
+from moe_specialists.service.engines import EngineFactory, EnginePool, vllm_engine
 from moe_specialists.service.errors import install_error_handlers
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.routers import health, languages, libretranslate, specialists, translate
@@ -32,7 +32,9 @@ def specialist_specs(settings: Settings) -> list[SpecialistSpec]:
     return specs
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine_factory: EngineFactory = vllm_engine) -> FastAPI:
+    """The gateway; ``engine_factory`` builds each specialist's engine (vLLM; tests of the HTTP layer pass
+    an in-memory one)."""
     settings = settings or Settings()
     specs = specialist_specs(settings)
     if not specs:
@@ -41,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = GatewayMetrics()
-        pool = EnginePool(specs, settings, metrics)
+        pool = EnginePool(specs, settings, metrics, engine_factory)
         app.state.settings, app.state.metrics, app.state.pool = settings, metrics, pool
         app.state.translator = Translator(pool, settings, metrics)
         starting = asyncio.create_task(pool.start())

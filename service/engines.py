@@ -16,7 +16,7 @@ import json
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -424,18 +424,29 @@ class RemoteVllmEngine(Engine):
             raise EngineUnavailable(f"specialist {self.name!r}: malformed answer from the server: {e}") from e
 
 
+EngineFactory = Callable[[SpecialistSpec, Settings, GatewayMetrics, float], Engine]
+"""Builds the engine of one specialist: (spec, settings, metrics, its share of the GPU memory)."""
+
+
+def vllm_engine(spec: SpecialistSpec, settings: Settings, metrics: GatewayMetrics, memory_share: float) -> Engine:
+    """The served engines: a vLLM server over HTTP for a URL path, an in-process vLLM otherwise."""
+    if spec.remote:
+        return RemoteVllmEngine(spec, settings, metrics)
+    return LocalVllmEngine(spec, settings, metrics, memory_share)
+
+
 class EnginePool:
     """The engines of every served model, started together and health-checked in the background."""
 
-    def __init__(self, specs: list[SpecialistSpec], settings: Settings, metrics: GatewayMetrics):
+    def __init__(
+        self, specs: list[SpecialistSpec], settings: Settings, metrics: GatewayMetrics,
+        engine_factory: EngineFactory = vllm_engine,
+    ):
         self.settings = settings
         self.metrics = metrics
         local = [s for s in specs if not s.remote]
         share = settings.gpu_memory_share / max(len(local), 1)
-        self.engines: dict[str, Engine] = {
-            s.name: RemoteVllmEngine(s, settings, metrics) if s.remote else LocalVllmEngine(s, settings, metrics, share)
-            for s in specs
-        }
+        self.engines: dict[str, Engine] = {s.name: engine_factory(s, settings, metrics, share) for s in specs}
         self._health_task: asyncio.Task | None = None
         for engine in self.engines.values():
             metrics.describe(engine.spec)

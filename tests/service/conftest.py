@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Qwen3-MoE checkpoint (built locally, no download) and app helpers."""
+"""Shared fixtures: a tiny random Qwen3-MoE checkpoint (built locally, no download), a registry of two pruned
+specialists of it with the gateway settings that serve them, and app and server helpers."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+from moe_specialists.models.registry import Registry  # noqa: E402
+from moe_specialists.service.settings import Settings, SpecialistSpec  # noqa: E402
 from tests.tiny import save_tiny  # noqa: E402
 
 READY_TIMEOUT_S = 420
@@ -24,6 +29,83 @@ READY_TIMEOUT_S = 420
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return save_tiny("qwen3_moe", tmp_path_factory.mktemp("tiny-qwen3-moe"), layers=2, experts=8, top_k=2)
+
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="session")
+def registry_dir(tiny_model_dir, tmp_path_factory):
+    """Two PRUNED specialists of the tiny model (per-layer expert counts 6/4 and 4/5 of 8, so vLLM loads
+    them through the plugin), registered in a registry folder."""
+    from moe_specialists.pruning.apply import apply_plan
+    from moe_specialists.pruning.plan import plan_from_kept
+
+    root = tmp_path_factory.mktemp("gateway")
+    registry = Registry(root / "registry")
+    for name, kept, direction in [("tiny-en-de", [[0, 1, 2, 3, 4, 5], [0, 2, 4, 6]], "en-de"),
+                                  ("tiny-de-en", [[1, 3, 5, 7], [0, 1, 2, 3, 4]], "de-en")]:
+        out = apply_plan(plan_from_kept(tiny_model_dir, kept), root / name)
+        registry.register_dir(name, out, directions=[direction])
+    return root / "registry"
+
+
+def gateway_settings(registry_dir: Path) -> Settings:
+    """The registry's two specialists, API keys on, a tiny queue and small limits."""
+    return Settings(
+        registry_dir=registry_dir,
+        dtype="float32",
+        max_model_len=512,
+        enforce_eager=True,
+        max_queue_per_engine=3,
+        max_batch_size=8,
+        max_chars_per_text=200,
+        max_chars_per_batch=300,
+        default_max_tokens=8,
+        max_tokens_limit=64,
+        api_keys=[KEY],
+        cors_origins=["https://example.org"],
+    )
+
+
+# The reliability gateway: an in-process specialist and a remote one, small limits (a queue of 2 per engine).
+LOCAL, REMOTE = "local-en-de", "remote-en-fr"
+MAX_CHARS, MAX_BATCH_CHARS, MAX_BATCH, QUEUE, MAX_TOKENS = 200, 300, 4, 2, 8
+
+
+def reliability_settings(local_path: str, remote_url: str) -> Settings:
+    return Settings(
+        specialists=[
+            SpecialistSpec(name=LOCAL, path=local_path, directions=["en-de"]),
+            SpecialistSpec(name=REMOTE, path=remote_url, directions=["en-fr"]),
+        ],
+        dtype="float32", max_model_len=512, enforce_eager=True,
+        max_chars_per_text=MAX_CHARS, max_chars_per_batch=MAX_BATCH_CHARS, max_batch_size=MAX_BATCH,
+        max_queue_per_engine=QUEUE, default_max_tokens=4, max_tokens_limit=MAX_TOKENS,
+        health_interval_s=1, remote_timeout_s=3, request_timeout_s=60, access_log=False,
+    )
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on 127.0.0.1 in a thread (lifespan included)."""
+
+    def __init__(self, app, port: int):
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(120)
 
 
 def free_port() -> int:

@@ -2,62 +2,45 @@
 in-process vLLM specialist (en-de) and a remote one (en-fr, a ``vllm.entrypoints.openai.api_server``
 subprocess) of the tiny random model, with small limits (queue of 2 per engine, 4-8 tokens).
 
-* fuzz: schemathesis generates >= 1000 requests from the OpenAPI schema (valid and invalid ones); none may
-  be answered 5xx and the server must live on;
-* hostile input: oversized texts and batches (413 with the limit), unknown language codes (400 listing the
-  accepted ones), Unicode edge cases (RTL, CJK, emoji, combining marks, controls: translated), lone
-  surrogates and empty or blank texts (400 saying so): never 5xx;
+* fuzz: schemathesis generates >= 1000 requests from the OpenAPI schema (valid and invalid ones), steered
+  so that texts and sampling options reach the engines; none may be answered 5xx and the server must live on;
+* Unicode edge cases (RTL, CJK, emoji, combining marks, controls) reach both engines: translated;
 * overload: more concurrent requests than the queue admits get 429 with Retry-After, the admitted ones a
-  translation;
+  translation from the engine serving them side by side;
 * engine failure: the remote backend is killed mid-run: its specialist turns unready, answers 503 quickly
   with Retry-After while the other keeps serving, and recovers when the backend comes back on its port.
 
-The tests run in file order: the backend is killed by the last one."""
+Hostile input the gateway refuses before any engine (oversized, unknown codes, lone surrogates, empty
+texts): test_reliability_http.py. The tests run in file order: the backend is killed by the last one."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 
 import httpx
 import pytest
 import requests
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from moe_specialists.service.app import create_app
-from moe_specialists.service.settings import Settings, SpecialistSpec
-from tests.service.conftest import READY_TIMEOUT_S, VllmServer, free_port, wait_ready
+from tests.service.conftest import (
+    LOCAL,
+    MAX_TOKENS,
+    QUEUE,
+    READY_TIMEOUT_S,
+    REMOTE,
+    ServerThread,
+    VllmServer,
+    free_port,
+    reliability_settings,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 300)
-
-LOCAL, REMOTE = "local-en-de", "remote-en-fr"
-MAX_CHARS, MAX_BATCH_CHARS, MAX_BATCH, QUEUE, MAX_TOKENS = 200, 300, 4, 2, 8
-
-
-class ServerThread:
-    """uvicorn serving ``app`` on 127.0.0.1 in a thread (lifespan included)."""
-
-    def __init__(self, app, port: int):
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(120)
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +56,7 @@ def backend(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gateway(tiny_model_dir, backend):
     """The gateway's base URL; the in-process engine and the backend start side by side."""
-    settings = Settings(
-        specialists=[
-            SpecialistSpec(name=LOCAL, path=str(tiny_model_dir), directions=["en-de"]),
-            SpecialistSpec(name=REMOTE, path=backend.url, directions=["en-fr"]),
-        ],
-        dtype="float32", max_model_len=512, enforce_eager=True,
-        max_chars_per_text=MAX_CHARS, max_chars_per_batch=MAX_BATCH_CHARS, max_batch_size=MAX_BATCH,
-        max_queue_per_engine=QUEUE, default_max_tokens=4, max_tokens_limit=MAX_TOKENS,
-        health_interval_s=1, remote_timeout_s=3, request_timeout_s=60, access_log=False,
-    )
-    app = create_app(settings)
+    app = create_app(reliability_settings(str(tiny_model_dir), backend.url))
     port = free_port()
     with ServerThread(app, port):
         url = f"http://127.0.0.1:{port}"
@@ -208,50 +181,7 @@ def test_fuzz_openapi_never_5xx(gateway, client):
     assert_alive(client, app)
 
 
-# ---- hostile input ----
-
-LIMITS = [
-    ({"text": "x" * (MAX_CHARS + 1)}, 413, f"limit is {MAX_CHARS}", MAX_CHARS),
-    ({"text": "\u00e9" * (MAX_CHARS + 1)}, 413, f"limit is {MAX_CHARS}", MAX_CHARS),  # characters, not bytes
-    ({"text": "👍" * (MAX_CHARS + 1)}, 413, f"limit is {MAX_CHARS}", MAX_CHARS),
-    ({"text": ["x" * 150, "y" * 151]}, 413, f"limit is {MAX_BATCH_CHARS}", MAX_BATCH_CHARS),
-    ({"text": ["a"] * (MAX_BATCH + 1)}, 413, f"limit is {MAX_BATCH}", MAX_BATCH),
-    ({"text": "a", "max_tokens": MAX_TOKENS + 1}, 400, f"limit {MAX_TOKENS}", MAX_TOKENS),
-]
-
-
-@pytest.mark.parametrize(("extra", "status", "says", "limit"), LIMITS)
-def test_oversized_input(client, extra, status, says, limit):
-    r = translate(client, source="en", target="de", **extra)
-    body = r.json()
-    assert r.status_code == status and says in body["error"] and body["limit"] == limit, r.text
-
-
-def test_oversized_libretranslate_413(client):
-    r = client.post("/translate", json={"q": "x" * (MAX_CHARS + 1), "source": "en", "target": "de"})
-    assert r.status_code == 413 and f"limit is {MAX_CHARS}" in r.json()["error"] and r.json()["limit"] == MAX_CHARS
-
-
-BAD_CODES = ["xx", "", "EN", "en-US", "eng", "de\x00", "\u202ede", "🇩🇪", "d\u0301e", "zh-Hans", "auto "]
-
-
-@pytest.mark.parametrize("code", BAD_CODES)
-@pytest.mark.parametrize("field", ["source", "target"])
-def test_bad_language_code_400(client, field, code):
-    r = translate(client, **{"text": "Hello", "source": "en", "target": "de", field: code})
-    body = r.json()
-    assert r.status_code == 400 and body["code"] == "unknown_language", r.text
-    assert f"unknown {field} language" in body["error"] and "accepted: " in body["error"]
-    assert "en" in body["accepted"] and ("auto" in body["accepted"]) == (field == "source")
-    r = client.post("/translate", json={"q": "Hello", "source": "en", "target": "de", field: code})
-    assert r.status_code == 400 and "accepted: " in r.json()["error"], r.text
-
-
-def test_bad_language_code_lone_surrogate_400(client):
-    raw = '{"text": "Hello", "source": "en", "target": "d\\ud800"}'
-    r = client.post("/v1/translate", content=raw, headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "accepted: " in r.json()["error"], r.text
-
+# ---- Unicode edge cases ----
 
 UNICODE = {
     "arabic": "مرحبا بالعالم، كيف حالك؟",
@@ -289,38 +219,6 @@ def test_unicode_edge_cases_stream_and_libretranslate(client, kind):
     assert r.status_code == 200 and "event: done" in raw, raw
     r = client.post("/translate", json={"q": [UNICODE[kind], "ok"], "source": "en", "target": "fr"})
     assert r.status_code == 200 and len(r.json()["translatedText"]) == 2, r.text
-
-
-@pytest.mark.parametrize("raw", [
-    '{"text": "lone \\ud800 surrogate", "source": "en", "target": "de"}',
-    '{"text": ["fine", "\\udfff"], "source": "en", "target": "fr"}',
-    '{"text": "low-high \\udc00\\ud800", "source": "auto", "target": "de"}',
-    '{"text": "\\ud83d", "source": "en", "target": "de", "stream": true}',
-])
-def test_lone_surrogates_400(client, raw):
-    """JSON may escape lone surrogates; they are not text (no UTF-8 form), so they are refused."""
-    r = client.post("/v1/translate", content=raw, headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "surrogate" in r.json()["error"], r.text
-
-
-def test_lone_surrogate_libretranslate_400(client):
-    raw = '{"q": "lone \\ud800", "source": "en", "target": "de"}'
-    r = client.post("/translate", content=raw, headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "surrogate" in r.json()["error"], r.text
-
-
-def test_invalid_utf8_body_400(client):
-    r = client.post("/v1/translate", content=b'{"text": "\xff\xfe", "source": "en", "target": "de"}',
-                    headers={"content-type": "application/json"})
-    assert r.status_code == 400 and r.json()["error"], r.text
-
-
-@pytest.mark.parametrize("text", ["", "   ", "\n\t ", ["Hello", ""]])
-def test_empty_text_400(client, text):
-    r = translate(client, text=text, source="en", target="de")
-    assert r.status_code == 400 and r.json()["code"] == "empty_text" and "empty" in r.json()["error"], r.text
-    r = client.post("/translate", json={"q": text, "source": "en", "target": "de"})
-    assert r.status_code == 400 and "empty" in r.json()["error"], r.text
 
 
 # ---- overload ----

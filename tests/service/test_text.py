@@ -49,5 +49,20 @@ def test_detect(text, language):
     assert code == language and 0 < confidence <= 1
 
 
-def test_detect_restricted_to_candidates():
-    assert detect_language("Кошка сидит", ["en", "de"])[0] in {"en", "de"}
+@pytest.mark.parametrize(
+    ("text", "candidates", "expected"),
+    [
+        # Spanish shares "en" and "la" with French: es 5 words + 0.5 x 2 letters (ñ, á) = 6, fr 2 words = 2,
+        # so es with 6 / 8; it must not come out as French.
+        ("El gato está sentado en la alfombra con los niños.", ["fr", "es"], ("es", 0.75)),
+        # German among Latin candidates: de 6 words (die auf der und ist nicht) + 0.5 x ü, en and fr nothing.
+        ("Die Katze sitzt auf der Matte und ist nicht müde.", ["en", "fr", "de"], ("de", 1.0)),
+        # Only Cyrillic letters: all the mass on ru, none on the Latin candidate.
+        ("Кошка сидит на коврике.", ["de", "ru"], ("ru", 1.0)),
+        # No evidence for any candidate (Russian, only Latin languages allowed): the more common one, with
+        # confidence 0 (the defined fallback), never a language outside the candidates.
+        ("Кошка сидит", ["de", "en"], ("en", 0.0)),
+    ],
+)
+def test_detect_among_candidates(text, candidates, expected):
+    assert detect_language(text, candidates) == expected
