@@ -2,8 +2,9 @@
 it (remote backend), at several concurrencies. Prints throughput (requests/s), the ratio gateway/direct, and
 the latency the gateway adds (p50, p99). Goal (issue 5): ratio >= 0.95, added p50 <= 5 ms.
 
-Both paths send the same prompt (``moe_specialists.models.prompts.render``) with greedy decoding and the same max_tokens, so
-the engine does the same work; the difference is the gateway's HTTP hop, routing, admission and extraction.
+Both paths send the same prompt (``moe_specialists.models.prompts.render``) with greedy decoding and the same
+max_tokens, so the engine does the same work; the difference is the gateway's HTTP hop, routing, admission and
+extraction.
 
     python benchmarks/gateway_overhead.py                       # the bundled tiny translator on the CPU
     python benchmarks/gateway_overhead.py --model /models/en-de --concurrency 1 4 16 --requests 200

@@ -30,12 +30,13 @@ from pathlib import Path
 import torch
 
 from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.apply import apply_plan
+from moe_specialists.models.checkpoint import checkpoint_summary, read_config
+from moe_specialists.models.plan import Plan, Recipe
 from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
-from moe_specialists.pruning.apply import apply_plan
 from moe_specialists.pruning.calibrate import calibrate
-from moe_specialists.pruning.checkpoint import checkpoint_summary, read_config
 from moe_specialists.pruning.evaluate import evaluate
-from moe_specialists.pruning.plan import Plan, Recipe, make_plan
+from moe_specialists.pruning.plan import make_plan
 from moe_specialists.pruning.recover import read_pairs, read_passages, recover, write_pairs
 from moe_specialists.pruning.stats import RoutingStats
 

@@ -8,8 +8,9 @@ from transformers import AutoTokenizer
 
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.checkpoint import read_config, resolve_model
+from moe_specialists.models.plan import base_ref
 from moe_specialists.models.pruned import load_causal_lm
-from moe_specialists.pruning.checkpoint import checkpoint_summary, read_config, resolve_model
 from moe_specialists.pruning.collect import collect_transformers
 from moe_specialists.pruning.data import Direction, available_languages, calibration_sequences, directions_for
 
@@ -49,19 +50,7 @@ def calibrate(
     check_calibration_request(model_dir, data_dir, split, languages, direction, pivot)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     lm = load_causal_lm(model_dir, dtype, device)
-    adapter = adapter_for(lm.config)
-    summary = checkpoint_summary(model_dir, adapter)
-    base = {
-        "id": str(model),
-        "revision": revision,
-        "family": summary["family"],
-        "files": summary["files"],
-        "experts_per_layer": summary["experts_per_layer"],
-        "top_k": adapter.top_k(lm.config),
-        "parameters": summary["parameters"],
-        "weight_bytes": summary["weight_bytes"],
-        "parameters_per_expert": summary["parameters_per_expert"],
-    }
+    base = base_ref(model_dir, id=str(model), revision=revision).model_dump()
     sequences = calibration_sequences(tokenizer, data_dir, languages, direction, split, limit, pivot)
     stats = collect_transformers(
         lm,

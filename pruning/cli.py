@@ -123,7 +123,8 @@ def calibrate(
 def _recipe(
     stats_path: Path, drop: int, ranking: str, allocation: str, directions: str | None, invert: bool, seed: int
 ):
-    from moe_specialists.pruning.plan import Recipe, make_plan
+    from moe_specialists.models.plan import Recipe
+    from moe_specialists.pruning.plan import make_plan
     from moe_specialists.pruning.stats import RoutingStats
 
     stats = RoutingStats.load(stats_path)
@@ -165,7 +166,7 @@ def apply(
     overwrite: bool = False,
 ) -> None:
     """Write the specialist: the base checkpoint sliced by the plan, streamed shard by shard."""
-    from moe_specialists.pruning.apply import apply_plan
+    from moe_specialists.models.apply import apply_plan
 
     try:
         path = apply_plan(plan, out, base=base, overwrite=overwrite)
@@ -192,8 +193,8 @@ def prune(
     registry: Annotated[Path, typer.Option(envvar=ROOT_ENV, help="Registry folder (with --register).")] = DEFAULT_ROOT,
 ) -> None:
     """calibrate + plan + apply; statistics and plan are kept beside the specialist for reuse."""
+    from moe_specialists.models.apply import apply_plan
     from moe_specialists.models.registry import Registry, validate_name
-    from moe_specialists.pruning.apply import apply_plan
     from moe_specialists.pruning.calibrate import calibrate as run
 
     stats_path = out.with_name(out.name + ".stats.safetensors")
@@ -270,7 +271,7 @@ def recover(
     overwrite: bool = False,
 ) -> None:
     """Fine-tune every parameter of SPECIALIST on translation tokens; the new plan.json records the lineage."""
-    from moe_specialists.pruning.plan import Plan
+    from moe_specialists.models.plan import Plan
     from moe_specialists.pruning.recover import recover as run
 
     try:

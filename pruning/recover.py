@@ -45,11 +45,13 @@ from transformers import AutoTokenizer
 
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.checkpoint import INDEX_NAME, building_dir, file_sha256, read_config, resolve_model
+from moe_specialists.models.extract import extract_answer
+from moe_specialists.models.generation import Generator, TransformersGenerator, VllmGenerator
+from moe_specialists.models.plan import Plan
 from moe_specialists.models.prompts import LANGUAGE_NAMES, render
 from moe_specialists.models.pruned import load_causal_lm
-from moe_specialists.pruning.checkpoint import INDEX_NAME, building_dir, file_sha256, read_config, resolve_model
 from moe_specialists.pruning.data import Direction, directions_for, read_parallel
-from moe_specialists.pruning.plan import Plan
 
 Mode = Literal["sft", "distill"]
 Backend = Literal["auto", "vllm", "transformers"]
@@ -173,7 +175,7 @@ def with_reversed(pairs: list[Pair], direction: Direction) -> list[Pair]:
     return {"to": pairs, "from": reverse, "both": pairs + reverse}[direction]
 
 
-def data_fingerprint(pairs: Iterable[Pair]) -> str:
+def pairs_fingerprint(pairs: Iterable[Pair]) -> str:
     """sha256 over the JSON of every (source, target, src, tgt), in training order."""
     h = hashlib.sha256()
     for p in pairs:
@@ -206,87 +208,28 @@ def partition_languages(passages: list[str], languages: list[str]) -> list[tuple
     return [(languages[i % len(languages)], p) for i, p in enumerate(passages)]
 
 
-def _end_markers(tokenizer: Any) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    return [i for i in ids if i is not None]
-
-
-def decode_translation(tokenizer: Any, ids: list[int]) -> str:
-    """The translation in generated ids (cut before EOS): decoded with special tokens and passed through the
-    gateway's extractor (final channel of reasoning formats, think blocks dropped), so the specialist learns
-    what the gateway would answer."""
-    from moe_specialists.service.extract import (
-        extract_translation,  # ships in the same distribution; needs only models/
-    )
-
-    return extract_translation(tokenizer.decode(ids, skip_special_tokens=False)).strip()
-
-
-@torch.no_grad()
-def _generate_transformers(
-    model_dir: Path,
-    prompts: list[list[int]],
-    max_new_tokens: int,
+def parent_generator(
+    parent_dir: Path,
+    backend: Backend,
+    max_model_len: int,
     batch_size: int,
     device: str,
     dtype: str,
+    seed: int,
     experts_implementation: str | None = None,
-) -> list[tuple[list[int], bool]]:
-    """Greedy continuation ids of each prompt (left-padded batches) and whether it ended with EOS."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_causal_lm(model_dir, dtype, device, experts_implementation).eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = set(_end_markers(tokenizer))
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    results: dict[int, tuple[list[int], bool]] = {}
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
-        gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-        )
-        for row, i in enumerate(idx):
-            new = gen[row, width:].tolist()
-            stop = next((j for j, t in enumerate(new) if t in eos), None)
-            results[i] = (new[:stop], True) if stop is not None else (new, False)
-    return [results[i] for i in range(len(prompts))]
-
-
-def _generate_vllm(
-    model_dir: Path, prompts: list[list[int]], max_new_tokens: int, dtype: str, seed: int
-) -> list[tuple[list[int], bool]]:
-    """Greedy continuation ids from a vLLM engine (stops at EOS; finish_reason "stop" = ended)."""
-    import gc
-
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    longest = max(len(p) for p in prompts) + max_new_tokens
-    llm = LLM(str(model_dir), dtype=dtype, seed=seed, max_model_len=longest, enable_prefix_caching=True)
-    try:
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False)
-        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        result = []
-        for o in outs:
-            ids = list(o.outputs[0].token_ids)
-            ended = o.outputs[0].finish_reason == "stop"
-            if ended and ids and ids[-1] in set(_end_markers(llm.get_tokenizer())):
-                ids = ids[:-1]
-            result.append((ids, ended))
-        return result
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
+) -> tuple[Generator, str]:
+    """(generator, backend used) for the parent: vLLM when asked or (``auto``) when it starts, else
+    transformers."""
+    if backend in ("auto", "vllm"):
+        try:
+            gen = VllmGenerator(parent_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                                enable_prefix_caching=True)  # fmt: skip
+            return gen, "vllm"
+        except Exception as e:  # not installed, no usable device, unsupported model: fall back (auto) or fail
+            if backend == "vllm":
+                raise ValueError(f"vLLM could not generate with {parent_dir}: {e}") from e
+            print(f"vLLM unavailable for distillation ({type(e).__name__}: {e}); using transformers generate")
+    return TransformersGenerator.load(parent_dir, dtype, device, batch_size, experts_implementation), "transformers"
 
 
 def distillation_pairs(
@@ -314,22 +257,17 @@ def distillation_pairs(
     prompts = [
         tokenizer(render(tokenizer, pivot, lang, text), add_special_tokens=False)["input_ids"] for lang, text in jobs
     ]
-    outputs, used = None, "transformers"
-    if backend in ("auto", "vllm"):
-        try:
-            outputs, used = _generate_vllm(parent_dir, prompts, max_new_tokens, dtype, seed), "vllm"
-        except Exception as e:  # not installed, no usable device, unsupported model: fall back (auto) or fail
-            if backend == "vllm":
-                raise ValueError(f"vLLM could not generate with {parent_dir}: {e}") from e
-            print(f"vLLM unavailable for distillation ({type(e).__name__}: {e}); using transformers generate")
-    if outputs is None:
-        outputs = _generate_transformers(
-            parent_dir, prompts, max_new_tokens, batch_size, device, dtype, experts_implementation
-        )
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    generator, used = parent_generator(
+        parent_dir, backend, longest, batch_size, device, dtype, seed, experts_implementation
+    )
+    with generator:
+        outputs = generator.generate(prompts, max_new_tokens)
     pairs, finished = [], []
-    for (lang, text), (ids, ended) in zip(jobs, outputs, strict=True):
-        pairs.append(Pair(pivot, lang, text, decode_translation(tokenizer, ids)))
-        finished.append(ended)
+    for (lang, text), g in zip(jobs, outputs, strict=True):
+        # the answer extractor the gateway uses: the specialist learns what the gateway would answer
+        pairs.append(Pair(pivot, lang, text, extract_answer(g.text, generator.end_markers)[0]))
+        finished.append(g.finished)
     return pairs, finished, used
 
 
@@ -588,7 +526,7 @@ def recover(
     recovery = {
         "mode": mode,
         "data": str(distilled or data),
-        "data_fingerprint": data_fingerprint(pairs),
+        "data_fingerprint": pairs_fingerprint(pairs),
         "pairs": len(pairs),
         "examples": len(examples),
         "languages": languages,

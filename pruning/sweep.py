@@ -22,12 +22,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.apply import apply_plan
+from moe_specialists.models.checkpoint import read_config, resolve_model
+from moe_specialists.models.plan import Plan, Recipe
 from moe_specialists.pruning.allocation import check_drop
-from moe_specialists.pruning.apply import apply_plan
 from moe_specialists.pruning.calibrate import calibrate
-from moe_specialists.pruning.checkpoint import read_config, resolve_model
-from moe_specialists.pruning.evaluate import Backend, EvalResults, evaluate, load_translator
-from moe_specialists.pruning.plan import Plan, Recipe, make_plan
+from moe_specialists.pruning.evaluate import Backend, EvalResults, evaluate, load_generator
+from moe_specialists.pruning.plan import make_plan
 from moe_specialists.pruning.stats import RoutingStats
 
 # --- expert-set overlap (pure functions) ----------------------------------------------------------------------
@@ -225,20 +226,19 @@ class Sweep:
         if plan is not None:
             model = apply_plan(plan, c.work_dir / "specialists" / key, base=self.model_dir, overwrite=True)
         try:
-            translator = load_translator(
+            with load_generator(
                 model, c.backend, batch_size=c.batch_size, experts_implementation=c.experts_implementation
-            )
-            res = evaluate(
-                model,
-                c.data_dir,
-                directions or c.directions,
-                split=c.split,
-                limit=c.limit,
-                backend=c.backend,
-                max_new_tokens=c.max_new_tokens,
-                translator=translator,
-            )
-            translator.close()
+            ) as generator:
+                res = evaluate(
+                    model,
+                    c.data_dir,
+                    directions or c.directions,
+                    split=c.split,
+                    limit=c.limit,
+                    backend=c.backend,
+                    max_new_tokens=c.max_new_tokens,
+                    generator=generator,
+                )
         finally:
             if plan is not None:
                 shutil.rmtree(c.work_dir / "specialists" / key, ignore_errors=True)

@@ -5,7 +5,7 @@ import gzip
 import json
 
 from benchmarks.recovery import parser, prepare, run, table
-from moe_specialists.pruning.plan import Plan
+from moe_specialists.models.plan import Plan
 from moe_specialists.pruning.recover import read_pairs, read_passages
 
 

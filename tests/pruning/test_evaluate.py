@@ -5,12 +5,12 @@ import json
 import pytest
 import sacrebleu
 
+from moe_specialists.models.extract import extract_answer
 from moe_specialists.pruning.evaluate import (
     CometScorer,
     classify,
     corpus_scores,
     evaluate,
-    extract,
     has_loop,
     parse_directions,
     segment_mean,
@@ -38,7 +38,7 @@ from tests.tiny import save_tiny
     ],
 )
 def test_extract(raw, text, residue):
-    assert extract(raw) == (text, residue)
+    assert extract_answer(raw) == (text, residue)
 
 
 @pytest.mark.parametrize(

@@ -15,17 +15,17 @@ from typer.testing import CliRunner
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 from moe_specialists.cli import app
 from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.apply import apply_plan
+from moe_specialists.models.checkpoint import file_sha256
+from moe_specialists.models.plan import Plan, plan_from_kept
 from moe_specialists.models.registry import entry_from_dir
-from moe_specialists.pruning.apply import apply_plan
-from moe_specialists.pruning.checkpoint import file_sha256
-from moe_specialists.pruning.plan import Plan, plan_from_kept
 from moe_specialists.pruning.recover import (
     Pair,
     checkpoint_dtype,
     collate,
-    data_fingerprint,
     distillation_pairs,
     encode_pair,
+    pairs_fingerprint,
     partition_languages,
     read_pairs,
     read_passages,
@@ -137,7 +137,7 @@ def test_recovered_specialist_keeps_counts_reloads_and_records_lineage(specialis
     assert plan.lineage["parent_plan"]["sha256"] == file_sha256(spec / "plan.json")
     rec = plan.lineage["recovery"]
     assert rec["mode"] == "sft" and rec["steps"] == 2 and rec["lr"] == 1e-3 and rec["seed"] == 3
-    assert rec["data_fingerprint"] == data_fingerprint(PAIRS[:2]) and rec["pairs"] == 2
+    assert rec["data_fingerprint"] == pairs_fingerprint(PAIRS[:2]) and rec["pairs"] == 2
     entry = entry_from_dir("recovered", out)  # registrable like any specialist
     assert entry.experts_per_layer == [16, 6, 7, 4] and entry.plan == str((out / "plan.json").resolve())
 
@@ -174,7 +174,7 @@ def test_distillation_data_from_a_tiny_parent(specialists, tmp_path):
     assert rec["mode"] == "distill" and rec["distillation"]["backend"] == "transformers"
     assert rec["distillation"]["passages"] == 5 and rec["distillation"]["parent"] == str(parent)
     saved = read_pairs(tmp_path / "distilled.jsonl")
-    assert rec["data_fingerprint"] == data_fingerprint(saved) and [p.target for p in saved[:2]] == ["de", "fr"]
+    assert rec["data_fingerprint"] == pairs_fingerprint(saved) and [p.target for p in saved[:2]] == ["de", "fr"]
 
     # another specialist learns the same translations without asking the parent again, also reversed
     again = recover(
@@ -183,7 +183,7 @@ def test_distillation_data_from_a_tiny_parent(specialists, tmp_path):
     )  # fmt: skip
     reused = Plan.load(again / "plan.json").lineage["recovery"]
     assert reused["mode"] == "distill" and reused["direction"] == "both" and reused["pairs"] == 10
-    assert reused["data_fingerprint"] == data_fingerprint(with_reversed(saved, "both"))
+    assert reused["data_fingerprint"] == pairs_fingerprint(with_reversed(saved, "both"))
     assert reused["distillation"]["generated"] == "earlier"
     with pytest.raises(ValueError, match="mode 'distill'"):
         recover(specialists["gpt_oss"], tmp_path / "x", distilled=tmp_path / "distilled.jsonl", steps=1)
