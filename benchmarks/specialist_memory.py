@@ -68,14 +68,15 @@ def build_specialists(tmp: Path, drops: list[int], stats_path: Path | None, data
     """{name: folder} of the specialists, from one calibration pass (or the given statistics)."""
     from moe_specialists.models.apply import apply_plan
     from moe_specialists.models.plan import Recipe
-    from moe_specialists.pruning.calibrate import calibrate
+    from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
     from moe_specialists.pruning.plan import make_plan
     from moe_specialists.pruning.stats import RoutingStats
 
     t = time.perf_counter()
     if stats_path is None or not stats_path.exists():
-        stats_path = calibrate(BUNDLED_MODEL_DIR, data, languages, stats_path or tmp / "stats.safetensors",
-                               direction="both", limit=limit, reap=False)
+        config = CalibrationConfig(model=BUNDLED_MODEL_DIR, data_dir=data, languages=languages, direction="both",
+                                   out=stats_path or tmp / "stats.safetensors", limit=limit, reap=False)
+        stats_path = calibrate(config)
     stats = RoutingStats.load(stats_path)
     out = {}
     for drop in drops:

