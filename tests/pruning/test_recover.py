@@ -120,11 +120,10 @@ def test_sft_lowers_the_translation_loss(specialists, tmp_path):
 def test_recovered_specialist_keeps_counts_reloads_and_records_lineage(specialists, tmp_path, family):
     spec = specialists[family]
     data = write_pairs(PAIRS[:2], tmp_path / "pairs.jsonl")
-    out = recover(
-        RecoveryConfig(
-            specialist=spec, out=tmp_path / "rec", data=data, steps=2, lr=1e-3, batch_size=2, seed=3, log_every=0
-        )
+    job = RecoveryConfig(
+        specialist=spec, out=tmp_path / "rec", data=data, steps=2, lr=1e-3, batch_size=2, seed=3, log_every=0
     )
+    out = recover(job)
 
     config = json.loads((out / "config.json").read_text())
     adapter = adapter_for(config)
@@ -148,6 +147,7 @@ def test_recovered_specialist_keeps_counts_reloads_and_records_lineage(specialis
     rec = plan.lineage["recovery"]
     assert rec["mode"] == "sft" and rec["steps"] == 2 and rec["lr"] == 1e-3 and rec["seed"] == 3
     assert rec["data_fingerprint"] == pairs_fingerprint(PAIRS[:2]) and rec["pairs"] == 2
+    assert rec["config"] == job.model_dump(mode="json") and rec["config"]["specialist"] == str(spec)
     entry = entry_from_dir("recovered", out)  # registrable like any specialist
     assert entry.experts_per_layer == [16, 6, 7, 4] and entry.plan == str((out / "plan.json").resolve())
 
