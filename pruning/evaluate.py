@@ -64,7 +64,7 @@ class SeedScore(BaseModel):
     truncated: int  # outputs that hit max_new_tokens without an end marker
 
 
-class DirectionResult(BaseModel):
+class PairResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     direction: str
     n: int
@@ -88,7 +88,7 @@ class EvalResults(BaseModel):
     max_new_tokens: int
     comet_model: str | None = None
     config: dict[str, Any] = {}  # the EvaluationConfig that produced these results
-    directions: dict[str, DirectionResult] = Field(default_factory=dict)
+    directions: dict[str, PairResult] = Field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -111,7 +111,7 @@ def evaluate_direction(
     max_new_tokens: int = 256,
     length_ratio: float = 2.0,
     comet: SegmentScorer | None = None,
-) -> DirectionResult:
+) -> PairResult:
     """Translate and score one direction. Each output gets at most
     ``min(max_new_tokens, length_ratio * source tokens + 16)`` new tokens (loops stop early)."""
     started = time.perf_counter()
@@ -138,7 +138,7 @@ def evaluate_direction(
         )
     n = len(sources)
     std = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
-    return DirectionResult(
+    return PairResult(
         direction=f"{source}-{target}",
         n=n,
         chrf=statistics.fmean(s.chrf for s in per_seed),
