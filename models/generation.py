@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,40 @@ def _budgets(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
     return budgets
 
 
-class TransformersGenerator:
+class Generator(ABC):
+    """Continuations of prompts (text or token ids); use it as a context manager (or call ``close``)."""
+
+    tokenizer: Any
+    end_ids: list[int]
+    end_markers: tuple[str, ...]  # the end ids as token strings, for the answer extractor
+
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        max_new_tokens: int | Sequence[int] = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        """One ``Generation`` per prompt, in the prompts' order; ``max_new_tokens`` is one budget or one per
+        prompt; ``temperature`` 0 is greedy decoding."""
+        return self._generate(list(prompts), _budgets(max_new_tokens, len(prompts)), temperature, seed)
+
+    @abstractmethod
+    def _generate(
+        self, prompts: list[str | Sequence[int]], budgets: list[int], temperature: float, seed: int
+    ) -> list[Generation]: ...
+
+    def close(self) -> None:  # noqa: B027 (nothing to release by default)
+        """Release the engine (a loaded model needs nothing)."""
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TransformersGenerator(Generator):
     """Batched greedy (``temperature=0``) or sampled ``generate`` of a transformers causal LM."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, end_ids: Sequence[int] | None = None):
@@ -115,17 +149,10 @@ class TransformersGenerator:
         return list(prompt)
 
     @torch.inference_mode()
-    def generate(
-        self,
-        prompts: Sequence[str | Sequence[int]],
-        max_new_tokens: int | Sequence[int] = 256,
-        temperature: float = 0.0,
-        seed: int = 0,
+    def _generate(
+        self, prompts: list[str | Sequence[int]], budgets: list[int], temperature: float, seed: int
     ) -> list[Generation]:
-        """One ``Generation`` per prompt, in the prompts' order; ``max_new_tokens`` is one budget or one per
-        prompt."""
         encoded = [self.encode(p) for p in prompts]
-        budgets = _budgets(max_new_tokens, len(encoded))
         device = next(self.model.parameters()).device
         sampling = {"temperature": temperature, "top_p": 1.0} if temperature > 0 else {}
         out: list[Generation | None] = [None] * len(encoded)
@@ -145,15 +172,6 @@ class TransformersGenerator:
                 kept, finished = trim_at_end(row, self.end_ids, budgets[i])
                 out[i] = Generation(kept, self.tokenizer.decode(kept, skip_special_tokens=False), finished)
         return out  # type: ignore[return-value]
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> TransformersGenerator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @contextlib.contextmanager
@@ -190,7 +208,7 @@ def vllm_engine(model: str | Path, in_process: bool | None = None, **engine: Any
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
 
 
-class VllmGenerator:
+class VllmGenerator(Generator):
     """``generate`` on a vLLM engine (on CPU, run under ``if __name__ == "__main__":``: it spawns processes).
     Use it as a context manager (or call ``close``): the engine is shut down on exit, also on errors."""
 
@@ -211,17 +229,12 @@ class VllmGenerator:
             self._stack.close()
             raise
 
-    def generate(
-        self,
-        prompts: Sequence[str | Sequence[int]],
-        max_new_tokens: int | Sequence[int] = 256,
-        temperature: float = 0.0,
-        seed: int = 0,
+    def _generate(
+        self, prompts: list[str | Sequence[int]], budgets: list[int], temperature: float, seed: int
     ) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        budgets = _budgets(max_new_tokens, len(prompts))
         params = [
             SamplingParams(
                 temperature=temperature,
@@ -248,14 +261,7 @@ class VllmGenerator:
     def close(self) -> None:
         self._stack.close()
 
-    def __enter__(self) -> VllmGenerator:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-Generator = TransformersGenerator | VllmGenerator
 Backend = Literal["transformers", "vllm"]
 
 

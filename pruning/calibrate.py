@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from transformers import AutoTokenizer
 
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
@@ -13,7 +13,7 @@ from moe_specialists.models.checkpoint import read_config, resolve_model
 from moe_specialists.models.plan import base_ref
 from moe_specialists.models.pruned import load_causal_lm
 from moe_specialists.pruning.collect import collect_transformers
-from moe_specialists.pruning.config import CommaList, DType, JobConfig, ModelRef, check_device
+from moe_specialists.pruning.config import CommaList, Device, DType, JobConfig, ModelRef
 from moe_specialists.pruning.data import Orientation, available_languages, calibration_sequences, directions_for
 
 
@@ -34,13 +34,8 @@ class CalibrationConfig(JobConfig):
     max_new_tokens: int = Field(256, ge=1)
     revision: str | None = None
     dtype: DType = "float32"
-    device: str = "cpu"
+    device: Device = "cpu"
     pivot: str = "en"
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return check_device(v)
 
     @model_validator(mode="after")
     def _pairs(self) -> CalibrationConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 
 def comma_list(value: Any) -> Any:
@@ -31,10 +31,6 @@ DType = Literal["float32", "bfloat16", "float16", "float64"]
 ExpertsImplementation = Literal["eager", "batched_mm", "grouped_mm"]
 
 
-class JobConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def check_device(value: str) -> str:
     """A torch device this machine has (ValueError saying what to use otherwise)."""
     import torch
@@ -46,6 +42,13 @@ def check_device(value: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{value!r}: torch {torch.__version__} sees no CUDA GPU on this machine; use cpu")
     return value
+
+
+class JobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Device = Annotated[str, AfterValidator(check_device)]  # a torch device this machine has
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

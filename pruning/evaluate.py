@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moe_specialists.models.generation import Backend, Generator, open_generator
 from moe_specialists.models.prompts import render
@@ -32,11 +32,11 @@ from moe_specialists.pruning.comet import CometScorer
 from moe_specialists.pruning.config import (
     CommaInts,
     CommaList,
+    Device,
     DType,
     ExpertsImplementation,
     JobConfig,
     ModelRef,
-    check_device,
 )
 from moe_specialists.pruning.data import read_parallel
 from moe_specialists.pruning.quality import SegmentScorer, classify, corpus_scores, segment_mean
@@ -167,16 +167,11 @@ class EvaluationConfig(JobConfig):
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(32, ge=1)
     dtype: DType = "float32"
-    device: str = "cpu"
+    device: Device = "cpu"
     experts_implementation: ExpertsImplementation | None = None
     out: Path | None = None
     comet_model: str | None = None
     comet_python: str = sys.executable
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return check_device(v)
 
     @model_validator(mode="after")
     def _feasible(self) -> EvaluationConfig:

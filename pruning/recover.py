@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from transformers import AutoTokenizer
 
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
@@ -43,7 +43,7 @@ from moe_specialists.models.checkpoint import INDEX_NAME, building_dir, file_sha
 from moe_specialists.models.plan import Plan
 from moe_specialists.models.prompts import LANGUAGE_NAMES
 from moe_specialists.models.pruned import load_causal_lm
-from moe_specialists.pruning.config import CommaList, DType, ExpertsImplementation, JobConfig, ModelRef, check_device
+from moe_specialists.pruning.config import CommaList, Device, DType, ExpertsImplementation, JobConfig, ModelRef
 from moe_specialists.pruning.data import Orientation, directions_for
 from moe_specialists.pruning.distill import PAPER_DISTILL_LANGUAGES, Backend, distillation_pairs
 from moe_specialists.pruning.pairs import pairs_fingerprint, read_pairs, read_passages, with_reversed, write_pairs
@@ -99,7 +99,7 @@ class RecoveryConfig(JobConfig):
     weight_decay: float = Field(0.0, ge=0)
     max_len: int = Field(512, ge=2)
     seed: int = 0
-    device: str = "cpu"
+    device: Device = "cpu"
     dtype: DType = "float32"
     backend: Backend = "auto"
     max_new_tokens: int = Field(256, ge=1)
@@ -112,11 +112,6 @@ class RecoveryConfig(JobConfig):
     gradient_checkpointing: bool = False
     overwrite: bool = False
     log_every: int = Field(10, ge=0)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return check_device(v)
 
     @model_validator(mode="after")
     def _feasible(self) -> RecoveryConfig:
