@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from moe_specialists.models.adapters import adapter_for
 from moe_specialists.models.checkpoint import checkpoint_summary, read_config
 
 FORMAT_VERSION = 1
@@ -109,6 +108,8 @@ def pruned_parameters(base: BaseRef, layers: list[int], counts: list[int]) -> in
 def base_ref(model_dir: str | Path, id: str | None = None, revision: str | None = None) -> BaseRef:
     """The ``BaseRef`` of a local checkpoint (family, expert counts, sizes, file hashes) from its config and
     safetensors headers; ``id`` defaults to the folder."""
+    from moe_specialists.models.adapters import adapter_for
+
     config = read_config(Path(model_dir))
     adapter = adapter_for(config)
     s = checkpoint_summary(Path(model_dir), adapter)
@@ -128,8 +129,11 @@ def base_ref(model_dir: str | Path, id: str | None = None, revision: str | None 
 def plan_from_kept(model_dir: str | Path, kept: list[list[int]], recipe: Recipe | None = None) -> Plan:
     """A plan keeping ``kept[slot]`` (original indices) in each MoE layer of a local checkpoint, without
     statistics: for hand-made specialists, tests and benchmarks."""
+    from moe_specialists.models.adapters import adapter_for
+
     base = base_ref(model_dir)
-    layers = adapter_for(read_config(Path(model_dir))).moe_layers(read_config(Path(model_dir)))
+    config = read_config(Path(model_dir))
+    layers = adapter_for(config).moe_layers(config)
     return Plan(
         base=base,
         recipe=recipe or Recipe(drop=0, directions=["manual"], allocation="uniform"),

@@ -37,7 +37,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from moe_specialists.models.adapters import ADAPTERS, EXPERTS_PER_LAYER_KEY, adapter_for
 from moe_specialists.models.checkpoint import file_sha256, read_header, shard_files, stored_parameters
 from moe_specialists.models.plan import Plan
 
@@ -196,6 +195,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _experts_per_layer(config: dict[str, Any]) -> list[int]:
+    from moe_specialists.models.adapters import ADAPTERS, EXPERTS_PER_LAYER_KEY, adapter_for  # torch: lazily
+
     if config.get("model_type") in ADAPTERS:
         return adapter_for(config).experts_per_layer(config)
     return [int(c) for c in config.get(EXPERTS_PER_LAYER_KEY) or []]

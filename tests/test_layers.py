@@ -67,6 +67,7 @@ def test_prompts_import_no_torch() -> None:
 def test_registry_imports_no_pruning_or_service() -> None:
     loaded = loaded_after("moe_specialists.models.registry")
     assert _under(loaded, "moe_specialists.pruning") == [] and _under(loaded, "moe_specialists.service") == []
+    assert "torch" not in loaded  # checkpoint, plan and registry read JSON and headers only
 
 
 def test_models_import_neither_pruning_nor_service() -> None:
