@@ -19,8 +19,8 @@ from pathlib import Path
 CHILD = """
 import sys, json, resource
 from pathlib import Path
-from moe_specialists.pruning.apply import apply_plan
-from moe_specialists.pruning.plan import Plan
+from moe_specialists.models.apply import apply_plan
+from moe_specialists.models.plan import Plan
 plan = Plan.load(sys.argv[1])
 if sys.argv[3] == "apply":
     apply_plan(plan, Path(sys.argv[2]), verify=False)
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=512)
     args = ap.parse_args()
-    from moe_specialists.pruning.plan import plan_from_kept
+    from moe_specialists.models.plan import plan_from_kept
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"

@@ -30,13 +30,15 @@ from pathlib import Path
 import torch
 
 from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.apply import apply_plan
+from moe_specialists.models.checkpoint import checkpoint_summary, read_config
+from moe_specialists.models.plan import Plan, Recipe
 from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
-from moe_specialists.pruning.apply import apply_plan
-from moe_specialists.pruning.calibrate import calibrate
-from moe_specialists.pruning.checkpoint import checkpoint_summary, read_config
-from moe_specialists.pruning.evaluate import evaluate
-from moe_specialists.pruning.plan import Plan, Recipe, make_plan
-from moe_specialists.pruning.recover import read_pairs, read_passages, recover, write_pairs
+from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
+from moe_specialists.pruning.evaluate import EvaluationConfig, evaluate
+from moe_specialists.pruning.pairs import read_pairs, read_passages, write_pairs
+from moe_specialists.pruning.plan import make_plan
+from moe_specialists.pruning.recover import RecoveryConfig, recover
 from moe_specialists.pruning.stats import RoutingStats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,8 +108,8 @@ def run(args: argparse.Namespace) -> None:
 
     def measure(name: str, model: Path, extra: dict) -> None:
         t0 = time.time()
-        res = evaluate(model, flores, directions, limit=args.limit, batch_size=args.eval_batch_size,
-                       dtype=args.eval_dtype, **device)  # fmt: skip
+        res = evaluate(EvaluationConfig(model=model, data_dir=flores, directions=directions, limit=args.limit,
+                                        batch_size=args.eval_batch_size, dtype=args.eval_dtype, **device))  # fmt: skip
         results.add(name, {"eval": res.model_dump(exclude={"directions": {"__all__": {"seeds"}}}), **extra})
         print(f"[{time.time() - started:.0f}s] {name}: chrF {res.mean():.1f} ({time.time() - t0:.0f}s)", flush=True)
 
@@ -119,8 +121,9 @@ def run(args: argparse.Namespace) -> None:
 
     stats = results_dir / "stats.safetensors"
     if not stats.is_file():
-        calibrate(BUNDLED_MODEL_DIR, flores, args.languages, stats, limit=args.calib_limit, batch_size=64,
-                  reap=False, dtype="bfloat16", device=args.device)  # fmt: skip
+        calibrate(CalibrationConfig(model=BUNDLED_MODEL_DIR, data_dir=flores, languages=args.languages, out=stats,
+                                    limit=args.calib_limit, batch_size=64, reap=False, dtype="bfloat16",
+                                    device=args.device))  # fmt: skip
     distilled = results_dir / "distilled.jsonl.gz"
     train = {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
@@ -150,7 +153,8 @@ def run(args: argparse.Namespace) -> None:
                           "backend": "transformers", "max_new_tokens": 256,
                           "generate_batch_size": args.generate_batch_size,
                           "save_data": distilled}  # fmt: skip
-            folder = recover(pruned, work / name, languages=args.languages, overwrite=True, **source, **train)
+            folder = recover(RecoveryConfig(specialist=pruned, out=work / name, languages=args.languages,
+                                            overwrite=True, **source, **train))  # fmt: skip
             measure(name, folder, {**sizes, "recovery": Plan.load(folder / "plan.json").lineage["recovery"]})
     print(table(results.rows))
 

@@ -35,11 +35,11 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # collective_rpc(worker_memory) ships a function to the worker: vLLM then needs pickle on its local engine sockets
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from moe_specialists.models.generation import vllm_engine  # noqa: E402
+from moe_specialists.models.random_tiny import TINY_ENGINE  # noqa: E402
 from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR  # noqa: E402
 from moe_specialists.pruning.collect_vllm import WORKER_EXTENSION  # noqa: E402
-from tests.models.test_vllm_serving import vllm_engine  # noqa: E402
 
 GOAL = 0.02  # |memory ratio - kept-parameter fraction|, as a fraction of the base
 MIB = 2**20
@@ -48,7 +48,7 @@ MIB = 2**20
 def checkpoint_parameters(path: Path) -> dict[str, int]:
     """Parameters of a checkpoint folder: all, expert tensors, router rows, and experts kept (over all layers)."""
     from moe_specialists.models.adapters import adapter_for
-    from moe_specialists.pruning.checkpoint import read_config, read_header, shard_files, stored_parameters
+    from moe_specialists.models.checkpoint import read_config, read_header, shard_files, stored_parameters
 
     config = read_config(path)
     adapter = adapter_for(config)
@@ -66,15 +66,17 @@ def checkpoint_parameters(path: Path) -> dict[str, int]:
 def build_specialists(tmp: Path, drops: list[int], stats_path: Path | None, data: Path, languages: list[str],
                       limit: int) -> tuple[dict[str, Path], float]:
     """{name: folder} of the specialists, from one calibration pass (or the given statistics)."""
-    from moe_specialists.pruning.apply import apply_plan
-    from moe_specialists.pruning.calibrate import calibrate
-    from moe_specialists.pruning.plan import Recipe, make_plan
+    from moe_specialists.models.apply import apply_plan
+    from moe_specialists.models.plan import Recipe
+    from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
+    from moe_specialists.pruning.plan import make_plan
     from moe_specialists.pruning.stats import RoutingStats
 
     t = time.perf_counter()
     if stats_path is None or not stats_path.exists():
-        stats_path = calibrate(BUNDLED_MODEL_DIR, data, languages, stats_path or tmp / "stats.safetensors",
-                               direction="both", limit=limit, reap=False)
+        config = CalibrationConfig(model=BUNDLED_MODEL_DIR, data_dir=data, languages=languages, direction="both",
+                                   out=stats_path or tmp / "stats.safetensors", limit=limit, reap=False)
+        stats_path = calibrate(config)
     stats = RoutingStats.load(stats_path)
     out = {}
     for drop in drops:
@@ -128,8 +130,8 @@ def measure(path: Path, dtype: str) -> dict[str, Any]:
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     t = time.perf_counter()
-    with vllm_engine(path, in_process=False, dtype=dtype, enforce_eager=True,
-                     worker_extension_cls=WORKER_EXTENSION) as llm:
+    engine = {**TINY_ENGINE, "dtype": dtype, "worker_extension_cls": WORKER_EXTENSION}
+    with vllm_engine(path, False, **engine) as llm:
         startup = time.perf_counter() - t
         out = llm.generate([TokensPrompt(prompt_token_ids=list(range(10, 42)))],
                            SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True), use_tqdm=False)

@@ -18,19 +18,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safetensors import safe_open  # noqa: E402
 
+from moe_specialists.models.generation import vllm_engine  # noqa: E402
+from moe_specialists.models.random_tiny import TINY_ENGINE, build_tiny  # noqa: E402
 from moe_specialists.pruning.collect_vllm import WORKER_EXTENSION, stats_engine_args  # noqa: E402
-from tests.models.test_vllm_serving import build_tiny, vllm_engine  # noqa: E402
 
 SPECIALIST = [12, 6, 8, 6]  # 32 of 4 x 16 experts: 50% pruned, non-uniform
 
@@ -46,7 +45,8 @@ def checkpoint_parameters(path: Path) -> int:
 
 def start_and_measure(path: Path, eager: bool) -> dict[str, float]:
     t = time.perf_counter()
-    with vllm_engine(path, in_process=False, enforce_eager=eager, worker_extension_cls=WORKER_EXTENSION) as llm:
+    engine = {**TINY_ENGINE, "enforce_eager": eager, "worker_extension_cls": WORKER_EXTENSION}
+    with vllm_engine(path, False, **engine) as llm:
         startup = time.perf_counter() - t
         mem = llm.collective_rpc("model_weight_bytes")[0]
     return {"startup_s": startup, **mem}
@@ -59,7 +59,7 @@ def throughput(path: Path, prompts: int, tokens: int) -> tuple[float, float]:
 
     batch = [TokensPrompt(prompt_token_ids=[(7 * i + j) % 256 for j in range(16 + i % 16)]) for i in range(prompts)]
     params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-    with vllm_engine(path, in_process=False, max_num_seqs=prompts, **stats_engine_args()) as llm:
+    with vllm_engine(path, False, **{**TINY_ENGINE, "max_num_seqs": prompts}, **stats_engine_args()) as llm:
         llm.generate(batch[:4], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)  # warm-up
 
         def run(hooks: bool) -> float:

@@ -37,6 +37,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from moe_specialists.models.checkpoint import file_sha256, read_header, shard_files, stored_parameters
+from moe_specialists.models.plan import Plan
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # no slashes, no '..' traversal, no leading dot
 ENTRY_FILE = "specialist.json"  # the entry as it travels to the hub beside the weights
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -156,16 +159,12 @@ def _files(folder: Path) -> list[Path]:
 
 def checksums(folder: str | Path) -> dict[str, str]:
     """sha256 of every file of a specialist folder, keyed by its path relative to the folder."""
-    from moe_specialists.pruning.checkpoint import file_sha256
-
     folder = Path(folder)
     return {p.relative_to(folder).as_posix(): file_sha256(p) for p in _files(folder)}
 
 
 def verify_checksums(folder: str | Path, expected: dict[str, str]) -> None:
     """ChecksumError naming every missing or changed file."""
-    from moe_specialists.pruning.checkpoint import file_sha256
-
     folder = Path(folder)
     bad = [f for f, h in expected.items() if not (folder / f).is_file() or file_sha256(folder / f) != h]
     if bad:
@@ -179,8 +178,6 @@ def weight_stats(folder: str | Path) -> tuple[int, int]:
     """(parameters, weight bytes) of a checkpoint from its safetensors headers alone (no tensor is read).
     Parameters = sum of element counts (MXFP4 blocks count 2 a byte, scales 0: ``stored_parameters``);
     weight bytes = sum of tensor data sizes ``data_offsets[1] - data_offsets[0]`` (headers excluded)."""
-    from moe_specialists.pruning.checkpoint import read_header, shard_files, stored_parameters
-
     params = nbytes = 0
     for shard in shard_files(Path(folder)):
         for name, info in read_header(shard).items():
@@ -198,7 +195,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _experts_per_layer(config: dict[str, Any]) -> list[int]:
-    from moe_specialists.models.adapters import ADAPTERS, EXPERTS_PER_LAYER_KEY, adapter_for
+    from moe_specialists.models.adapters import ADAPTERS, EXPERTS_PER_LAYER_KEY, adapter_for  # torch: lazily
 
     if config.get("model_type") in ADAPTERS:
         return adapter_for(config).experts_per_layer(config)
@@ -229,8 +226,6 @@ def entry_from_dir(
         plan = folder / "plan.json"
     base_bytes, base_experts = 0, _experts_per_layer(config)
     if plan is not None:
-        from moe_specialists.pruning.plan import Plan
-
         recorded = Plan.load(plan).base
         base = recorded.id if base is None else base
         base_bytes, base_experts = recorded.weight_bytes, recorded.experts_per_layer
@@ -269,7 +264,7 @@ def plan_hash(plan: str | Path, base: str | Path | None = None) -> str:
 
 
 def _default_apply(plan: Path, base: str | Path | None, out_dir: Path) -> Any:
-    from moe_specialists.pruning.apply import apply_plan
+    from moe_specialists.models.apply import apply_plan
 
     return apply_plan(plan, out_dir, base=base)
 
@@ -387,7 +382,7 @@ class Registry:
         **kw: Any,
     ) -> SpecialistEntry:
         """Build the specialist of ``plan`` over ``base`` (default: the plan's base) with
-        ``pruning.apply.apply_plan`` into ``<root>/cache/<plan_hash>/`` unless it is already there, then
+        ``models.apply.apply_plan`` into ``<root>/cache/<plan_hash>/`` unless it is already there, then
         register it. apply_plan writes a temp folder renamed into place, so a half-built specialist is never
         reused; a per-hash lock stops two processes from building the same one twice."""
         validate_name(name)

@@ -10,9 +10,9 @@ N MoE layers of E experts, top-k = k, average drop d: the budget is B = N * (E -
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-Allocation = Literal["uniform", "dynamic", "inverse-dynamic"]
+from moe_specialists.models.plan import Allocation
+
 ALLOCATIONS: tuple[str, ...] = ("uniform", "dynamic", "inverse-dynamic")
 
 

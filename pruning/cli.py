@@ -23,9 +23,9 @@ from moe_specialists.models.registry_cli import DEFAULT_ROOT, ROOT_ENV
 app = typer.Typer(help="Prune experts: calibrate, plan, apply, evaluate, sweep, recover.", no_args_is_help=True)
 
 Languages = Annotated[
-    str, typer.Option("--languages", "-l", help="Comma-separated language codes, e.g. de or de,fr,ru.")
+    str | None, typer.Option("--languages", "-l", help="Comma-separated language codes, e.g. de or de,fr,ru.")
 ]
-Direction = Annotated[str, typer.Option(help="to: en->L, from: L->en, both: both directions.")]
+OrientationOption = Annotated[str, typer.Option(help="to: en->L, from: L->en, both: both directions.")]
 DataDir = Annotated[Path, typer.Option(help="FLORES-style folder with <split>/<lang>.txt line-aligned files.")]
 Drop = Annotated[int, typer.Option(help="Experts dropped per MoE layer on average (0 <= drop <= E - top_k).")]
 Ranking = Annotated[str, typer.Option(help="routing-mass (default), reap, frequency or random.")]
@@ -45,15 +45,12 @@ ExpertsImplementation = Annotated[
 
 def _check_device(value: str) -> str:
     """A torch device this machine has, refused before any model loads."""
-    import torch
+    from moe_specialists.pruning.config import check_device
 
     try:
-        device = torch.device(value)
-    except RuntimeError as e:
-        raise typer.BadParameter(f"{value!r} is not a torch device; e.g. cpu, cuda, cuda:1") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise typer.BadParameter(f"{value!r}: torch {torch.__version__} sees no CUDA GPU on this machine; use cpu")
-    return value
+        return check_device(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
 
 
 Device = Annotated[
@@ -73,18 +70,45 @@ def _sizes(plan) -> dict:
     }
 
 
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML file of this job's settings; options given on the command line override it."),
+]
+
+
 def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg="red", err=True)
+    from pydantic import ValidationError
+
+    from moe_specialists.pruning.config import describe
+
+    typer.secho(f"error: {describe(e) if isinstance(e, ValidationError) else e}", fg="red", err=True)
     raise typer.Exit(2)
+
+
+def _job_config(ctx: typer.Context, cls: type, file: Path | None, names: dict[str, str] | None = None, **options):
+    """``cls`` from the settings of ``file`` overridden by the options given on the command line; an option
+    left at its default fills only what the file does not set (None: the config's own default). ``names``:
+    option -> config field where they differ."""
+    from moe_specialists.pruning.config import read_config_file
+
+    data = read_config_file(file) if file is not None else {}
+    for option, value in options.items():
+        field = (names or {}).get(option, option)
+        source = ctx.get_parameter_source(option)  # typer's click: compare by name
+        given = getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+        if given or (field not in data and value is not None):
+            data[field] = value
+    return cls.model_validate(data)
 
 
 @app.command()
 def calibrate(
-    model: Annotated[str, typer.Argument(help="Hub id or local folder of the base MoE model.")],
-    out: Annotated[Path, typer.Option(help="Where to save the statistics (.safetensors).")],
-    languages: Languages,
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Argument(help="Hub id or local folder of the base MoE model.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to save the statistics (.safetensors).")] = None,
+    languages: Languages = None,
     data: DataDir = Path("../shared/data/flores200"),
-    direction: Direction = "to",
+    direction: OrientationOption = "to",
     split: str = "dev",
     limit: Annotated[int | None, typer.Option(help="Use only the first N passages.")] = None,
     batch_size: int = 8,
@@ -95,35 +119,30 @@ def calibrate(
     revision: str | None = None,
     dtype: str = "float32",
     device: Device = "cpu",
+    config: ConfigFile = None,
 ) -> None:
     """Collect routing statistics of MODEL translating between English and each language."""
+    from moe_specialists.pruning.calibrate import CalibrationConfig
     from moe_specialists.pruning.calibrate import calibrate as run
 
     try:
-        path = run(
-            model,
-            data,
-            _langs(languages),
-            out,
-            direction=direction,
-            split=split,
-            limit=limit,
-            batch_size=batch_size,
-            reap=reap,
-            generate=generate,
-            revision=revision,
-            dtype=dtype,
-            device=device,
-        )
+        job = _job_config(
+            ctx, CalibrationConfig, config, {"data": "data_dir"}, model=model, out=out, languages=languages,
+            data=data, direction=direction, split=split, limit=limit, batch_size=batch_size, reap=reap,
+            generate=generate, revision=revision, dtype=dtype, device=device,
+        )  # fmt: skip
+        path = run(job)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(f"statistics saved to {path}")
 
 
-def _recipe(
+def _make_plan(
     stats_path: Path, drop: int, ranking: str, allocation: str, directions: str | None, invert: bool, seed: int
 ):
-    from moe_specialists.pruning.plan import Recipe, make_plan
+    """The plan of a recipe over saved statistics (default directions: every calibrated one)."""
+    from moe_specialists.models.plan import Recipe
+    from moe_specialists.pruning.plan import make_plan
     from moe_specialists.pruning.stats import RoutingStats
 
     stats = RoutingStats.load(stats_path)
@@ -150,7 +169,7 @@ def plan(
     from pydantic import ValidationError
 
     try:
-        p = _recipe(stats, drop, ranking, allocation, directions, invert, seed)
+        p = _make_plan(stats, drop, ranking, allocation, directions, invert, seed)
     except (ValueError, ValidationError) as e:
         _fail(e)
     p.save(out)
@@ -165,7 +184,7 @@ def apply(
     overwrite: bool = False,
 ) -> None:
     """Write the specialist: the base checkpoint sliced by the plan, streamed shard by shard."""
-    from moe_specialists.pruning.apply import apply_plan
+    from moe_specialists.models.apply import apply_plan
 
     try:
         path = apply_plan(plan, out, base=base, overwrite=overwrite)
@@ -181,7 +200,7 @@ def prune(
     languages: Languages,
     drop: Drop,
     data: DataDir = Path("../shared/data/flores200"),
-    direction: Direction = "to",
+    direction: OrientationOption = "to",
     ranking: Ranking = "routing-mass",
     allocation: Allocation = "dynamic",
     limit: Annotated[int | None, typer.Option(help="Use only the first N calibration passages.")] = None,
@@ -192,27 +211,21 @@ def prune(
     registry: Annotated[Path, typer.Option(envvar=ROOT_ENV, help="Registry folder (with --register).")] = DEFAULT_ROOT,
 ) -> None:
     """calibrate + plan + apply; statistics and plan are kept beside the specialist for reuse."""
+    from moe_specialists.models.apply import apply_plan
     from moe_specialists.models.registry import Registry, validate_name
-    from moe_specialists.pruning.apply import apply_plan
+    from moe_specialists.pruning.calibrate import CalibrationConfig
     from moe_specialists.pruning.calibrate import calibrate as run
 
     stats_path = out.with_name(out.name + ".stats.safetensors")
     try:
         if register:
             validate_name(register)  # before the slow part
-        run(
-            model,
-            data,
-            _langs(languages),
-            stats_path,
-            direction=direction,
-            limit=limit,
-            batch_size=batch_size,
-            reap=ranking == "reap",
-            dtype=dtype,
-            device=device,
-        )
-        p = _recipe(stats_path, drop, ranking, allocation, None, False, 0)
+        job = CalibrationConfig(
+            model=model, out=stats_path, languages=languages, data_dir=data, direction=direction, limit=limit,
+            batch_size=batch_size, reap=ranking == "reap", dtype=dtype, device=device,
+        )  # fmt: skip
+        run(job)
+        p = _make_plan(stats_path, drop, ranking, allocation, None, False, 0)
         apply_plan(p, out, base=model)
         if register:
             Registry(registry).register_dir(register, out, directions=p.recipe.directions)
@@ -225,8 +238,9 @@ def prune(
 
 @app.command()
 def recover(
-    specialist: Annotated[Path, typer.Argument(help="Specialist folder written by `apply` or `prune`.")],
-    out: Annotated[Path, typer.Option(help="Folder of the recovered specialist to write.")],
+    ctx: typer.Context,
+    specialist: Annotated[Path | None, typer.Argument(help="Specialist folder written by `apply` or `prune`.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder of the recovered specialist to write.")] = None,
     mode: Annotated[
         str, typer.Option(help="sft: train on parallel pairs; distill: on the parent's translations.")
     ] = "sft",
@@ -241,7 +255,7 @@ def recover(
         str | None, typer.Option("--languages", "-l", help="Comma-separated codes (default: the plan's languages).")
     ] = None,
     parent: Annotated[str | None, typer.Option(help="distill: the unpruned model (default: the plan's base).")] = None,
-    direction: Direction = "to",
+    direction: OrientationOption = "to",
     split: str = "dev",
     limit: Annotated[int | None, typer.Option(help="Use only the first N pairs per direction / passages.")] = None,
     epochs: float = 1.0,
@@ -268,40 +282,23 @@ def recover(
     experts_implementation: ExpertsImplementation = None,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations (less memory).")] = False,
     overwrite: bool = False,
+    config: ConfigFile = None,
 ) -> None:
     """Fine-tune every parameter of SPECIALIST on translation tokens; the new plan.json records the lineage."""
-    from moe_specialists.pruning.plan import Plan
+    from moe_specialists.models.plan import Plan
+    from moe_specialists.pruning.recover import RecoveryConfig
     from moe_specialists.pruning.recover import recover as run
 
     try:
-        path = run(
-            specialist,
-            out,
-            mode=mode,
-            data=data,
-            parent=parent,
-            languages=_langs(languages) if languages else None,
-            direction=direction,
-            split=split,
-            limit=limit,
-            epochs=epochs,
-            steps=steps,
-            lr=lr,
-            batch_size=batch_size,
-            warmup=warmup,
-            max_len=max_len,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            backend=backend,
-            max_new_tokens=max_new_tokens,
-            generate_batch_size=generate_batch_size,
-            distilled=distilled,
-            save_data=save_data,
-            experts_implementation=experts_implementation,
-            gradient_checkpointing=gradient_checkpointing,
-            overwrite=overwrite,
-        )
+        job = _job_config(
+            ctx, RecoveryConfig, config, specialist=specialist, out=out, mode=mode, data=data, parent=parent,
+            languages=languages, direction=direction, split=split, limit=limit, epochs=epochs, steps=steps, lr=lr,
+            batch_size=batch_size, warmup=warmup, max_len=max_len, seed=seed, device=device, dtype=dtype,
+            backend=backend, max_new_tokens=max_new_tokens, generate_batch_size=generate_batch_size,
+            distilled=distilled, save_data=save_data, experts_implementation=experts_implementation,
+            gradient_checkpointing=gradient_checkpointing, overwrite=overwrite,
+        )  # fmt: skip
+        path = run(job)
     except (ValueError, FileExistsError) as e:
         _fail(e)
     plan = Plan.load(path / "plan.json")
@@ -314,8 +311,11 @@ def recover(
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Model or specialist folder (or hub id).")],
-    directions: Annotated[str, typer.Option("--directions", "-d", help="Comma-separated, e.g. en-de,de-en.")],
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Argument(help="Model or specialist folder (or hub id).")] = None,
+    directions: Annotated[
+        str | None, typer.Option("--directions", "-d", help="Comma-separated, e.g. en-de,de-en.")
+    ] = None,
     data: DataDir = Path("../shared/data/flores200"),
     split: str = "devtest",
     limit: Annotated[int | None, typer.Option(help="Only the first N passages per direction.")] = None,
@@ -336,29 +336,21 @@ def evaluate(
         str | None,
         typer.Option(help="A Python with unbabel-comet installed (it needs its own venv: it pins transformers<5)."),
     ] = None,
+    config: ConfigFile = None,
 ) -> None:
     """Translate DATA/SPLIT with MODEL; chrF, BLEU (and xCOMET) and the degenerate-output rate per direction."""
+    from moe_specialists.pruning.evaluate import EvaluationConfig
     from moe_specialists.pruning.evaluate import evaluate as run
 
     try:
-        res = run(
-            model,
-            data,
-            _langs(directions),
-            split=split,
-            limit=limit,
-            backend=backend,
-            seeds=[int(s) for s in _langs(seeds)],
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            dtype=dtype,
-            device=device,
-            experts_implementation=experts_implementation,
-            out=out,
-            comet_model=comet,
-            **({"comet_python": comet_python} if comet_python else {}),
-        )
+        job = _job_config(
+            ctx, EvaluationConfig, config, {"data": "data_dir", "comet": "comet_model"}, model=model,
+            directions=directions, data=data, split=split, limit=limit, backend=backend, seeds=seeds,
+            temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype,
+            device=device, experts_implementation=experts_implementation, out=out, comet=comet,
+            comet_python=comet_python,
+        )  # fmt: skip
+        res = run(job)
     except (ValueError, ImportError, RuntimeError) as e:
         _fail(e)
     typer.echo(res.model_dump_json(indent=1, exclude={"directions": {"__all__": {"seeds"}}}))
@@ -366,8 +358,11 @@ def evaluate(
 
 @app.command()
 def sweep(
-    model: Annotated[str, typer.Argument(help="Base model folder (or hub id).")],
-    work: Annotated[Path, typer.Option(help="Folder for statistics, cached evaluations, temporary specialists.")],
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Argument(help="Base model folder (or hub id).")] = None,
+    work: Annotated[
+        Path | None, typer.Option(help="Folder for statistics, cached evaluations, temporary specialists.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where the report (.md, .json, PNG) goes.")] = Path("docs/results"),
     languages: Languages = "de,fr,ru",
     drops: Annotated[str, typer.Option(help="Drop levels for every method.")] = "0,8,16,24",
@@ -382,34 +377,23 @@ def sweep(
     batch_size: int = 32,
     name: Annotated[str, typer.Option(help="File stem of the report.")] = "compression",
     minutes: Annotated[float | None, typer.Option(help="Stop starting new evaluations after this long.")] = None,
+    config: ConfigFile = None,
 ) -> None:
     """Compression curves per method, kept-expert IoU between languages, unseen-language comparison."""
     import time
 
     from pydantic import ValidationError
 
-    from moe_specialists.pruning.sweep import METHODS, Sweep, SweepConfig
+    from moe_specialists.pruning.sweep import Sweep, SweepConfig
 
-    ints = lambda s: [int(x) for x in _langs(s)]  # noqa: E731
     try:
-        config = SweepConfig(
-            model=model,
-            data_dir=data,
-            work_dir=work,
-            out_dir=out,
-            languages=_langs(languages),
-            drops=ints(drops),
-            default_drops=ints(default_drops),
-            methods=_langs(methods) if methods else list(METHODS),
-            limit=limit,
-            calib_limit=calib_limit,
-            unseen=unseen,
-            unseen_drops=ints(unseen_drops),
-            backend=backend,
-            batch_size=batch_size,
-            name=name,
-        )
-        path = Sweep(config, log=typer.echo).run(deadline=time.time() + 60 * minutes if minutes else None)
+        job = _job_config(
+            ctx, SweepConfig, config, {"data": "data_dir", "work": "work_dir", "out": "out_dir"}, model=model,
+            work=work, out=out, languages=languages, drops=drops, default_drops=default_drops, methods=methods,
+            data=data, limit=limit, calib_limit=calib_limit, unseen=unseen, unseen_drops=unseen_drops,
+            backend=backend, batch_size=batch_size, name=name,
+        )  # fmt: skip
+        path = Sweep(job, log=typer.echo).run(deadline=time.time() + 60 * minutes if minutes else None)
     except (ValueError, ValidationError) as e:
         _fail(e)
     typer.echo(f"report written to {path}")

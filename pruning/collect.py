@@ -19,6 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from moe_specialists.models.adapters import FamilyAdapter, adapter_for
+from moe_specialists.models.generation import TransformersGenerator
+from moe_specialists.models.prompts import render
 from moe_specialists.pruning.data import CalibrationSequence
 from moe_specialists.pruning.stats import RoutingStats, StatsAccumulator
 
@@ -116,38 +118,23 @@ def pad_batch(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return input_ids, mask, seq_ids
 
 
-def data_fingerprint(sequences: list[CalibrationSequence]) -> str:
+def sequences_fingerprint(sequences: list[CalibrationSequence]) -> str:
+    """sha256 over the JSON of every calibration sequence (group, passage flag, text), in order."""
     h = hashlib.sha256()
     for s in sequences:
         h.update(json.dumps([s.group, s.passage, s.text]).encode())
     return h.hexdigest()
 
 
-@torch.no_grad()
 def generate_translations(
     model: nn.Module, tokenizer: Any, sequences: list[CalibrationSequence], max_new_tokens: int, batch_size: int
 ) -> list[list[int]]:
-    """Token ids of prompt + the model's own greedy translation, for each calibration sequence."""
-    from moe_specialists.models.prompts import render
-
-    device = next(model.parameters()).device
-    out = []
-    tokenizer.padding_side = "left"
-    for chunk in tqdm(
-        [sequences[i : i + batch_size] for i in range(0, len(sequences), batch_size)], desc="generating", leave=False
-    ):
-        prompts = [render(tokenizer, s.source, s.target, s.source_text) for s in chunk]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        for b in range(len(chunk)):
-            prompt = enc["input_ids"][b][enc["attention_mask"][b].bool()].tolist()
-            new = gen[b, enc["input_ids"].shape[1] :].tolist()
-            if tokenizer.pad_token_id in new and tokenizer.pad_token_id != tokenizer.eos_token_id:
-                new = new[: new.index(tokenizer.pad_token_id)]
-            if tokenizer.eos_token_id in new:
-                new = new[: new.index(tokenizer.eos_token_id) + 1]
-            out.append(prompt + new)
-    return out
+    """Token ids of prompt + the model's own greedy translation (end id included when it ends), for each
+    calibration sequence (``models.generation``)."""
+    generator = TransformersGenerator(model, tokenizer, batch_size)
+    prompts = [generator.encode(render(tokenizer, s.source, s.target, s.source_text)) for s in sequences]
+    outputs = generator.generate(prompts, max_new_tokens)
+    return [p + g.ids for p, g in zip(prompts, outputs, strict=True)]
 
 
 @torch.no_grad()
@@ -195,6 +182,6 @@ def collect_transformers(
         "collector": "transformers",
         "mode": "generate" if generate else "teacher",
         "has_reap": reap,
-        "data_fingerprint": data_fingerprint(sequences),
+        "data_fingerprint": sequences_fingerprint(sequences),
     }
     return acc.result({**(header or {}), **info})

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from moe_specialists.models.adapters import FamilyAdapter, adapter_for
 from moe_specialists.models.vllm_worker import EngineMemoryProbe
-from moe_specialists.pruning.collect import data_fingerprint
+from moe_specialists.pruning.collect import sequences_fingerprint
 from moe_specialists.pruning.data import CalibrationSequence
 from moe_specialists.pruning.stats import GroupStats, RoutingStats, StatsAccumulator
 
@@ -252,7 +252,7 @@ def collect_vllm(
         "collector": "vllm",
         "mode": "generate" if generate else "teacher",
         "has_reap": False,
-        "data_fingerprint": data_fingerprint(sequences),
+        "data_fingerprint": sequences_fingerprint(sequences),
     }
     return acc.result({**(header or {}), **info})
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from moe_specialists.models.prompts import LANGUAGE_NAMES, render
 
-Direction = Literal["to", "from", "both"]  # en->L, L->en, both
+Orientation = Literal["to", "from", "both"]  # which way round the pivot: en->L, L->en, both (a pair is "en-de")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def read_parallel(data_dir: str | Path, split: str, langs: list[str], limit: int
     return out
 
 
-def directions_for(languages: list[str], direction: Direction, pivot: str = "en") -> list[tuple[str, str]]:
+def directions_for(languages: list[str], direction: Orientation, pivot: str = "en") -> list[tuple[str, str]]:
     """(source, target) pairs: 'to' = pivot->L, 'from' = L->pivot, 'both' = both, for every L."""
     for lang in [pivot, *languages]:
         if lang not in LANGUAGE_NAMES:
@@ -77,7 +77,7 @@ def calibration_sequences(
     tokenizer: Any,
     data_dir: str | Path,
     languages: list[str],
-    direction: Direction = "to",
+    direction: Orientation = "to",
     split: str = "dev",
     limit: int | None = None,
     pivot: str = "en",

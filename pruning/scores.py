@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
+from moe_specialists.models.plan import Ranking
 from moe_specialists.pruning.stats import GroupStats
 
-Ranking = Literal["routing-mass", "reap", "frequency", "random"]
 RANKINGS: tuple[str, ...] = ("routing-mass", "reap", "frequency", "random")
 
 

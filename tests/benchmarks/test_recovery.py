@@ -5,8 +5,8 @@ import gzip
 import json
 
 from benchmarks.recovery import parser, prepare, run, table
-from moe_specialists.pruning.plan import Plan
-from moe_specialists.pruning.recover import read_pairs, read_passages
+from moe_specialists.models.plan import Plan
+from moe_specialists.pruning.pairs import read_pairs, read_passages
 
 
 def _row(chrf: dict[str, float], degenerate: dict[str, float], parameters: int, recovery=None) -> dict:

@@ -104,9 +104,9 @@ def stack_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def prometheus_url(stack_dir) -> Iterator[str]:
     prometheus = need_tool("prometheus", "Debian package `prometheus`: apt-get install -y prometheus")
+    from moe_specialists.models.apply import apply_plan
+    from moe_specialists.models.plan import plan_from_kept
     from moe_specialists.models.registry import Registry
-    from moe_specialists.pruning.apply import apply_plan
-    from moe_specialists.pruning.plan import plan_from_kept
     from tests.tiny import save_tiny
 
     tmp = stack_dir

@@ -234,7 +234,7 @@ def test_register_dir(tiny: SimpleNamespace, tmp_path: Path) -> None:
 
 
 def tiny_plan(base: Path, kept1: list[int]) -> dict:
-    from moe_specialists.pruning.plan import Plan
+    from moe_specialists.models.plan import Plan
 
     return json.loads(
         Plan.model_validate(

@@ -3,18 +3,17 @@
 For both families, a tiny model with a non-uniform plan (16, 6, 11, 4 of 16 experts) and its unpruned base:
 vLLM fp32 greedy token ids == transformers greedy token ids. A specialist whose config.json disagrees with its
 tensors is refused with a message naming the layer and the numbers. One engine at a time, shut down after use.
-The helpers here (tiny models, byte tokenizer, engines) are shared with tests/pruning/test_collect_vllm.py
-and benchmarks/vllm_memory.py.
+The helpers here (byte tokenizer, engines with the tiny settings) are shared with tests/pruning/test_collect_vllm.py;
+the tiny models and the engine context manager are in the package (``models.random_tiny``,
+``models.generation``) for the benchmarks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,50 +23,16 @@ import torch
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from moe_specialists.models.random_tiny import TINY_ENGINE, build_tiny, tiny_config  # noqa: E402, F401
+
 COUNTS = [16, 6, 11, 4]
 FAMILIES = ["qwen3_moe", "gpt_oss"]
-VOCAB = 320
 PROMPTS = [
     [5, 17, 42, 99, 3],
     [200, 201, 7, 7, 7, 150, 64, 12, 88, 31, 19],
     list(range(30, 70)),
     [255, 1, 128, 64, 32, 16, 8, 4],
 ]
-
-
-def tiny_config(family: str, counts: list[int] | None = None, layers: int = 4, experts: int = 16) -> Any:
-    """Hidden 128, head_dim 64 (vLLM's CPU attention needs >= 64), top-4, no EOS (greedy runs to the end)."""
-    from transformers import GptOssConfig, Qwen3MoeConfig
-
-    from moe_specialists.models.adapters import ADAPTERS
-
-    common = dict(
-        vocab_size=VOCAB, hidden_size=128, num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=64, num_experts_per_tok=4, max_position_embeddings=512, tie_word_embeddings=False,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    )
-    if family == "qwen3_moe":
-        config = Qwen3MoeConfig(**common, intermediate_size=256, moe_intermediate_size=64, num_experts=experts,
-                                norm_topk_prob=True)
-    else:
-        config = GptOssConfig(**common, intermediate_size=64, num_local_experts=experts, sliding_window=128)
-    adapter = ADAPTERS[family]
-    config.architectures = [adapter.base_architecture]
-    if counts is not None:
-        config = type(config).from_dict(adapter.pruned_config_dict(config.to_dict(), counts))
-    return config
-
-
-def build_tiny(path: Path, family: str, counts: list[int] | None = None, seed: int = 0, **kw: Any) -> Path:
-    """A random tiny checkpoint in the on-disk format `apply` writes (pruned when ``counts`` is given)."""
-    from transformers import AutoModelForCausalLM
-
-    import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, counts, **kw), dtype=torch.float32)
-    model.save_pretrained(path)
-    return path
 
 
 def byte_tokenizer() -> Any:
@@ -100,38 +65,12 @@ def hf_greedy(path: Path, prompts: list[list[int]], max_new_tokens: int) -> list
     return out
 
 
-@contextlib.contextmanager
-def vllm_engine(path: Path, in_process: bool = True, **kw: Any) -> Iterator[Any]:
-    """A vLLM engine on a tiny checkpoint (fp32, eager, small KV cache), shut down on exit.
+def vllm_engine(path: Path, in_process: bool = True, **kw: Any) -> contextlib.AbstractContextManager[Any]:
+    """``models.generation.vllm_engine`` with the tiny models' settings; ``in_process`` by default (about 20 s
+    faster per engine on 2 cores, and the engine's own errors are raised here)."""
+    from moe_specialists.models.generation import vllm_engine as engine
 
-    ``in_process``: engine core and worker live in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), which
-    starts about 20 s faster per engine on 2 cores and raises the engine's own errors here.
-    """
-    import vllm.envs
-    from vllm import LLM
-
-    args = dict(dtype="float32", enforce_eager=True, max_model_len=256, max_num_seqs=8, seed=0,
-                skip_tokenizer_init=True)
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
-    threads = torch.get_num_threads()
-    llm = None
-    try:
-        llm = LLM(str(path), **{**args, **kw})
-        yield llm
-    finally:
-        if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
-            del llm
-        # an in-process engine core froze the environment and the GC heap and took the torch threads
-        vllm.envs.disable_envs_cache()
-        gc.unfreeze()
-        gc.collect()
-        torch.set_num_threads(threads)
-        if saved is None:
-            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+    return engine(path, in_process, **{**TINY_ENGINE, **kw})
 
 
 def vllm_greedy(llm: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:

@@ -10,11 +10,11 @@ from transformers import AutoModelForCausalLM
 
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 from moe_specialists.models.adapters import GPT_OSS, adapter_for
-from moe_specialists.pruning.apply import apply_plan
-from moe_specialists.pruning.checkpoint import checkpoint_summary
+from moe_specialists.models.apply import apply_plan
+from moe_specialists.models.checkpoint import checkpoint_summary
+from moe_specialists.models.plan import plan_from_kept as plan_for
 from moe_specialists.pruning.collect import collect_transformers
 from moe_specialists.pruning.data import CalibrationSequence
-from moe_specialists.pruning.plan import plan_from_kept as plan_for
 from tests.tiny import save_tiny, tiny_tokenizer
 
 FAMILIES = ["qwen3_moe", "gpt_oss"]

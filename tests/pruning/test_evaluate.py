@@ -5,16 +5,10 @@ import json
 import pytest
 import sacrebleu
 
-from moe_specialists.pruning.evaluate import (
-    CometScorer,
-    classify,
-    corpus_scores,
-    evaluate,
-    extract,
-    has_loop,
-    parse_directions,
-    segment_mean,
-)
+from moe_specialists.models.extract import extract_answer
+from moe_specialists.pruning.comet import CometScorer
+from moe_specialists.pruning.evaluate import EvaluationConfig, evaluate, parse_directions
+from moe_specialists.pruning.quality import classify, corpus_scores, has_loop, segment_mean
 from tests.tiny import save_tiny
 
 
@@ -38,7 +32,7 @@ from tests.tiny import save_tiny
     ],
 )
 def test_extract(raw, text, residue):
-    assert extract(raw) == (text, residue)
+    assert extract_answer(raw) == (text, residue)
 
 
 @pytest.mark.parametrize(
@@ -86,8 +80,9 @@ def test_segment_mean_scores_degenerate_outputs_zero():
         seen.append(hyps)
         return [0.5 if h.split() == r.split() else 0.2 for h, r in zip(hyps, refs, strict=True)]
 
-    got = segment_mean(score, ["a", "b", "c", "d"], ["x y", "", "z", "w"], ["x y", "q", "z", "v"],
-                       [False, True, False, False])
+    got = segment_mean(
+        score, ["a", "b", "c", "d"], ["x y", "", "z", "w"], ["x y", "q", "z", "v"], [False, True, False, False]
+    )
     assert seen == [["x y", "z", "w"]]  # the degenerate output is not sent to the scorer
     assert got == pytest.approx(100 * (0.5 + 0 + 0.5 + 0.2) / 4)
     assert segment_mean(score, ["a"], [""], ["b"], [True]) == 0.0
@@ -145,7 +140,11 @@ def test_parse_directions():
 def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, flores_dir):
     model = save_tiny("qwen3_moe", tmp_path / "m")
     out = tmp_path / "res.json"
-    res = evaluate(model, flores_dir, ["en-de", "de-en"], limit=3, max_new_tokens=12, out=out)
+    res = evaluate(
+        EvaluationConfig(
+            model=model, data_dir=flores_dir, directions=["en-de", "de-en"], limit=3, max_new_tokens=12, out=out
+        )
+    )
     assert set(res.directions) == {"en-de", "de-en"}
     r = res.directions["en-de"]
     assert r.n == 3 and len(r.seeds) == 1 and r.chrf_std == 0.0
@@ -155,10 +154,23 @@ def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, flores_dir):
     # greedy is deterministic; a COMET scorer (a stand-in here: xCOMET needs the hub and a GPU-size model)
     # scores the same outputs, degenerate ones as 0
     constant = lambda sources, hyps, refs: [0.5] * len(hyps)  # noqa: E731
-    again = evaluate(model, flores_dir, ["en-de"], limit=3, max_new_tokens=12, comet=constant)
+    again = evaluate(
+        EvaluationConfig(model=model, data_dir=flores_dir, directions=["en-de"], limit=3, max_new_tokens=12),
+        comet=constant,
+    )
     assert again.directions["en-de"].chrf == r.chrf
     assert again.directions["en-de"].comet == pytest.approx(50 * (1 - r.degenerate_rate))
-    sampled = evaluate(model, flores_dir, ["en-de"], limit=3, max_new_tokens=12, temperature=1.0, seeds=[0, 1, 2])
+    sampled = evaluate(
+        EvaluationConfig(
+            model=model,
+            data_dir=flores_dir,
+            directions=["en-de"],
+            limit=3,
+            max_new_tokens=12,
+            temperature=1.0,
+            seeds=[0, 1, 2],
+        )
+    )
     s = sampled.directions["en-de"]
     assert [x.seed for x in s.seeds] == [0, 1, 2]
     assert s.chrf == pytest.approx(sum(x.chrf for x in s.seeds) / 3)
@@ -166,11 +178,19 @@ def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, flores_dir):
 
 def test_evaluate_refuses_bad_requests(tmp_path, flores_dir):
     with pytest.raises(ValueError, match="temperature"):
-        evaluate(tmp_path, flores_dir, ["en-de"], temperature=-1)
+        evaluate(EvaluationConfig(model=tmp_path, data_dir=flores_dir, directions=["en-de"], temperature=-1))
     with pytest.raises(ValueError, match="available"):
-        evaluate(tmp_path, flores_dir, ["en-xx"])
+        evaluate(EvaluationConfig(model=tmp_path, data_dir=flores_dir, directions=["en-xx"]))
     with pytest.raises(ValueError, match="backend"):
-        evaluate(save_tiny("qwen3_moe", tmp_path / "m"), flores_dir, ["en-de"], limit=1, backend="onnx")
+        evaluate(
+            EvaluationConfig(
+                model=save_tiny("qwen3_moe", tmp_path / "m"),
+                data_dir=flores_dir,
+                directions=["en-de"],
+                limit=1,
+                backend="onnx",
+            )
+        )
 
 
 def test_cli_evaluate(tmp_path, flores_dir):

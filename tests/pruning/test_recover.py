@@ -15,25 +15,21 @@ from typer.testing import CliRunner
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 from moe_specialists.cli import app
 from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.apply import apply_plan
+from moe_specialists.models.checkpoint import file_sha256
+from moe_specialists.models.plan import Plan, plan_from_kept
 from moe_specialists.models.registry import entry_from_dir
-from moe_specialists.pruning.apply import apply_plan
-from moe_specialists.pruning.checkpoint import file_sha256
-from moe_specialists.pruning.plan import Plan, plan_from_kept
-from moe_specialists.pruning.recover import (
+from moe_specialists.pruning.distill import distillation_pairs, partition_languages
+from moe_specialists.pruning.pairs import (
     Pair,
-    checkpoint_dtype,
-    collate,
-    data_fingerprint,
-    distillation_pairs,
-    encode_pair,
-    partition_languages,
+    pairs_fingerprint,
     read_pairs,
     read_passages,
-    recover,
-    translation_loss,
     with_reversed,
     write_pairs,
 )
+from moe_specialists.pruning.recover import RecoveryConfig, checkpoint_dtype, recover
+from moe_specialists.pruning.train import collate, encode_pair, translation_loss
 from tests.tiny import save_tiny, tiny_tokenizer
 
 # Written for these tests (not from any data set).
@@ -103,7 +99,17 @@ def test_sft_lowers_the_translation_loss(specialists, tmp_path):
         with torch.no_grad():
             return translation_loss(model, batch).item()
 
-    out = recover(specialists["qwen3_moe"], tmp_path / "rec", data=data, steps=8, lr=3e-3, batch_size=4, log_every=0)
+    out = recover(
+        RecoveryConfig(
+            specialist=specialists["qwen3_moe"],
+            out=tmp_path / "rec",
+            data=data,
+            steps=8,
+            lr=3e-3,
+            batch_size=4,
+            log_every=0,
+        )
+    )
     before, after = loss_of(specialists["qwen3_moe"]), loss_of(out)
     assert after < 0.75 * before, (before, after)
     recovery = Plan.load(out / "plan.json").lineage["recovery"]
@@ -114,7 +120,10 @@ def test_sft_lowers_the_translation_loss(specialists, tmp_path):
 def test_recovered_specialist_keeps_counts_reloads_and_records_lineage(specialists, tmp_path, family):
     spec = specialists[family]
     data = write_pairs(PAIRS[:2], tmp_path / "pairs.jsonl")
-    out = recover(spec, tmp_path / "rec", data=data, steps=2, lr=1e-3, batch_size=2, seed=3, log_every=0)
+    job = RecoveryConfig(
+        specialist=spec, out=tmp_path / "rec", data=data, steps=2, lr=1e-3, batch_size=2, seed=3, log_every=0
+    )
+    out = recover(job)
 
     config = json.loads((out / "config.json").read_text())
     adapter = adapter_for(config)
@@ -137,7 +146,8 @@ def test_recovered_specialist_keeps_counts_reloads_and_records_lineage(specialis
     assert plan.lineage["parent_plan"]["sha256"] == file_sha256(spec / "plan.json")
     rec = plan.lineage["recovery"]
     assert rec["mode"] == "sft" and rec["steps"] == 2 and rec["lr"] == 1e-3 and rec["seed"] == 3
-    assert rec["data_fingerprint"] == data_fingerprint(PAIRS[:2]) and rec["pairs"] == 2
+    assert rec["data_fingerprint"] == pairs_fingerprint(PAIRS[:2]) and rec["pairs"] == 2
+    assert rec["config"] == job.model_dump(mode="json") and rec["config"]["specialist"] == str(spec)
     entry = entry_from_dir("recovered", out)  # registrable like any specialist
     assert entry.experts_per_layer == [16, 6, 7, 4] and entry.plan == str((out / "plan.json").resolve())
 
@@ -165,34 +175,41 @@ def test_distillation_data_from_a_tiny_parent(specialists, tmp_path):
     # the whole job: targets learnt by the specialist, recorded in the lineage
     text = tmp_path / "passages.txt"
     text.write_text("\n".join(passages) + "\n")
-    out = recover(
-        specialists["qwen3_moe"], tmp_path / "rec", mode="distill", data=text, parent=parent,
+    out = recover(RecoveryConfig(
+        specialist=specialists["qwen3_moe"], out=tmp_path / "rec", mode="distill", data=text, parent=parent,
         languages=["de", "fr"], backend="transformers", max_new_tokens=6, keep_unfinished=True,
         steps=1, batch_size=2, log_every=0, save_data=tmp_path / "distilled.jsonl",
-    )  # fmt: skip
+    ))  # fmt: skip
     rec = Plan.load(out / "plan.json").lineage["recovery"]
     assert rec["mode"] == "distill" and rec["distillation"]["backend"] == "transformers"
     assert rec["distillation"]["passages"] == 5 and rec["distillation"]["parent"] == str(parent)
     saved = read_pairs(tmp_path / "distilled.jsonl")
-    assert rec["data_fingerprint"] == data_fingerprint(saved) and [p.target for p in saved[:2]] == ["de", "fr"]
+    assert rec["data_fingerprint"] == pairs_fingerprint(saved) and [p.target for p in saved[:2]] == ["de", "fr"]
 
     # another specialist learns the same translations without asking the parent again, also reversed
-    again = recover(
-        specialists["gpt_oss"], tmp_path / "again", mode="distill", distilled=tmp_path / "distilled.jsonl",
-        languages=["de", "fr"], direction="both", steps=1, batch_size=2, log_every=0,
-    )  # fmt: skip
+    again = recover(RecoveryConfig(
+        specialist=specialists["gpt_oss"], out=tmp_path / "again", mode="distill",
+        distilled=tmp_path / "distilled.jsonl", languages=["de", "fr"], direction="both", steps=1, batch_size=2,
+        log_every=0,
+    ))  # fmt: skip
     reused = Plan.load(again / "plan.json").lineage["recovery"]
     assert reused["mode"] == "distill" and reused["direction"] == "both" and reused["pairs"] == 10
-    assert reused["data_fingerprint"] == data_fingerprint(with_reversed(saved, "both"))
+    assert reused["data_fingerprint"] == pairs_fingerprint(with_reversed(saved, "both"))
     assert reused["distillation"]["generated"] == "earlier"
     with pytest.raises(ValueError, match="mode 'distill'"):
-        recover(specialists["gpt_oss"], tmp_path / "x", distilled=tmp_path / "distilled.jsonl", steps=1)
+        recover(
+            RecoveryConfig(
+                specialist=specialists["gpt_oss"], out=tmp_path / "x", distilled=tmp_path / "distilled.jsonl", steps=1
+            )
+        )
 
 
 def test_with_reversed():
     pairs = PAIRS[:2]
-    back = [Pair("de", "en", "Guten Morgen.", "Good morning."),
-            Pair("de", "en", "Die Katze schläft.", "The cat sleeps.")]
+    back = [
+        Pair("de", "en", "Guten Morgen.", "Good morning."),
+        Pair("de", "en", "Die Katze schläft.", "The cat sleeps."),
+    ]
     assert with_reversed(pairs, "to") == pairs
     assert with_reversed(pairs, "from") == back
     assert with_reversed(pairs, "both") == pairs + back
@@ -210,8 +227,8 @@ def test_trained_in_float32_saved_in_the_specialists_dtype_with_either_kernel(tm
     data = write_pairs(PAIRS, tmp_path / "pairs.jsonl")
     runs = {}
     for kernel in (None, "grouped_mm"):
-        out = recover(spec, tmp_path / f"rec-{kernel}", data=data, steps=3, lr=1e-3, batch_size=2, log_every=0,
-                      experts_implementation=kernel)  # fmt: skip
+        out = recover(RecoveryConfig(specialist=spec, out=tmp_path / f"rec-{kernel}", data=data, steps=3, lr=1e-3,
+                                     batch_size=2, log_every=0, experts_implementation=kernel))  # fmt: skip
         runs[kernel] = Plan.load(out / "plan.json").lineage["recovery"]
         weights = {k: v for f in out.glob("*.safetensors") for k, v in load_file(f).items()}
         assert weights and {v.dtype for v in weights.values()} == {torch.bfloat16}

@@ -6,15 +6,9 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from moe_specialists.pruning.sweep import (
-    METHODS,
-    Sweep,
-    SweepConfig,
-    excess_iou,
-    expected_iou,
-    expected_pair_iou,
-    pooled_iou,
-)
+from moe_specialists.pruning.methods import METHODS
+from moe_specialists.pruning.overlap import excess_iou, expected_iou, expected_pair_iou, pooled_iou
+from moe_specialists.pruning.sweep import Sweep, SweepConfig
 from tests.tiny import save_tiny
 
 

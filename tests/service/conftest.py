@@ -39,8 +39,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def registry_dir(tiny_model_dir, tmp_path_factory):
     """Two PRUNED specialists of the tiny model (per-layer expert counts 6/4 and 4/5 of 8, so vLLM loads
     them through the plugin), registered in a registry folder."""
-    from moe_specialists.pruning.apply import apply_plan
-    from moe_specialists.pruning.plan import plan_from_kept
+    from moe_specialists.models.apply import apply_plan
+    from moe_specialists.models.plan import plan_from_kept
 
     root = tmp_path_factory.mktemp("gateway")
     registry = Registry(root / "registry")

@@ -10,9 +10,10 @@ import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from moe_specialists.models.adapters import FamilyAdapter, adapter_for
+if TYPE_CHECKING:
+    from moe_specialists.models.adapters import FamilyAdapter
 
 INDEX_NAME = "model.safetensors.index.json"
 DTYPE_BYTES = {
@@ -113,6 +114,8 @@ def stored_parameters(name: str, shape: list[int]) -> int:
 
 def checkpoint_summary(model_dir: Path, adapter: FamilyAdapter | None = None, hashes: bool = True) -> dict[str, Any]:
     """Parameters and bytes of a checkpoint, per-expert parameters of each MoE layer, and file hashes."""
+    from moe_specialists.models.adapters import adapter_for  # torch: only when a checkpoint is summarised
+
     config = read_config(model_dir)
     adapter = adapter or adapter_for(config)
     counts = adapter.experts_per_layer(config)

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from moe_specialists.models.adapters import FamilyAdapter, adapter_for
-from moe_specialists.pruning.checkpoint import (
+from moe_specialists.models.checkpoint import (
     INDEX_NAME,
     building_dir,
     file_sha256,
@@ -26,7 +26,7 @@ from moe_specialists.pruning.checkpoint import (
     resolve_model,
     shard_files,
 )
-from moe_specialists.pruning.plan import Plan
+from moe_specialists.models.plan import Plan
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
