@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,8 @@ pytestmark = pytest.mark.timeout(3000)
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = f"moe-specialists:{VERSION}-cpu"
+DEPS_IMAGE = f"moe-specialists:{VERSION}-deps-cpu"
+BUILT_BY = "org.moe-specialists.built-by=tests/deploy/test_image.py"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S_GATEWAY = ROOT / "deploy" / "k8s" / "gateway" / "deployment.yaml"
 PROMETHEUS_STANDIN = ROOT / "tests" / "deploy" / "standin" / "prometheus.Dockerfile"
@@ -62,6 +65,9 @@ STANDIN_PACKAGES = "python3.11,python3.11-venv,python3-pip,ca-certificates"
 PULL_TIMEOUT = 120
 BUILD_TIMEOUT = 1800
 READY_TIMEOUT = 600
+# The index's URL is a build argument, so part of the layer cache's key: the same port each run, when free, lets a
+# rebuild reuse the installed dependencies.
+INDEX_PORT = 38517
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -230,6 +236,15 @@ def simple_index(root: Path, wheels: list[Path]) -> None:
         (folder / wheel.name).symlink_to(wheel)
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def wheel_index(tmp_path_factory, say) -> Iterator[str | None]:
     """A package index on 127.0.0.1 over the local wheels (None when there are none: the Dockerfile's default)."""
@@ -240,7 +255,7 @@ def wheel_index(tmp_path_factory, say) -> Iterator[str | None]:
         return
     root = tmp_path_factory.mktemp("index")
     simple_index(root, wheels)
-    port = free_port()
+    port = INDEX_PORT if port_is_free(INDEX_PORT) else free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -257,19 +272,25 @@ def wheel_index(tmp_path_factory, say) -> Iterator[str | None]:
 
 @pytest.fixture(scope="module")
 def cpu_image(python_base, wheel_index, tmp_path_factory, say) -> str:
-    args = ["--build-arg", f"PYTHON_IMAGE={python_base}"]
+    """``docker build --target cpu``. The deps-cpu stage is tagged too (the cache of the dependency layers: an
+    untagged stage image would be pruned), and images that earlier runs left untagged are removed."""
+    args = ["--build-arg", f"PYTHON_IMAGE={python_base}", "--label", BUILT_BY]
     if wheel_index:
         args += ["--build-arg", f"PIP_EXTRA_INDEX_URL={wheel_index}"]
     log = tmp_path_factory.mktemp("build") / "build.log"
     started = time.monotonic()
     with log.open("w") as f:
-        out = subprocess.run(
-            ["docker", "build", "--network", "host", "--target", "cpu", *args, "-t", IMAGE, str(ROOT)],
-            stdout=f, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT,
-            env=os.environ | {"DOCKER_BUILDKIT": "0"},  # the legacy builder: no buildx plugin, no frontend image
-        )  # fmt: skip
-    elapsed = time.monotonic() - started
-    assert out.returncode == 0, f"docker build failed after {elapsed:.0f} s:\n{log.read_text()[-6000:]}"
+        for target, tag in (("deps-cpu", DEPS_IMAGE), ("cpu", IMAGE)):
+            out = subprocess.run(
+                ["docker", "build", "--network", "host", "--target", target, *args, "-t", tag, str(ROOT)],
+                stdout=f, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT,
+                env=os.environ | {"DOCKER_BUILDKIT": "0"},  # the legacy builder: no buildx plugin, no frontend image
+            )  # fmt: skip
+            elapsed = time.monotonic() - started
+            assert out.returncode == 0, (
+                f"docker build ({target}) failed after {elapsed:.0f} s:\n{log.read_text()[-6000:]}"
+            )
+    docker("image", "prune", "--force", "--filter", f"label={BUILT_BY}", timeout=300)
     size = int(docker("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
     say(f"built {IMAGE} in {elapsed:.0f} s; image size {size / 1e9:.2f} GB")
     return IMAGE
