@@ -1,8 +1,10 @@
-# syntax=docker/dockerfile:1.7
 # The gateway image, two targets built from one recipe (deploy/install.sh, the same script `make` and CI run):
 #   docker build --target gpu -t moe-specialists:0.1.0-gpu .   # CUDA build of vLLM (the default target)
 #   docker build --target cpu -t moe-specialists:0.1.0-cpu .   # CPU build of vLLM: the bundled tiny translator
 # The GPU image also runs the per-specialist vLLM backends of deploy/k8s (same vLLM, same expert-pruning plugin).
+# The cpu stages come before the gpu ones: the legacy builder (DOCKER_BUILDKIT=0) builds every stage up to the
+# target, so `--target cpu` must not install CUDA vLLM. No `# syntax=` line: BuildKit's built-in frontend reads
+# this file, and a build needs no registry for the frontend image.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
@@ -35,11 +37,14 @@ FROM deps AS deps-cpu
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN bash deploy/install.sh cpu
 
-FROM deps AS deps-gpu
-RUN bash deploy/install.sh gpu
-
 # ---- cpu: laptops and the compose demo (pruned specialists of the bundled tiny translator) ----------------------
 FROM base AS cpu
+# vLLM's CPU extension links libnuma (without it the engine dies with "'_OpNamespace' '_C' object has no
+# attribute 'init_cpu_memory_env'"). Debian stable replaces point releases, so it is not pinned (DL3008).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libnuma1 \
+ && rm -rf /var/lib/apt/lists/*
 ARG HF_HUB_OFFLINE=1
 ENV HF_HUB_OFFLINE=${HF_HUB_OFFLINE} \
     HF_HOME=/home/app/.cache/huggingface \
@@ -59,6 +64,10 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MOE_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["moe-specialists"]
 CMD ["serve"]
+
+# ---- deps-gpu: CUDA vLLM (after the cpu target, see the top) ---------------------------------------------------
+FROM deps AS deps-gpu
+RUN bash deploy/install.sh gpu
 
 # ---- gpu: the default target ------------------------------------------------------------------------------
 FROM base AS gpu

@@ -52,6 +52,41 @@ def need_module(name: str, package: str) -> Any:
         pytest.skip(message)
 
 
+# What one in-process vLLM CPU engine asks of /dev/shm (measured: it refuses to start below), and how many the
+# cpu image starts with no configuration (the bundled tiny translator's plans: en-de and multilingual).
+VLLM_SHM_PER_ENGINE = 160 * 2**20
+BUNDLED_ENGINES = 2
+
+_K8S_SUFFIXES = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+_COMPOSE_UNITS = {"b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+
+
+def k8s_quantity_bytes(quantity: str | int) -> int:
+    """A Kubernetes byte quantity ("1Gi", "512M", "1024") in bytes."""
+    m = re.fullmatch(r"(\d+)([kMGT]i?|Ki)?", str(quantity))
+    if not m or (m.group(2) or "") not in _K8S_SUFFIXES:
+        raise ValueError(f"not a Kubernetes byte quantity: {quantity!r} (e.g. 512Mi, 1Gi, 1G)")
+    return int(m.group(1)) * _K8S_SUFFIXES[m.group(2) or ""]
+
+
+def compose_bytes(size: str | int) -> int:
+    """A Compose byte value ("1gb", "512m", 1024) in bytes (Compose's units are powers of 1024)."""
+    m = re.fullmatch(r"(\d+)\s*([a-z]*)", str(size).strip().lower())
+    if not m or m.group(2) not in _COMPOSE_UNITS | {"": 1}:
+        raise ValueError(f"not a Compose byte value: {size!r} (e.g. 512m, 1gb)")
+    return int(m.group(1)) * _COMPOSE_UNITS.get(m.group(2), 1)
+
+
 def load_yaml_all(path: Path) -> list[Any]:
     with path.open() as f:
         return [doc for doc in yaml.safe_load_all(f) if doc is not None]

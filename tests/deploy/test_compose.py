@@ -16,7 +16,16 @@ import pytest
 import yaml
 
 from moe_specialists.service.settings import Settings
-from tests.deploy.conftest import ROOT, env_of, need_module, need_tool, parse
+from tests.deploy.conftest import (
+    BUNDLED_ENGINES,
+    ROOT,
+    VLLM_SHM_PER_ENGINE,
+    compose_bytes,
+    env_of,
+    need_module,
+    need_tool,
+    parse,
+)
 
 COMPOSE = ROOT / "docker-compose.yml"
 GATEWAYS = {"gateway": "cpu", "gateway-gpu": "gpu"}  # service -> Dockerfile target
@@ -149,6 +158,23 @@ def test_gpu_profile_reserves_an_nvidia_gpu_for_the_gateway():
     registry = "/data/registry"
     volumes = compose({"MOE_REGISTRY_DIR": registry})["services"]["gateway-gpu"]["volumes"]
     assert f"{registry}:{registry}:ro" in volumes, "registry entries hold absolute paths: same path inside"
+
+
+def test_compose_byte_values():
+    assert compose_bytes("1gb") == compose_bytes("1g") == 2**30
+    assert compose_bytes("512m") == 512 * 2**20 and compose_bytes(4096) == 4096 and compose_bytes("10b") == 10
+    for bad in ("1.5g", "1gib", "g", ""):
+        with pytest.raises(ValueError, match="Compose byte value"):
+            compose_bytes(bad)
+
+
+@pytest.mark.parametrize("service", GATEWAYS)
+def test_gateway_services_have_room_in_dev_shm_for_their_engines(service):
+    """Docker's default /dev/shm (64 MiB) is less than one vLLM engine asks for: the cpu profile serves the two
+    bundled specialists in-process, the gpu profile one or more bigger engines."""
+    svc = compose()["services"][service]
+    assert "shm_size" in svc, f"{service}: no shm_size (Docker's default 64 MiB /dev/shm stops vLLM)"
+    assert compose_bytes(svc["shm_size"]) >= BUNDLED_ENGINES * VLLM_SHM_PER_ENGINE
 
 
 def test_bind_mounts_exist():

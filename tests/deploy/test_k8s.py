@@ -17,7 +17,15 @@ import pytest
 import yaml
 
 from moe_specialists.service.settings import Settings
-from tests.deploy.conftest import ROOT, env_of, need_module, need_tool
+from tests.deploy.conftest import (
+    BUNDLED_ENGINES,
+    ROOT,
+    VLLM_SHM_PER_ENGINE,
+    env_of,
+    k8s_quantity_bytes,
+    need_module,
+    need_tool,
+)
 
 K8S = ROOT / "deploy" / "k8s"
 # The oldest Kubernetes release still commonly run, and the newest the schemas know.
@@ -206,3 +214,31 @@ def test_servicemonitor_component_selects_the_services(tmp_path):
     assert {s["metadata"]["name"] for s in selected} == {s["metadata"]["name"] for s in objects("Service", docs)}
     port_names = {p["name"] for s in selected for p in s["spec"]["ports"]}
     assert all(e["port"] in port_names and e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
+
+
+def test_k8s_quantities_in_bytes():
+    assert k8s_quantity_bytes("1Gi") == 1073741824
+    assert k8s_quantity_bytes("160Mi") == 167772160
+    assert k8s_quantity_bytes("512M") == 512000000
+    assert k8s_quantity_bytes(1024) == 1024
+    for bad in ("1GB", "1.5Gi", "Gi", "-1Mi"):
+        with pytest.raises(ValueError, match="Kubernetes byte quantity"):
+            k8s_quantity_bytes(bad)
+
+
+@pytest.mark.parametrize("name", ["gateway", "vllm-en-de", "vllm-de-en"])
+def test_vllm_pods_get_an_in_memory_dev_shm(name):
+    """vLLM's engines share tensors through /dev/shm; the runtime's default is 64 MiB, too small for one engine.
+    The gateway runs in-process engines when MOE_SPECIALISTS names local folders (the cpu image's default: the
+    bundled specialists), so it gets room for those; a backend runs one (bigger, GPU) engine."""
+    pod = one("Deployment", name)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert not mount.get("readOnly")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"]["medium"] == "Memory", "a disk-backed emptyDir is no shared memory"
+    size = k8s_quantity_bytes(volume["emptyDir"]["sizeLimit"])
+    engines = BUNDLED_ENGINES if name == "gateway" else 1
+    assert size >= engines * VLLM_SHM_PER_ENGINE
+    # Memory-backed: what is written there counts against the container's memory limit.
+    assert size < k8s_quantity_bytes(c["resources"]["limits"]["memory"])
