@@ -11,6 +11,9 @@ config.json disagrees with its tensors fails with a message naming the layer and
 shape error deep in vLLM (or, worse, silently uninitialised experts). Expert parallelism is refused: its
 expert placement assumes one expert count for every layer.
 
+A plan view (``models.plan_loading.plan_view``: the base's shards linked, the kept lists in config.json) is
+sliced while it streams in, so a specialist can be served from its base and a plan without a sliced copy.
+
 Imported lazily by vLLM through ``models.vllm_plugin.register`` ("module:Class" strings).
 """
 
@@ -41,6 +44,7 @@ from vllm.model_executor.models.qwen3_moe import (
 from vllm.model_executor.models.utils import extract_layer_index, maybe_prefix
 
 from moe_specialists.models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter
+from moe_specialists.models.plan_loading import sliced_stream, view_kept
 from moe_specialists.models.pruned import check_expert_counts, layer_config
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -127,6 +131,14 @@ class ExpertCountCheck:
                 )
 
 
+def _from_view(
+    adapter: FamilyAdapter, config: Any, weights: Iterable[tuple[str, torch.Tensor]]
+) -> Iterable[tuple[str, torch.Tensor]]:
+    """A plan view streams the BASE's tensors: keep the kept experts' rows, renumber them (as ``apply`` does)."""
+    kept = view_kept(config)
+    return weights if kept is None else sliced_stream(adapter, weights, kept)
+
+
 def _moe_attributes(model: nn.Module, moe_blocks: list[nn.Module], counts: list[int]) -> None:
     """vLLM's MixtureOfExperts bookkeeping (used by EPLB, which is refused): the max count stands for all."""
     model.moe_layers = [b.experts for b in moe_blocks]
@@ -178,7 +190,7 @@ class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         check = ExpertCountCheck(QWEN3_MOE, self.config)
-        loaded = super().load_weights(check.watch(weights))
+        loaded = super().load_weights(check.watch(_from_view(QWEN3_MOE, self.config, weights)))
         check.finish()
         return loaded
 
@@ -233,6 +245,6 @@ class PrunedGptOssForCausalLM(GptOssForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         check = ExpertCountCheck(GPT_OSS, self.config)
-        loaded = super().load_weights(check.watch(weights))
+        loaded = super().load_weights(check.watch(_from_view(GPT_OSS, self.config, weights)))
         check.finish()
         return loaded

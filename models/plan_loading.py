@@ -1,0 +1,184 @@
+"""Specialists as plans: load a specialist from its BASE checkpoint and its kept-expert lists, without a sliced
+copy on disk.
+
+* transformers: ``load_from_plan`` / ``load_from_base`` read only the kept tensors of the base's shards
+  (dropped per-expert tensors are never read; stacked expert tensors and routers are read row range by row
+  range) into the pruned class, experts renumbered 0..c_l-1 exactly as ``apply`` writes them.
+* vLLM: ``view_of_plan`` (cached by the plan's hash; ``plan_view`` does the writing) makes a folder of a few kB:
+  the specialist's config.json with the kept lists (``PLAN_KEPT_KEY``), the base's shards, index and
+  tokenizer files as symbolic links, and plan.json. The plugin's model classes slice the base's tensors while
+  vLLM streams them (``slice_tensor``), so the engine holds the same weights as for the sliced copy (vLLM still
+  reads each dropped tensor once while streaming; only the kept rows stay in memory).
+
+Before anything loads, the base's files are checked against the sha256 the plan recorded
+(``check_base_files``): a different or missing shard is refused with what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from moe_specialists.models.adapters import FamilyAdapter, adapter_for
+from moe_specialists.models.apply import check_plan_matches, slice_tensor
+from moe_specialists.models.checkpoint import file_sha256, read_config, resolve_model, shard_files
+from moe_specialists.models.plan import Plan
+
+PLAN_KEPT_KEY = "plan_kept_experts"  # config.json of a plan view: {"<layer>": [original expert ids]}
+
+
+def sliced_stream(
+    adapter: FamilyAdapter, weights: Iterable[tuple[str, torch.Tensor]], kept_by_layer: dict[int, list[int]]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """``slice_tensor`` over a stream of base tensors, dropped experts left out."""
+    for name, tensor in weights:
+        if (sliced := slice_tensor(adapter, name, tensor, kept_by_layer)) is not None:
+            yield sliced
+
+
+def runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Ascending indices as half-open [start, end) runs: [0, 1, 2, 5, 7, 8] -> [(0, 3), (5, 6), (7, 9)]."""
+    out: list[tuple[int, int]] = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
+
+
+def check_base_files(base_dir: Path, expected: dict[str, str], cache: Path | None = None) -> None:
+    """Refuse a base whose shards are not the ones the plan was made for (sha256 per file name). ``cache``: a
+    JSON file remembering hashes by (path, size, mtime), so a served plan hashes a 13 GB base once."""
+    known: dict[str, str] = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    problems = []
+    for name, sha in sorted(expected.items()):
+        path = base_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        stat = path.stat()
+        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        actual = known.get(key) or file_sha256(path)
+        known[key] = actual
+        if actual != sha:
+            problems.append(f"{name} has sha256 {actual[:12]}..., the plan expects {sha[:12]}...")
+    if problems:
+        raise ValueError(f"{base_dir} is not the checkpoint the plan was made for: " + "; ".join(problems))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=1))
+
+
+def read_kept_tensors(
+    base_dir: Path, adapter: FamilyAdapter, kept_by_layer: dict[int, list[int]]
+) -> dict[str, torch.Tensor]:
+    """The specialist's tensors read from the base: dropped per-expert tensors are skipped unread, stacked
+    expert tensors and routers are read one run of kept rows at a time (``runs``)."""
+    out: dict[str, torch.Tensor] = {}
+    for shard in shard_files(base_dir):
+        with safe_open(shard, "pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                role = adapter.tensor_role(name)
+                if role is None or role.layer not in kept_by_layer:
+                    out[name] = f.get_tensor(name)
+                    continue
+                kept = kept_by_layer[role.layer]
+                if role.kind in ("router", "packed"):
+                    part = f.get_slice(name)
+                    out[name] = torch.cat([part[a:b] for a, b in runs(kept)]).contiguous()
+                elif role.expert in kept:
+                    out[adapter.renumber_expert(name, kept.index(role.expert))] = f.get_tensor(name)
+    return out
+
+
+def specialist_config(base_config: dict[str, Any], kept_by_layer: dict[int, list[int]]) -> dict[str, Any]:
+    """config.json of the specialist: the base's with the pruned architecture and per-layer counts."""
+    adapter = adapter_for(base_config)
+    counts = adapter.experts_per_layer(base_config)
+    counts = [len(kept_by_layer[i]) if i in kept_by_layer else c for i, c in enumerate(counts)]
+    return adapter.pruned_config_dict(base_config, counts)
+
+
+def load_from_base(
+    base_dir: Path, kept_by_layer: dict[int, list[int]], dtype: str = "float32", device: str = "cpu"
+) -> torch.nn.Module:
+    """The pruned transformers model of ``kept_by_layer`` built from the base checkpoint's kept tensors only."""
+    from transformers import AutoConfig
+
+    from moe_specialists.models.pruned import PRUNED_CLASSES
+
+    base_config = read_config(base_dir)
+    adapter = adapter_for(base_config)
+    config = AutoConfig.for_model(**specialist_config(base_config, kept_by_layer))
+    state = read_kept_tensors(base_dir, adapter, kept_by_layer)
+    model = PRUNED_CLASSES[adapter.pruned_architecture].from_pretrained(
+        None, config=config, state_dict=state, dtype=getattr(torch, dtype)
+    )
+    return model.to(device).eval()
+
+
+def plan_view(base_dir: Path, kept_by_layer: dict[int, list[int]], view_dir: Path, plan_json: str) -> Path:
+    """A folder vLLM loads as the specialist: its config.json (kept lists under ``PLAN_KEPT_KEY``), plan.json,
+    and links to the base's shards, index and side files (tokenizer, chat template, generation config)."""
+    base_dir = base_dir.resolve()
+    base_config = read_config(base_dir)
+    config = specialist_config(base_config, kept_by_layer)
+    config[PLAN_KEPT_KEY] = {str(layer): kept for layer, kept in sorted(kept_by_layer.items())}
+    tmp = view_dir.with_name(f".{view_dir.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    for item in base_dir.iterdir():
+        if item.is_file() and item.name not in ("config.json", "plan.json", "README.md", "eval_results.json"):
+            (tmp / item.name).symlink_to(item)
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    (tmp / "plan.json").write_text(plan_json)
+    if view_dir.exists():  # an older view of the same plan: replace it
+        for item in view_dir.iterdir():
+            item.unlink()
+        view_dir.rmdir()
+    tmp.rename(view_dir)
+    return view_dir
+
+
+def view_kept(config: Any) -> dict[int, list[int]] | None:
+    """The kept lists of a plan view's config (None for a sliced specialist or a base)."""
+    kept = config.get(PLAN_KEPT_KEY) if isinstance(config, dict) else getattr(config, PLAN_KEPT_KEY, None)
+    return None if kept is None else {int(layer): list(ids) for layer, ids in kept.items()}
+
+
+def checked_base(plan: Plan, base: str | Path | None = None, cache: Path | None = None) -> Path:
+    """The plan's base folder (hub ids fetched), refused unless it is the model and the files the plan was
+    made for."""
+    base_dir, _ = resolve_model(base or plan.base.id, plan.base.revision)
+    config = read_config(base_dir)
+    check_plan_matches(plan, config, adapter_for(config))
+    check_base_files(base_dir, plan.base.files, cache)
+    return base_dir
+
+
+def plan_kept(plan: Plan) -> dict[int, list[int]]:
+    return dict(zip(plan.layers, plan.kept, strict=True))
+
+
+def view_of_plan(plan: Plan, cache_root: Path, base: str | Path | None = None) -> Path:
+    """The plan view of ``plan`` under ``cache_root`` (named by the plan's sha256, rebuilt only when absent),
+    after the base's files were checked against the plan."""
+    plan_json = plan.model_dump_json(indent=1)
+    view = cache_root / hashlib.sha256(plan_json.encode()).hexdigest()[:16]
+    base_dir = checked_base(plan, base, cache_root / "hashes.json")
+    if not (view / "plan.json").is_file() or (view / "plan.json").read_text() != plan_json:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        plan_view(base_dir, plan_kept(plan), view, plan_json)
+    return view
+
+
+def load_from_plan(plan: Plan, base: str | Path | None = None, dtype: str = "float32", device: str = "cpu"):
+    """transformers: the specialist of ``plan`` read from its (checked) base, no sliced copy written."""
+    return load_from_base(checked_base(plan, base), plan_kept(plan), dtype, device)

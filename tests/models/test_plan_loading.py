@@ -1,0 +1,113 @@
+"""Specialists loaded from the base and a plan equal the sliced copies `apply` writes: the same tensors and
+greedy tokens in transformers, the same greedy tokens in vLLM (a plan view), and a tampered base is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.apply import apply_plan
+from moe_specialists.models.plan import plan_from_kept
+from moe_specialists.models.plan_loading import (
+    check_base_files,
+    load_from_base,
+    load_from_plan,
+    read_kept_tensors,
+    runs,
+    view_of_plan,
+)
+from tests.models.test_vllm_serving import FAMILIES, PROMPTS, build_tiny, hf_greedy, vllm_engine, vllm_greedy
+
+KEPT = [[0, 3, 5, 7, 9, 11, 13, 15], [1, 2, 3, 4, 5, 6], list(range(12)), [2, 4, 6, 8]]
+
+
+def test_runs_by_hand():
+    assert runs([0, 1, 2, 5, 7, 8]) == [(0, 3), (5, 6), (7, 9)]
+    assert runs([4]) == [(4, 5)] and runs([]) == []
+
+
+@pytest.fixture(params=FAMILIES)
+def base_and_copy(request, tmp_path):
+    base = build_tiny(tmp_path / "base", request.param)
+    plan = plan_from_kept(base, KEPT)
+    return base, plan, apply_plan(plan, tmp_path / "copy")
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(f, "pt") as st:
+            out.update({k: st.get_tensor(k) for k in st.keys()})  # noqa: SIM118
+    return out
+
+
+def _kept(plan) -> dict[int, list[int]]:
+    return dict(zip(plan.layers, plan.kept, strict=True))
+
+
+def test_kept_tensors_equal_the_sliced_copy(base_and_copy):
+    base, plan, copy = base_and_copy
+    config = json.loads((base / "config.json").read_text())
+    got, want = read_kept_tensors(base, adapter_for(config), _kept(plan)), _tensors(copy)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert sum(t.numel() * t.element_size() for t in got.values()) == sum(
+        t.numel() * t.element_size() for t in want.values())  # the same weight bytes
+
+
+def test_transformers_from_base_equals_the_sliced_copy(base_and_copy):
+    base, plan, copy = base_and_copy
+    model = load_from_base(base, _kept(plan))
+    assert model.config.num_experts_per_layer == [len(k) for k in KEPT]
+    expected = hf_greedy(copy, PROMPTS, max_new_tokens=10)
+    with torch.no_grad():
+        got = [model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False,
+                              attention_mask=torch.ones(1, len(p), dtype=torch.long))[0, len(p):].tolist()
+               for p in PROMPTS]
+    assert got == expected
+
+
+def test_load_from_plan_checks_the_base_first(base_and_copy, tmp_path):
+    base, plan, copy = base_and_copy
+    model = load_from_plan(plan)
+    want = _tensors(copy)
+    assert sum(p.numel() for p in model.parameters()) == sum(t.numel() for t in want.values())
+    other = build_tiny(tmp_path / "other", "qwen3_moe" if plan.base.family == "gpt_oss" else "gpt_oss")
+    with pytest.raises(ValueError, match="made for another model"):
+        load_from_plan(plan, base=other)
+    wrong_seed = build_tiny(tmp_path / "reseeded", plan.base.family, seed=1)  # same shapes, other weights
+    with pytest.raises(ValueError, match="not the checkpoint the plan was made for"):
+        load_from_plan(plan, base=wrong_seed)
+
+
+def test_a_tampered_or_missing_base_is_refused(base_and_copy, tmp_path):
+    base, plan, _ = base_and_copy
+    check_base_files(base, plan.base.files, cache=tmp_path / "hashes.json")
+    assert json.loads((tmp_path / "hashes.json").read_text())  # remembered
+    shard = next(iter(plan.base.files))
+    data = bytearray((base / shard).read_bytes())
+    data[-1] ^= 0xFF
+    (base / shard).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{shard} has sha256 .* the plan expects"):
+        check_base_files(base, plan.base.files, cache=tmp_path / "hashes.json")
+    (base / shard).unlink()
+    with pytest.raises(ValueError, match=rf"{shard} is missing"):
+        check_base_files(base, plan.base.files)
+
+
+def test_vllm_serves_a_plan_view_like_the_sliced_copy(base_and_copy, tmp_path):
+    base, plan, copy = base_and_copy
+    view = view_of_plan(plan, tmp_path / "views")
+    assert view_of_plan(plan, tmp_path / "views") == view  # cached by the plan's hash
+    assert not list(view.glob("*.safetensors"))[0].resolve().is_relative_to(view.resolve()), "links, not copies"
+    assert sum(f.stat().st_size for f in view.iterdir() if not f.is_symlink()) < 64_000
+    with vllm_engine(copy) as llm:
+        expected = vllm_greedy(llm, PROMPTS, max_new_tokens=10)
+    with vllm_engine(view) as llm:
+        got = vllm_greedy(llm, PROMPTS, max_new_tokens=10)
+    assert got == expected
