@@ -114,10 +114,29 @@ def _by_architecture(config_cls: type, base_cls: type, pruned_cls: type) -> type
 def load_causal_lm(
     model_dir: str | Path, dtype: str = "float32", device: str = "cpu", experts_implementation: str | None = None
 ) -> nn.Module:
-    """``AutoModelForCausalLM`` (the pruned classes once registered) in ``dtype`` on ``device``;
-    ``experts_implementation``: transformers' eager (default), batched_mm or grouped_mm (fast on GPUs)."""
-    extra = {"experts_implementation": experts_implementation} if experts_implementation else {}
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra).to(device)
+    """``AutoModelForCausalLM`` (the pruned classes once registered) with every parameter in ``dtype``, on
+    ``device``; ``experts_implementation``: transformers' eager (default), batched_mm or grouped_mm.
+
+    MXFP4 checkpoints (gpt-oss as released) are dequantized, whatever is installed: statistics hooks, the
+    pruned classes and training need the family's own experts module. Left to itself, transformers swaps in
+    its MXFP4 kernel module (``Mxfp4GptOssExperts``, called with routing data instead of the top-k tensors)
+    on CUDA machines that have the ``kernels`` package, and dequantizes elsewhere, always to bf16;
+    ``Mxfp4Config(dequantize=True)`` takes the dequantizing path everywhere, then the cast below gives the
+    requested dtype (serving keeps MXFP4: vLLM reads the blocks itself)."""
+    from transformers import AutoConfig, Mxfp4Config
+
+    torch_dtype = getattr(torch, dtype)
+    extra: dict = {"experts_implementation": experts_implementation} if experts_implementation else {}
+    quantization = getattr(AutoConfig.from_pretrained(model_dir), "quantization_config", None) or {}
+    if not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    if quantization.get("quant_method") == "mxfp4":
+        extra["quantization_config"] = Mxfp4Config(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **extra)
+    for p in model.parameters():  # the dequantized experts come in bf16 whatever dtype says
+        if p.is_floating_point() and p.dtype != torch_dtype:
+            p.data = p.data.to(torch_dtype)
+    return model.to(device)
 
 
 def register_transformers() -> None:
