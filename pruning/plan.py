@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from moe_specialists.models.adapters import adapter_for, find_config
 from moe_specialists.pruning.allocation import Allocation, allocate, check_drop
 from moe_specialists.pruning.scores import Ranking, importance, keep_top, routing_divergence
 from moe_specialists.pruning.stats import RoutingStats
@@ -106,6 +107,8 @@ def pruned_parameters(base: BaseRef, layers: list[int], counts: list[int]) -> in
 def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
     """Rank experts per layer, allocate per-layer counts, keep the top experts of each layer."""
     base = BaseRef(**stats.header["base"])
+    if (config := find_config(base.id, base.revision)) is not None:  # else `apply` refuses it
+        adapter_for(config).check_prunable(config)
     layers = stats.layers
     E, k = stats.num_experts, base.top_k
     check_drop(recipe.drop, E, k)
@@ -136,11 +139,11 @@ def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
 def plan_from_kept(model_dir: str | Path, kept: list[list[int]], recipe: Recipe | None = None) -> Plan:
     """A plan keeping ``kept[slot]`` (original indices) in each MoE layer of a local checkpoint, without
     statistics: for hand-made specialists, tests and benchmarks."""
-    from moe_specialists.models.adapters import adapter_for
     from moe_specialists.pruning.checkpoint import checkpoint_summary, read_config
 
     config = read_config(Path(model_dir))
     adapter = adapter_for(config)
+    adapter.check_prunable(config)
     s = checkpoint_summary(Path(model_dir), adapter)
     base = BaseRef(
         id=str(model_dir),
