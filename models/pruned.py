@@ -27,7 +27,6 @@ from moe_specialists.models.modeling_pruned import PrunedGptOssForCausalLM, Prun
 
 # The classes live in modeling_pruned.py, which imports nothing of this project: `apply` copies it into
 # specialist folders (config.json auto_map) for stock transformers with trust_remote_code=True.
-MODELING_FILE = Path(modeling_pruned.__file__)
 
 
 def layer_config(config, adapter: FamilyAdapter, num_experts: int):

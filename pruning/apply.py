@@ -17,6 +17,7 @@ the base's tokenizer and other small files (not the base's card or eval_results.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -169,6 +170,13 @@ def write_shard(src: Path, out: Path, tensors: list[TensorCopy]) -> int:
     return sum(t.nbytes for t in tensors)
 
 
+def modeling_file() -> Path:
+    """models/modeling_pruned.py, found without importing it (it imports transformers' model code)."""
+    spec = importlib.util.find_spec("moe_specialists.models.modeling_pruned")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin)
+
+
 def check_plan_matches(plan: Plan, config: dict, adapter: FamilyAdapter) -> None:
     """Refuse a plan made for another model, with what differs."""
     problems = []
@@ -272,8 +280,6 @@ def apply_plan(
     """Write the specialist of ``plan`` applied to ``base`` (default: the plan's base id) into ``out_dir``.
     ``verify``: the base's files must be the ones the plan was made for (sha256); ``quality``: measured
     scores for the model card."""
-    from moe_specialists.models.pruned import MODELING_FILE
-
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -314,7 +320,7 @@ def apply_plan(
         pruned = adapter.pruned_config_dict(config, plan.experts_per_layer())
         pruned["auto_map"] = {"AutoModelForCausalLM": f"{MODELING_NAME[:-3]}.{adapter.pruned_architecture}"}
         (tmp / "config.json").write_text(json.dumps(pruned, indent=1))
-        shutil.copyfile(MODELING_FILE, tmp / MODELING_NAME)
+        shutil.copyfile(modeling_file(), tmp / MODELING_NAME)
         skip = {"config.json", INDEX_NAME, MODELING_NAME, *PARENT_ONLY}
         for item in Path(base_dir).iterdir():  # tokenizer, generation config, chat template, licence, ...
             if item.is_file() and item.suffix not in WEIGHT_SUFFIXES and item.name not in skip:
