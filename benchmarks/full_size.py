@@ -229,6 +229,7 @@ VLLM_CHILD = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[2])
 prompts = [[200, 17, 42, 99, 3, 1000, 5000], [12, 345, 6789, 101, 2024, 77]]
+quantization = None
 if sys.argv[3] == "hf":
     from moe_specialists.models.pruned import load_causal_lm
     model = load_causal_lm(sys.argv[1], "bfloat16").eval()
@@ -241,20 +242,20 @@ if sys.argv[3] == "hf":
 else:
     from tests.models.test_vllm_serving import vllm_engine, vllm_greedy
     with vllm_engine(sys.argv[1], dtype="bfloat16", max_model_len=128, max_num_seqs=2) as llm:
-        print("quantization:", llm.llm_engine.vllm_config.model_config.quantization, file=sys.stderr)
+        config = getattr(llm.llm_engine, "vllm_config", None)
+        quantization = getattr(getattr(config, "model_config", None), "quantization", None)
         out = vllm_greedy(llm, prompts, max_new_tokens=8)
-print(json.dumps(out))
+print(json.dumps({"tokens": out, "quantization": quantization}))
 """
 
 
-def greedy(spec: Path, backend: str) -> tuple[list, float]:
+def greedy(spec: Path, backend: str) -> tuple[dict, float]:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     t = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", VLLM_CHILD, str(spec), str(ROOT), backend], capture_output=True,
                           text=True, env=env, check=False)
     if done.returncode:
         raise RuntimeError(f"{backend}: {done.stderr[-4000:]}")
-    print(done.stderr.strip().splitlines()[-1] if backend == "vllm" else "", file=sys.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - t
 
 
@@ -287,8 +288,9 @@ def main() -> None:
         if not args.skip_vllm:
             hf, hf_s = greedy(spec, "hf")
             vl, vl_s = greedy(spec, "vllm")
-            results["gpt_oss"]["greedy"] = {"transformers": hf, "vllm": vl, "equal": hf == vl,
-                                            "transformers_s": hf_s, "vllm_s": vl_s}
+            results["gpt_oss"]["greedy"] = {
+                "transformers": hf["tokens"], "vllm": vl["tokens"], "equal": hf["tokens"] == vl["tokens"],
+                "vllm_quantization": vl["quantization"], "transformers_s": hf_s, "vllm_s": vl_s}
             print(json.dumps(results["gpt_oss"]["greedy"]), flush=True)
         shutil.rmtree(spec)
         qwen = {**QWEN3_30B_A3B, **vocab, "num_hidden_layers": args.qwen_layers, "max_window_layers": args.qwen_layers}
