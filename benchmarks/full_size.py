@@ -6,7 +6,8 @@ Prints, per model and plan: peak RSS of `apply` above its interpreter's baseline
 the largest tensor and of the largest shard; apply's time against `cp -r` of the same output bytes (same run,
 throughput ratio); output bytes against the kept-parameter fraction. Then, for the 75% GPT-OSS specialist: vLLM
 on the CPU loads it (MXFP4) and its greedy tokens for two prompts equal transformers' (random weights: only the
-agreement matters). Goals: peak RSS above baseline <= 2x the largest tensor; throughput >= 0.8x cp.
+agreement matters). Goals: peak RSS above baseline <= 2x the largest tensor; throughput >= 0.8x cp. apply and cp
+both start with their source out of the page cache (posix_fadvise DONTNEED) and end with os.sync().
 
     python benchmarks/full_size.py --work /work/tmp/full-size [--qwen-layers 12] [--skip-vllm]
 
@@ -174,6 +175,18 @@ def run_apply(plan_path: Path, out: Path, base: Path, verify: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def evict(folder: Path) -> None:
+    """Drop a folder's files from the page cache (after a sync they are clean), so the next reader reads the
+    disk: apply and cp both start cold."""
+    os.sync()
+    for p in folder.iterdir():
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix == ".safetensors")
 
@@ -198,11 +211,13 @@ def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None
         plan_path = work / f"{name}-{drop}.plan.json"
         plan.save(plan_path)
         out = work / f"{name}-{int(drop * 100)}"
+        evict(base)
         fast = run_apply(plan_path, out, base, verify=False)
         shutil.rmtree(out)
+        evict(base)
         checked = run_apply(plan_path, out, base, verify=True)
         out_bytes = folder_bytes(out)
-        os.sync()
+        evict(out)
         t = time.perf_counter()
         subprocess.run(["cp", "-r", str(out), str(out) + "-cp"], check=True)
         os.sync()
@@ -229,31 +244,43 @@ VLLM_CHILD = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[2])
 prompts = [[200, 17, 42, 99, 3, 1000, 5000], [12, 345, 6789, 101, 2024, 77]]
-quantization = None
+result = {}
 if sys.argv[3] == "hf":
     from moe_specialists.models.pruned import load_causal_lm
     model = load_causal_lm(sys.argv[1], "bfloat16").eval()
-    out = []
+    other = json.loads(sys.argv[4])  # vLLM's tokens: where they differ, how close transformers' logits were
+    result["tokens"], result["gaps"], result["top2_spacing"] = [], [], []
     with torch.no_grad():
-        for p in prompts:
+        for p, theirs in zip(prompts, other):
             g = model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False, eos_token_id=None,
                                attention_mask=torch.ones(1, len(p), dtype=torch.long))
-            out.append(g[0, len(p):].tolist())
+            mine = g[0, len(p):].tolist()
+            result["tokens"].append(mine)
+            first = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), None)
+            if first is None:
+                result["gaps"].append(None)
+            else:  # transformers' logits on vLLM's prefix at the first difference
+                logits = model(torch.tensor([p + theirs[:first]])).logits[0, -1].float()
+                gap = float(logits.max() - logits[theirs[first]])
+                result["gaps"].append({"step": first, "max_minus_vllm_choice": gap, "logit_std": float(logits.std())})
+            logits = model(g[:, :-1]).logits[0, len(p) - 1:].float()
+            top2 = logits.topk(2, dim=-1).values
+            result["top2_spacing"].append((top2[:, 0] - top2[:, 1]).tolist())
 else:
     from tests.models.test_vllm_serving import vllm_engine, vllm_greedy
     with vllm_engine(sys.argv[1], dtype="bfloat16", max_model_len=128, max_num_seqs=2) as llm:
         config = getattr(llm.llm_engine, "vllm_config", None)
-        quantization = getattr(getattr(config, "model_config", None), "quantization", None)
-        out = vllm_greedy(llm, prompts, max_new_tokens=8)
-print(json.dumps({"tokens": out, "quantization": quantization}))
+        result["quantization"] = getattr(getattr(config, "model_config", None), "quantization", None)
+        result["tokens"] = vllm_greedy(llm, prompts, max_new_tokens=8)
+print(json.dumps(result))
 """
 
 
-def greedy(spec: Path, backend: str) -> tuple[dict, float]:
+def greedy(spec: Path, backend: str, other: list | None = None) -> tuple[dict, float]:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", VLLM_CHILD, str(spec), str(ROOT), backend], capture_output=True,
-                          text=True, env=env, check=False)
+    argv = [sys.executable, "-c", VLLM_CHILD, str(spec), str(ROOT), backend, json.dumps(other)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
         raise RuntimeError(f"{backend}: {done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - t
@@ -286,10 +313,11 @@ def main() -> None:
         shutil.rmtree(args.work / "gpt-oss-20b")
         spec = args.work / "gpt-oss-75"
         if not args.skip_vllm:
-            hf, hf_s = greedy(spec, "hf")
             vl, vl_s = greedy(spec, "vllm")
+            hf, hf_s = greedy(spec, "hf", vl["tokens"])
             results["gpt_oss"]["greedy"] = {
                 "transformers": hf["tokens"], "vllm": vl["tokens"], "equal": hf["tokens"] == vl["tokens"],
+                "at_first_difference": hf["gaps"], "transformers_top2_spacing": hf["top2_spacing"],
                 "vllm_quantization": vl["quantization"], "transformers_s": hf_s, "vllm_s": vl_s}
             print(json.dumps(results["gpt_oss"]["greedy"]), flush=True)
         shutil.rmtree(spec)
