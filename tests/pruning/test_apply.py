@@ -209,3 +209,21 @@ def test_row_ranges_and_header_by_hand():
         "a": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]},
         "b": {"dtype": "U8", "shape": [5], "data_offsets": [12, 17]},
     }
+
+
+@pytest.mark.parametrize(("dense", "step"), [([1], 1), ([], 2)])
+def test_released_qwen3_with_dense_layers(tmp_path, dense, step):
+    """mlp_only_layers / decoder_sparse_step as released: dense layers are copied, MoE layers sliced; keeping
+    every expert gives the base's logits, keeping fewer loads with the planned parameter count."""
+    base = save_released_qwen3_moe(tmp_path / "q", mlp_only_layers=dense, decoder_sparse_step=step)
+    moe = adapter_for(json.loads((base / "config.json").read_text())).moe_layers(
+        json.loads((base / "config.json").read_text()))
+    assert moe == ([0, 2, 3] if dense else [1, 3])
+    full = apply_plan(plan_for(base, [list(range(16))] * len(moe)), tmp_path / "full")
+    assert torch.equal(logits(base), logits(full))
+    plan = plan_for(base, [list(range(0, 16, 2))] * len(moe))
+    spec = apply_plan(plan, tmp_path / "spec")
+    counts = json.loads((spec / "config.json").read_text())["num_experts_per_layer"]
+    assert counts == [8 if i in moe else 0 for i in range(4)]
+    model = AutoModelForCausalLM.from_pretrained(spec)
+    assert sum(p.numel() for p in model.parameters()) == plan.parameters
