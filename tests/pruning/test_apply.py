@@ -11,10 +11,13 @@ import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classe
 from moe_specialists.models.adapters import GPT_OSS, adapter_for
 from moe_specialists.models.pruned import load_causal_lm
 from moe_specialists.pruning.apply import TensorCopy, apply_plan, row_ranges, safetensors_header
+from moe_specialists.pruning.calibrate import calibrate
 from moe_specialists.pruning.checkpoint import checkpoint_summary
 from moe_specialists.pruning.collect import collect_transformers
 from moe_specialists.pruning.data import CalibrationSequence
+from moe_specialists.pruning.plan import Recipe, make_plan
 from moe_specialists.pruning.plan import plan_from_kept as plan_for
+from moe_specialists.pruning.stats import RoutingStats
 from tests.released import save_released_gpt_oss, save_released_qwen3_moe
 from tests.tiny import save_tiny, tiny_tokenizer
 
@@ -152,13 +155,16 @@ def test_truncated_shard_is_refused_by_name_before_anything_is_written(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no output, no temp folder
 
 
-def test_norm_topk_prob_false_is_refused(tmp_path):
+def test_norm_topk_prob_false_is_refused(tmp_path, flores_dir):
     """Without renormalisation the top-k weights are a softmax over all experts: slicing changes every token."""
     good = save_released_qwen3_moe(tmp_path / "q")
     plan = plan_for(good, [list(range(8))] * 4)
     bad = save_released_qwen3_moe(tmp_path / "bad", norm_topk_prob=False)
     with pytest.raises(ValueError, match="norm_topk_prob is false .* would change every token's output"):
         plan_for(bad, [list(range(8))] * 4)
+    stats = calibrate(bad, flores_dir, ["de"], tmp_path / "stats.safetensors", limit=2, reap=False)
+    with pytest.raises(ValueError, match="norm_topk_prob is false"):
+        make_plan(RoutingStats.load(stats), Recipe(drop=8, directions=["en-de"]))
     with pytest.raises(ValueError, match="norm_topk_prob is false"):
         apply_plan(plan, tmp_path / "out", base=bad, verify=False)
     assert not (tmp_path / "out").exists()
