@@ -49,4 +49,26 @@ def test_calibrate_plan_apply_then_transformers_and_vllm_agree(tmp_path, family,
     expected = hf_greedy(spec, 8, DTYPE[family])
     with vllm_engine(spec, dtype=DTYPE[family]) as llm:
         got = vllm_greedy(llm, PROMPTS, max_new_tokens=8)
-    assert got == expected
+    if family == "qwen3_moe":  # fp32: the same tokens
+        assert got == expected
+        return
+    # bf16 (the MXFP4 backend's only dtype): two bf16 implementations may break a near-tie differently. Each of
+    # vLLM's tokens must be transformers' argmax on vLLM's own prefix, up to 4 bf16 ulps of the largest logit.
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    for prompt, tokens, gaps in zip(PROMPTS, got, hf_gaps(spec, PROMPTS, got), strict=True):
+        assert all(gap <= tol for gap, tol in gaps), (prompt, tokens, gaps)
+
+
+def hf_gaps(path: Path, prompts: list[list[int]], tokens: list[list[int]]) -> list[list[tuple[float, float]]]:
+    """Per generated step: (max logit - logit of the given token, 4 bf16 ulps of max |logit|), teacher-forced."""
+    from moe_specialists.models.pruned import load_causal_lm
+
+    model = load_causal_lm(path, "bfloat16").eval()
+    out = []
+    with torch.no_grad():
+        for p, t in zip(prompts, tokens, strict=True):
+            logits = model(torch.tensor([p + t])).logits[0, len(p) - 1 : len(p) - 1 + len(t)].float()
+            chosen = logits.gather(1, torch.tensor(t)[:, None])[:, 0]
+            tol = 4 * 2.0**-8 * logits.abs().amax(-1)
+            out.append(list(zip((logits.amax(-1) - chosen).tolist(), tol.tolist(), strict=True)))
+    return out
