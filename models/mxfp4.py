@@ -85,7 +85,3 @@ def decode_experts(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
     """Checkpoint ``*_blocks``/``*_scales`` -> transformers' expert parameter ``[E, in, out]``."""
     return decode_mxfp4(blocks, scales, dtype).transpose(1, 2).contiguous()
 
-
-def is_mxfp4(config: dict) -> bool:
-    """True when a config.json dict says its experts are stored as MXFP4."""
-    return (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
