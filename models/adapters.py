@@ -13,8 +13,10 @@ A third family (Mixtral, OLMoE, ...) is one more ``FamilyAdapter`` instance.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -87,6 +89,16 @@ class FamilyAdapter:
         if isinstance(self.renormalises_top_k, bool):
             return self.renormalises_top_k
         return bool(_get(config, self.renormalises_top_k))
+
+    def check_prunable(self, config: Any) -> None:
+        """Refuse a model whose outputs change when experts are removed: without top-k renormalisation the
+        selected weights are a softmax over ALL experts, so slicing any expert changes every token's output."""
+        if not self.renormalises(config):
+            raise ValueError(
+                f"{self.name}: {self.renormalises_top_k} is false in this config: its top-k routing weights are "
+                "a softmax over all experts, not renormalised, so removing any expert would change every token's "
+                f"output. Expert pruning needs a model that renormalises ({self.renormalises_top_k}: true)."
+            )
 
     def pruned_config_dict(self, config: dict[str, Any], counts: list[int]) -> dict[str, Any]:
         """config.json of a specialist: same model_type, pruned architecture, per-layer counts, scalar = max."""
@@ -174,6 +186,21 @@ GPT_OSS = FamilyAdapter(
 )
 
 ADAPTERS: dict[str, FamilyAdapter] = {a.model_type: a for a in (QWEN3_MOE, GPT_OSS)}
+
+
+def find_config(ref: str, revision: str | None = None) -> dict[str, Any] | None:
+    """config.json of a local model folder, or of a hub id found in the local hub cache (nothing is
+    downloaded); None when it is neither."""
+    path = Path(ref) / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(ref), "config.json", revision=revision)
+    except Exception:  # not a valid hub id (e.g. a local path that is gone)
+        return None
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
 
 
 def adapter_for(config: Any) -> FamilyAdapter:

@@ -1,49 +1,180 @@
-"""Apply a plan: stream the base checkpoint shard by shard and write the specialist (physical slicing).
+"""Apply a plan: stream the base checkpoint tensor by tensor and write the specialist (physical slicing).
 
 Router rows and experts stacked on dim 0 (GPT-OSS gate_up_proj / down_proj / biases / MXFP4 blocks and
 scales, fused Qwen3 tensors) keep rows ``kept``; per-expert tensors (Qwen3 ``mlp.experts.<j>.*``) of kept
-experts are renumbered 0..c_l-1; every other tensor is copied unchanged. At most one shard's tensors are in
-memory. The specialist is written to a temporary folder and renamed into place, so a failure (a plan for
-another model, a corrupt shard) leaves nothing behind.
+experts are renumbered 0..c_l-1; every other tensor is copied unchanged. Rows stacked on dim 0 are contiguous
+byte ranges of a safetensors file, so the specialist's shards are written from byte ranges of the base's
+(``os.copy_file_range``: the kernel copies, nothing but the headers passes through Python), whatever the
+tensor or shard size. MXFP4 experts stay MXFP4.
+
+Before anything is written, every shard's header is checked against its file size (a truncated download is
+refused with the file's name), the config against the plan, and the weights' storage against the plan's.
+The specialist is written to a temporary folder and renamed into place, so a failure leaves nothing behind.
+Besides the weights it gets config.json (per-layer counts, ``auto_map`` to the copied ``modeling_pruned.py``
+so stock transformers loads it with ``trust_remote_code=True``), plan.json, its own model card (README.md),
+the base's tokenizer and other small files (not the base's card or eval_results.json), all mode 0644.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
+import struct
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from typing import Any
 
 from moe_specialists.models.adapters import FamilyAdapter, adapter_for
 from moe_specialists.models.checkpoint import (
+    DTYPE_BYTES,
     INDEX_NAME,
     building_dir,
     file_sha256,
     read_config,
     resolve_model,
     shard_files,
+    stored_parameters,
 )
 from moe_specialists.models.plan import Plan
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+PARENT_ONLY = ("README.md", "eval_results.json")  # the parent's card and scores describe the parent
+MODELING_NAME = "modeling_pruned.py"
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
-def slice_tensor(
-    adapter: FamilyAdapter, name: str, tensor: torch.Tensor, kept_by_layer: dict[int, list[int]]
-) -> tuple[str, torch.Tensor] | None:
-    """The specialist's (name, tensor) for one base tensor, or None when it belongs to a dropped expert."""
+@dataclass(frozen=True)
+class TensorCopy:
+    """One tensor of a specialist shard: its name, dtype and shape there, and the byte ranges
+    (absolute offset, length) of the base shard it is made of, in order."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(n for _, n in self.ranges)
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    path: Path
+    data_start: int  # file offset of the tensor data (8 + header length)
+    tensors: dict[str, dict[str, Any]]  # safetensors header entries (dtype, shape, data_offsets)
+
+
+def read_shard_layout(path: Path) -> ShardLayout:
+    """The header of a safetensors shard, checked against the file: every tensor's byte range must have the
+    size its dtype and shape say and lie inside the file (a truncated file is refused, naming it)."""
+    size = path.stat().st_size if path.is_file() else None
+    if size is None:
+        raise ValueError(f"{path.name} is listed in the checkpoint's index but missing from {path.parent}")
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if not 0 <= n <= min(size - 8, 100_000_000):
+            raise ValueError(f"{path.name}: not a safetensors file (header size {n}, file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path.name}: corrupt or not safetensors (header: {e})") from e
+    header.pop("__metadata__", None)
+    data_start = 8 + n
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        count = 1
+        for s in info["shape"]:
+            count *= s
+        if info["dtype"] not in DTYPE_BYTES or end - begin != count * DTYPE_BYTES[info["dtype"]]:
+            raise ValueError(f"{path.name}: corrupt header entry for {name} ({info})")
+        if data_start + end > size:
+            raise ValueError(
+                f"{path.name} is truncated: tensor {name} ends at byte {data_start + end} but the file has "
+                f"{size} bytes (an interrupted download? fetch the file again)"
+            )
+    return ShardLayout(path, data_start, header)
+
+
+def row_ranges(start: int, row_bytes: int, rows: list[int]) -> tuple[tuple[int, int], ...]:
+    """Byte ranges of rows ``rows`` (ascending) of a tensor stored from ``start``, consecutive rows merged:
+    row r is [start + r * row_bytes, start + (r + 1) * row_bytes)."""
+    ranges: list[tuple[int, int]] = []
+    for r in rows:
+        offset = start + r * row_bytes
+        if ranges and ranges[-1][0] + ranges[-1][1] == offset:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + row_bytes)
+        else:
+            ranges.append((offset, row_bytes))
+    return tuple(ranges)
+
+
+def slice_entry(
+    adapter: FamilyAdapter, name: str, info: dict[str, Any], data_start: int, kept_by_layer: dict[int, list[int]]
+) -> TensorCopy | None:
+    """What the specialist stores for one base tensor, or None when it belongs to a dropped expert."""
+    begin, end = info["data_offsets"]
+    shape, start = tuple(info["shape"]), data_start + begin
     role = adapter.tensor_role(name)
     if role is None or role.layer not in kept_by_layer:
-        return name, tensor
+        return TensorCopy(name, info["dtype"], shape, ((start, end - begin),))
     kept = kept_by_layer[role.layer]
     if role.kind in ("router", "packed"):
-        return name, tensor.index_select(0, torch.tensor(kept, dtype=torch.long)).contiguous()
+        row_bytes = (end - begin) // shape[0]
+        return TensorCopy(name, info["dtype"], (len(kept), *shape[1:]), row_ranges(start, row_bytes, kept))
     if role.expert not in kept:
         return None
-    return adapter.renumber_expert(name, kept.index(role.expert)), tensor
+    new = adapter.renumber_expert(name, kept.index(role.expert))
+    return TensorCopy(new, info["dtype"], shape, ((start, end - begin),))
+
+
+def safetensors_header(tensors: list[TensorCopy]) -> bytes:
+    """The 8-byte length + JSON header of a safetensors file holding ``tensors`` in that order, padded with
+    spaces so the data starts 8-byte aligned (as safetensors writes it)."""
+    entries: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for t in tensors:
+        entries[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(entries, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def copy_ranges(src: int, dst: int, ranges: tuple[tuple[int, int], ...], chunk: int = 1 << 26) -> None:
+    """Append byte ranges of file ``src`` to file ``dst`` (descriptors): in the kernel where it can."""
+    for offset, length in ranges:
+        done = 0
+        while done < length:
+            n = min(chunk, length - done)
+            try:
+                copied = os.copy_file_range(src, dst, n, offset + done)
+            except OSError:  # another file system, an old kernel: copy through a buffer
+                copied = os.write(dst, os.pread(src, n, offset + done))
+            if copied <= 0:
+                raise ValueError(f"unexpected end of the base checkpoint at byte {offset + done}")
+            done += copied
+
+
+def write_shard(src: Path, out: Path, tensors: list[TensorCopy]) -> int:
+    """Write ``tensors`` (byte ranges of ``src``) as the safetensors file ``out``; returns the data bytes."""
+    with open(src, "rb") as fin, open(out, "wb") as fout:
+        fout.write(safetensors_header(tensors))
+        fout.flush()
+        for t in tensors:
+            copy_ranges(fin.fileno(), fout.fileno(), t.ranges)
+    return sum(t.nbytes for t in tensors)
+
+
+def modeling_file() -> Path:
+    """models/modeling_pruned.py, found without importing it (it imports transformers' model code)."""
+    spec = importlib.util.find_spec("moe_specialists.models.modeling_pruned")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin)
 
 
 def check_plan_matches(plan: Plan, config: dict, adapter: FamilyAdapter) -> None:
@@ -59,6 +190,84 @@ def check_plan_matches(plan: Plan, config: dict, adapter: FamilyAdapter) -> None
         raise ValueError(f"this plan was made for another model ({plan.base.id}): " + "; ".join(problems))
 
 
+def storage_format(config: dict, layouts: list[ShardLayout]) -> str:
+    """"mxfp4" or "dense" (bf16/fp32 experts), refusing a checkpoint whose config and tensors disagree."""
+    blocks = any(n.endswith("_blocks") for lay in layouts for n in lay.tensors)
+    says = (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
+    if blocks != says:
+        raise ValueError(
+            f"config.json {'says' if says else 'does not say'} quant_method mxfp4 but the tensors "
+            f"{'have no' if says else 'have'} MXFP4 *_blocks: a mixed checkpoint, refused"
+        )
+    return "mxfp4" if blocks else "dense"
+
+
+def check_same_storage(plan: Plan, weight_bytes: int, parameters: int, fmt: str, verify: bool) -> None:
+    """A plan for the same model stored another way (MXFP4 vs bf16, another dtype) keeps the same experts;
+    with ``verify`` it is refused with that reason (the file hashes would differ anyway)."""
+    if not verify or not plan.base.weight_bytes or plan.base.weight_bytes == weight_bytes:
+        return
+    if plan.base.parameters == parameters:
+        raise ValueError(
+            f"the plan was made for {plan.base.id}, which stores these {parameters} parameters in "
+            f"{plan.base.weight_bytes} bytes; this checkpoint ({fmt}) stores them in {weight_bytes} bytes: the same "
+            "model in another storage format (MXFP4 vs bf16, or another dtype). The experts to keep are the same: "
+            "apply with verify=False to slice this checkpoint (plan.json will record it as the base)."
+        )
+
+
+def model_card(plan: Plan, base_card: str | None, weight_bytes: int, fmt: str, quality: dict | None) -> str:
+    """The specialist's README.md: base model and its licence, recipe, experts per layer, bytes, quality."""
+    licence = "unknown"
+    if base_card and base_card.startswith("---"):
+        for line in base_card.split("---")[1].splitlines():
+            if line.strip().startswith("license:"):
+                licence = line.split(":", 1)[1].strip()
+    r, counts = plan.recipe, [len(k) for k in plan.kept]
+    saved = plan.base.weight_bytes - weight_bytes if plan.base.weight_bytes else None
+    lines = [
+        "---",
+        f"base_model: {plan.base.id}",
+        f"license: {licence}",
+        "library_name: transformers",
+        "tags: [moe, pruned, expert-pruning, translation]",
+        "---",
+        f"# Translation specialist of {plan.base.id}",
+        "",
+        f"Experts pruned from `{plan.base.id}`" + (f" (revision {plan.base.revision})" if plan.base.revision else "")
+        + f" with moe-specialists; the base's licence ({licence}) applies. Weights: {fmt}.",
+        "",
+        "## Recipe",
+        "",
+        f"- directions: {', '.join(r.directions)} (pivot {r.pivot}); ranking {r.ranking}"
+        + (" inverted" if r.invert else "") + f", allocation {r.allocation}, {r.drop} experts dropped per layer"
+        " on average",
+        f"- calibration: {plan.collector}" + (f", data {plan.data_fingerprint}" if plan.data_fingerprint else ""),
+        f"- experts kept per MoE layer (of {max(plan.base.experts_per_layer)}): {counts}",
+        f"- parameters: {plan.parameters:,} of {plan.base.parameters:,} "
+        f"({plan.parameters / plan.base.parameters:.1%})",
+        f"- weight bytes: {weight_bytes:,}" + (f" ({saved:,} saved, {saved / plan.base.weight_bytes:.1%})"
+                                               if saved is not None else ""),
+        "",
+        "## Quality",
+        "",
+    ]
+    if quality:
+        lines += [f"- {k}: {v}" for k, v in sorted(quality.items())]
+    else:
+        lines.append("Not measured yet: `moe-specialists evaluate FOLDER -d DIRECTIONS`.")
+    lines += [
+        "",
+        "## Loading",
+        "",
+        "`AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` (modeling_pruned.py, per-layer "
+        "expert counts in config.json `num_experts_per_layer`), or without remote code after "
+        "`import moe_specialists.models.pruned`; vLLM with the moe-specialists plugin installed.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def apply_plan(
     plan: Plan | str | Path,
     out_dir: str | Path,
@@ -66,8 +275,11 @@ def apply_plan(
     revision: str | None = None,
     verify: bool = True,
     overwrite: bool = False,
+    quality: dict | None = None,
 ) -> Path:
-    """Write the specialist of ``plan`` applied to ``base`` (default: the plan's base id) into ``out_dir``."""
+    """Write the specialist of ``plan`` applied to ``base`` (default: the plan's base id) into ``out_dir``.
+    ``verify``: the base's files must be the ones the plan was made for (sha256); ``quality``: measured
+    scores for the model card."""
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -75,41 +287,50 @@ def apply_plan(
     base_dir, revision = resolve_model(base or plan.base.id, revision or plan.base.revision)
     config = read_config(base_dir)
     adapter = adapter_for(config)
+    adapter.check_prunable(config)
     check_plan_matches(plan, config, adapter)
     kept_by_layer = dict(zip(plan.layers, plan.kept, strict=True))
+    layouts = [read_shard_layout(s) for s in shard_files(base_dir)]  # truncated files refused here
+    fmt = storage_format(config, layouts)
+    base_bytes = sum(i["data_offsets"][1] - i["data_offsets"][0] for lay in layouts for i in lay.tensors.values())
+    base_params = sum(stored_parameters(n, i["shape"]) for lay in layouts for n, i in lay.tensors.items())
+    check_same_storage(plan, base_bytes, base_params, fmt, verify)
+    if verify:
+        for lay in layouts:
+            expected = plan.base.files.get(lay.path.name)
+            if expected and file_sha256(lay.path) != expected:
+                raise ValueError(f"{lay.path} differs from the checkpoint the plan was made for (sha256 mismatch)")
+    elif plan.base.weight_bytes != base_bytes:  # another storage of the model: record what was sliced
+        plan = plan.model_copy(update={"base": plan.base.model_copy(update={
+            "id": str(base or plan.base.id), "weight_bytes": base_bytes,
+            "files": {p.name: file_sha256(p) for p in [*(lay.path for lay in layouts), base_dir / "config.json"]},
+        })})
 
     with building_dir(out_dir) as tmp:
         weight_map: dict[str, str] = {}
         total_size = 0
-        for shard in shard_files(base_dir):
-            expected = plan.base.files.get(shard.name)
-            if verify and expected and file_sha256(shard) != expected:
-                raise ValueError(f"{shard} differs from the checkpoint the plan was made for (sha256 mismatch)")
-            out: dict[str, torch.Tensor] = {}
-            try:
-                with safe_open(shard, "pt") as f:
-                    for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                        sliced = slice_tensor(adapter, name, f.get_tensor(name), kept_by_layer)
-                        if sliced is not None:
-                            out[sliced[0]] = sliced[1]
-            except Exception as e:  # safetensors raises its own error type for corrupt files
-                raise ValueError(f"cannot read {shard}: corrupt or not safetensors ({e})") from e
-            if out:
-                save_file(out, tmp / shard.name, metadata={"format": "pt"})
-                for k, v in out.items():
-                    weight_map[k] = shard.name
-                    total_size += v.numel() * v.element_size()
-            del out
-        (tmp / INDEX_NAME).write_text(
-            json.dumps(
-                {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}, indent=1
-            )
+        for lay in layouts:
+            copies = [slice_entry(adapter, n, i, lay.data_start, kept_by_layer) for n, i in lay.tensors.items()]
+            copies = sorted((c for c in copies if c is not None), key=lambda c: c.ranges[0][0])
+            if copies:
+                total_size += write_shard(lay.path, tmp / lay.path.name, copies)
+                weight_map.update(dict.fromkeys((c.name for c in copies), lay.path.name))
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1))
+        pruned = adapter.pruned_config_dict(config, plan.experts_per_layer())
+        pruned["auto_map"] = {"AutoModelForCausalLM": f"{MODELING_NAME[:-3]}.{adapter.pruned_architecture}"}
+        (tmp / "config.json").write_text(json.dumps(pruned, indent=1))
+        shutil.copyfile(modeling_file(), tmp / MODELING_NAME)
+        skip = {"config.json", INDEX_NAME, MODELING_NAME, *PARENT_ONLY}
+        for item in Path(base_dir).iterdir():  # tokenizer, generation config, chat template, licence, ...
+            if item.is_file() and item.suffix not in WEIGHT_SUFFIXES and item.name not in skip:
+                shutil.copyfile(item, tmp / item.name)
+        card = base_dir / "README.md"
+        (tmp / "README.md").write_text(
+            model_card(plan, card.read_text() if card.is_file() else None, total_size, fmt, quality)
         )
-        (tmp / "config.json").write_text(
-            json.dumps(adapter.pruned_config_dict(config, plan.experts_per_layer()), indent=1)
-        )
-        for item in Path(base_dir).iterdir():  # tokenizer, generation config, chat template, ...
-            if item.is_file() and item.suffix not in WEIGHT_SUFFIXES and item.name not in ("config.json", INDEX_NAME):
-                shutil.copy2(item, tmp / item.name)
         plan.save(tmp / "plan.json")
+        for item in tmp.iterdir():  # readable by others (e.g. a container's uid) whatever the umask
+            item.chmod(FILE_MODE)
+        tmp.chmod(DIR_MODE)
     return out_dir

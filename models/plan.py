@@ -131,9 +131,11 @@ def plan_from_kept(model_dir: str | Path, kept: list[list[int]], recipe: Recipe 
     statistics: for hand-made specialists, tests and benchmarks."""
     from moe_specialists.models.adapters import adapter_for
 
-    base = base_ref(model_dir)
     config = read_config(Path(model_dir))
-    layers = adapter_for(config).moe_layers(config)
+    adapter = adapter_for(config)
+    adapter.check_prunable(config)
+    base = base_ref(model_dir)
+    layers = adapter.moe_layers(config)
     return Plan(
         base=base,
         recipe=recipe or Recipe(drop=0, directions=["manual"], allocation="uniform"),

@@ -27,11 +27,28 @@ import torch
 from safetensors import safe_open
 
 from moe_specialists.models.adapters import FamilyAdapter, adapter_for
-from moe_specialists.models.apply import check_plan_matches, slice_tensor
+from moe_specialists.models.apply import check_plan_matches
 from moe_specialists.models.checkpoint import file_sha256, read_config, resolve_model, shard_files
 from moe_specialists.models.plan import Plan
 
 PLAN_KEPT_KEY = "plan_kept_experts"  # config.json of a plan view: {"<layer>": [original expert ids]}
+
+
+def slice_tensor(
+    adapter: FamilyAdapter, name: str, tensor: torch.Tensor, kept_by_layer: dict[int, list[int]]
+) -> tuple[str, torch.Tensor] | None:
+    """The specialist's (name, tensor) for one base tensor, or None when it belongs to a dropped expert: router
+    rows and experts stacked on dim 0 keep rows ``kept``; a kept per-expert tensor is renumbered to its
+    position in ``kept``; every other tensor is unchanged (``apply`` does the same on the bytes)."""
+    role = adapter.tensor_role(name)
+    if role is None or role.layer not in kept_by_layer:
+        return name, tensor
+    kept = kept_by_layer[role.layer]
+    if role.kind in ("router", "packed"):
+        return name, tensor.index_select(0, torch.tensor(kept, dtype=torch.long)).contiguous()
+    if role.expert not in kept:
+        return None
+    return adapter.renumber_expert(name, kept.index(role.expert)), tensor
 
 
 def sliced_stream(

@@ -1,15 +1,14 @@
-"""transformers model classes whose MoE layers have different expert counts (pruned specialists).
+"""Pruned specialists in transformers: the classes with per-layer expert counts, their registration with
+the Auto classes, and the loader used for statistics and training.
 
-Each class is the family's own causal LM with every MoE block rebuilt from a copy of the config whose
-scalar expert count is that layer's count (``config.num_experts_per_layer[l]``). Nothing else changes, so
-the standard loading path (including the on-disk -> fused expert conversion) loads the sliced weights.
+The classes (``modeling_pruned``, self-contained so specialist folders can carry it) are each family's own
+causal LM with every MoE block rebuilt for its layer's count (``config.num_experts_per_layer[l]``).
 ``register_transformers()`` makes ``AutoModelForCausalLM.from_pretrained(dir)`` pick the pruned class when
 config.json says ``architectures: [Pruned...]`` and the family's own class otherwise.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -21,67 +20,26 @@ from transformers import (
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
-from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
-from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
-from moe_specialists.models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter, decoder_layers
+from moe_specialists.models import modeling_pruned
+from moe_specialists.models.adapters import GPT_OSS, QWEN3_MOE, FamilyAdapter
+from moe_specialists.models.modeling_pruned import PrunedGptOssForCausalLM, PrunedQwen3MoeForCausalLM
+
+# The classes live in modeling_pruned.py, which imports nothing of this project: `apply` copies it into
+# specialist folders (config.json auto_map) for stock transformers with trust_remote_code=True.
 
 
 def layer_config(config, adapter: FamilyAdapter, num_experts: int):
     """A copy of ``config`` whose scalar expert count is ``num_experts``."""
-    out = copy.deepcopy(config)
-    setattr(out, adapter.num_experts_keys[-1], num_experts)
-    return out
+    assert adapter.num_experts_keys[-1] == "num_local_experts"  # what modeling_pruned sets
+    return modeling_pruned.layer_config(config, num_experts)
 
 
 def check_expert_counts(config, adapter: FamilyAdapter) -> list[int]:
     """Validate ``num_experts_per_layer`` against the config; return it."""
-    counts = adapter.experts_per_layer(config)
-    n_layers, k, moe = adapter.num_layers(config), adapter.top_k(config), set(adapter.moe_layers(config))
-    if len(counts) != n_layers:
-        raise ValueError(f"{EXPERTS_PER_LAYER_KEY} has {len(counts)} entries, the model has {n_layers} layers")
-    for i, c in enumerate(counts):
-        if i in moe and not k <= c <= adapter.num_experts(config):
-            raise ValueError(
-                f"layer {i} keeps {c} experts; each MoE layer needs top-k={k} <= count <= "
-                f"{adapter.num_experts(config)} (the scalar expert count, the max of {EXPERTS_PER_LAYER_KEY})"
-            )
+    counts = modeling_pruned.check_expert_counts(config)
+    assert counts == adapter.experts_per_layer(config)
     return counts
-
-
-def rebuild_moe_blocks(model: nn.Module, adapter: FamilyAdapter, block_cls: type[nn.Module]) -> None:
-    """Replace every MoE block whose layer keeps fewer experts than the scalar count."""
-    config = model.config
-    counts = check_expert_counts(config, adapter)
-    full = adapter.num_experts(config)
-    layers = decoder_layers(model)
-    for i in adapter.moe_layers(config):
-        if counts[i] != full:
-            setattr(layers[i], adapter.mlp_attr, block_cls(layer_config(config, adapter, counts[i])))
-
-
-class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
-    """Qwen3-MoE causal LM with per-layer expert counts."""
-
-    # The experts modules are the family's own, so transformers' grouped_mm / batched_mm kernels work; transformers
-    # only offers them to classes whose module source contains its experts decorator, which ours need not.
-    _can_set_experts_implementation_cached_value = True
-
-    def __init__(self, config: Qwen3MoeConfig):
-        super().__init__(config)
-        rebuild_moe_blocks(self, QWEN3_MOE, Qwen3MoeSparseMoeBlock)
-        self.post_init()
-
-
-class PrunedGptOssForCausalLM(GptOssForCausalLM):
-    """GPT-OSS causal LM with per-layer expert counts."""
-
-    _can_set_experts_implementation_cached_value = True  # as above
-
-    def __init__(self, config: GptOssConfig):
-        super().__init__(config)
-        rebuild_moe_blocks(self, GPT_OSS, GptOssMLP)
-        self.post_init()
 
 
 PRUNED_CLASSES: dict[str, type[nn.Module]] = {
@@ -114,10 +72,29 @@ def _by_architecture(config_cls: type, base_cls: type, pruned_cls: type) -> type
 def load_causal_lm(
     model_dir: str | Path, dtype: str = "float32", device: str = "cpu", experts_implementation: str | None = None
 ) -> nn.Module:
-    """``AutoModelForCausalLM`` (the pruned classes once registered) in ``dtype`` on ``device``;
-    ``experts_implementation``: transformers' eager (default), batched_mm or grouped_mm (fast on GPUs)."""
-    extra = {"experts_implementation": experts_implementation} if experts_implementation else {}
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra).to(device)
+    """``AutoModelForCausalLM`` (the pruned classes once registered) with every parameter in ``dtype``, on
+    ``device``; ``experts_implementation``: transformers' eager (default), batched_mm or grouped_mm.
+
+    MXFP4 checkpoints (gpt-oss as released) are dequantized, whatever is installed: statistics hooks, the
+    pruned classes and training need the family's own experts module. Left to itself, transformers swaps in
+    its MXFP4 kernel module (``Mxfp4GptOssExperts``, called with routing data instead of the top-k tensors)
+    on CUDA machines that have the ``kernels`` package, and dequantizes elsewhere, always to bf16;
+    ``Mxfp4Config(dequantize=True)`` takes the dequantizing path everywhere, then the cast below gives the
+    requested dtype (serving keeps MXFP4: vLLM reads the blocks itself)."""
+    from transformers import AutoConfig, Mxfp4Config
+
+    torch_dtype = getattr(torch, dtype)
+    extra: dict = {"experts_implementation": experts_implementation} if experts_implementation else {}
+    quantization = getattr(AutoConfig.from_pretrained(model_dir), "quantization_config", None) or {}
+    if not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    if quantization.get("quant_method") == "mxfp4":
+        extra["quantization_config"] = Mxfp4Config(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **extra)
+    for p in model.parameters():  # the dequantized experts come in bf16 whatever dtype says
+        if p.is_floating_point() and p.dtype != torch_dtype:
+            p.data = p.data.to(torch_dtype)
+    return model.to(device)
 
 
 def register_transformers() -> None:

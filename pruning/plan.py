@@ -3,6 +3,7 @@ experts). The plan's schema and its application to a checkpoint are in ``models.
 
 from __future__ import annotations
 
+from moe_specialists.models.adapters import adapter_for, find_config
 from moe_specialists.models.plan import BaseRef, Plan, Recipe, pruned_parameters
 from moe_specialists.pruning.allocation import allocate, check_drop
 from moe_specialists.pruning.scores import importance, keep_top, routing_divergence
@@ -12,6 +13,8 @@ from moe_specialists.pruning.stats import RoutingStats
 def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
     """Rank experts per layer, allocate per-layer counts, keep the top experts of each layer."""
     base = BaseRef(**stats.header["base"])
+    if (config := find_config(base.id, base.revision)) is not None:  # else `apply` refuses it
+        adapter_for(config).check_prunable(config)
     layers = stats.layers
     E, k = stats.num_experts, base.top_k
     check_drop(recipe.drop, E, k)

@@ -61,13 +61,9 @@ def tiny_config(
         tie_word_embeddings=False,
     )
     if family == "qwen3_moe":
+        overrides.setdefault("norm_topk_prob", True)
         cfg = Qwen3MoeConfig(
-            **common,
-            intermediate_size=256,
-            moe_intermediate_size=64,
-            num_experts=experts,
-            norm_topk_prob=True,
-            **overrides,
+            **common, intermediate_size=256, moe_intermediate_size=64, num_experts=experts, **overrides
         )
         base, pruned = "Qwen3MoeForCausalLM", "PrunedQwen3MoeForCausalLM"
     elif family == "gpt_oss":

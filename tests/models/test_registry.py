@@ -1,5 +1,5 @@
 """Registry API: names, add/get/list/remove, entries built from a tiny specialist folder, materialisation from
-base + plan (real ``pruning.apply.apply_plan``), hub push/pull.
+base + plan (real ``models.apply.apply_plan``), hub push/pull.
 
 The hub is unreachable here (HF_HUB_OFFLINE=1, no network), so push/pull run against ``FakeHub``: a local,
 file-based stand-in implementing the four ``HfApi`` methods the registry calls, with one snapshot per commit.
@@ -50,6 +50,7 @@ def tiny_config(counts: list[int] | None) -> Qwen3MoeConfig:
     return Qwen3MoeConfig(
         vocab_size=V, hidden_size=H, intermediate_size=256, moe_intermediate_size=MOE_I, num_hidden_layers=2,
         num_attention_heads=NH, num_key_value_heads=NKV, head_dim=HEAD, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=True,  # prunable: the top-k weights are renormalised
         **(extra if counts else {}),
     )  # fmt: skip
 
