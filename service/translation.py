@@ -165,12 +165,10 @@ class Translator:
 
     # ---- admission ----
     def _retry(self, planned: list[Planned]) -> dict[str, str]:
-        """Retry-After for texts none of whose engines admits them now: the soonest expected recovery (or
-        queue room) among their options; no header when none of them will ever serve again."""
+        """Retry-After for texts none of whose engines can serve them now: the soonest expected recovery among
+        their options (1 s when one is ready again); no header when none of them will ever serve again."""
         names = sorted({e.name for p in planned for e, _ in p.options} or {p.engine.name for p in planned})
         after = self.pool.retry_after(names)
-        if after is None and any(e.ready for p in planned for e, _ in p.options):
-            after = str(self.settings.retry_after_s)  # ready but full: room comes when texts finish
         return {} if after is None else {"Retry-After": after}
 
     def admit(self, planned: list[Planned], target: str, stack: contextlib.ExitStack) -> None:
@@ -204,8 +202,9 @@ class Translator:
             else:
                 if busy is not None:
                     self.metrics.rejections.labels(name, direction, "queue_full").inc()
+                    retry = {"Retry-After": str(self.settings.retry_after_s)}  # room comes as texts finish
                     raise ApiError(429, "queue_full", f"{busy}, and no other specialist serving {direction} has room;"
-                                   " retry later", headers=self._retry(group), specialist=name) from None
+                                   " retry later", headers=retry, specialist=name) from None
                 self.metrics.rejections.labels(name, direction, "unavailable").inc()
                 engine = self.pool.engines[name]
                 why = f": {engine.error}" if engine.error else ""

@@ -19,6 +19,7 @@ import time
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings, SpecialistSpec
@@ -99,10 +100,11 @@ def wait_for(client, predicate, timeout: float, what: str) -> dict[str, dict]:
 
 
 def metric(client, name: str, **labels) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
-            return float(line.rsplit(" ", 1)[1])
+    """The value of sample ``name`` with exactly these labels on /metrics (0 when absent)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
     return 0.0
 
 
