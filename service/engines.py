@@ -679,8 +679,8 @@ class EnginePool:
                 break
             log.warning("specialist %s failed: %s", engine.name, engine.error)
             if not engine.restartable_forever and failures >= s.engine_max_restarts:
-                log.error("specialist %s: given up after %d failed restarts in a row: %s", engine.name, failures,
-                          engine.error)
+                log.error("specialist %s: given up after %d restarts in a row that failed or did not stay up for "
+                          "%.0f s: %s", engine.name, failures, s.engine_restart_max_delay_s, engine.error)
                 engine.retry_at = None
                 engine.state = "given_up"
                 with contextlib.suppress(Exception):

@@ -247,11 +247,14 @@ def test_retry_after_reflects_the_expected_restart(gateway, client):
 
 def test_engines_that_cannot_restart_are_given_up_and_liveness_fails(gateway, folders, client):
     app, _ = gateway
+    restarts = {n: app.state.pool.engines[n].restarts for n in ("en-de", "multi")}
+    time.sleep(2.5)  # ready for longer than engine_restart_max_delay_s: their runs of failures start afresh
     for name in ("en-de", "multi"):
         (folders / name / "config.json").write_text("{ corrupted while serving")
         kill_engine_core(app, name)
     now = wait_for(client, lambda s: all(v["state"] == "given_up" for v in s.values()), 120, "all given up")
     assert all("start-up failed" in v["error"] for v in now.values()), now
+    assert all(now[n]["restarts"] == restarts[n] + 2 for n in restarts), (now, restarts)  # engine_max_restarts
     r = client.get("/healthz")
     assert r.status_code == 503 and r.json()["status"] == "dead", r.text
     r = client.post("/v1/translate", json=body(4))
