@@ -678,6 +678,8 @@ class EnginePool:
             if engine.state in ("stopped", "given_up"):
                 break
             log.warning("specialist %s failed: %s", engine.name, engine.error)
+            if self.draining:  # shutting down (a killpg reaches the engine cores too): no restart
+                break
             if not engine.restartable_forever and failures >= s.engine_max_restarts:
                 log.error("specialist %s: given up after %d restarts in a row that failed or did not stay up for "
                           "%.0f s: %s", engine.name, failures, s.engine_restart_max_delay_s, engine.error)
