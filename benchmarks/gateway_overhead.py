@@ -110,6 +110,8 @@ def summarise(concurrency: int, pairs: list[dict], cpu_s: float) -> dict:
         "added_p50_max_ms": max(added),
         "added_p99_ms": 1e3 * (pct(g_lat, 99) - pct(d_lat, 99)),
         "gateway_cpu_ms_per_request": 1e3 * cpu_s / len(g_lat),
+        "pair_ratios": [round(r, 4) for r in ratios], "pair_added_p50_ms": [round(a, 2) for a in added],
+        "pair_seconds": [[round(p["d_s"], 3), round(p["g_s"], 3)] for p in pairs],
     }
 
 
