@@ -1,13 +1,17 @@
 """Gateway overhead: the same load sent directly to a vLLM OpenAI server and through the gateway in front of
-it (remote backend), at several concurrencies. Prints throughput (requests/s), the ratio gateway/direct, and
-the latency the gateway adds (p50, p99). Goal (issue 5): ratio >= 0.95, added p50 <= 5 ms.
+it (remote backend), at several concurrencies. Goals (issue 14): throughput ratio gateway/direct >= 0.98 at
+concurrency 1, 4 and 16, added p50 <= 5 ms, with the spread between rounds shown.
 
-Both paths send the same prompt (``moe_specialists.models.prompts.render``) with greedy decoding and the
-same max_tokens, so the engine does the same work; the difference is the gateway's HTTP hop, routing,
-admission and extraction.
+Both paths send the same prompt (``moe_specialists.models.prompts.render``) with greedy decoding and the same
+max_tokens, so the engine does the same work; the difference is the gateway's HTTP hop, routing, admission and
+extraction. Per level, rounds alternate direct/gateway in ABBA order (so that drift hits both alike); each
+pair of rounds gives one ratio and one added p50, and the table shows their median and spread (min..max over
+the pairs) next to the pooled values. The gateway's own CPU per request is read from its
+``process_cpu_seconds_total`` over the gateway rounds; ``--profile FILE`` runs the gateway under cProfile
+(slower: profile runs are not for the table) and prints where its CPU goes.
 
     python benchmarks/gateway_overhead.py                       # the bundled tiny translator on the CPU
-    python benchmarks/gateway_overhead.py --model /models/en-de --concurrency 1 4 16 --requests 200
+    python benchmarks/gateway_overhead.py --model /models/en-de --requests 200 400 800 --rounds 8
 """
 
 from __future__ import annotations
@@ -44,11 +48,11 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
 
@@ -68,7 +72,7 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600)
 
 
 async def load(send, concurrency: int, requests: int) -> tuple[float, list[float]]:
-    """Run ``requests`` calls of ``send`` with ``concurrency`` workers: (requests/s, latencies in s)."""
+    """Run ``requests`` calls of ``send`` with ``concurrency`` workers: (seconds, latencies in s)."""
     latencies: list[float] = []
     todo = iter(range(requests))
 
@@ -80,59 +84,107 @@ async def load(send, concurrency: int, requests: int) -> tuple[float, list[float
 
     start_t = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return requests / (time.perf_counter() - start_t), latencies
+    return time.perf_counter() - start_t, latencies
 
 
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
+def summarise(concurrency: int, pairs: list[dict], cpu_s: float) -> dict:
+    """One table row from the rounds of a level: pooled throughput and percentiles, and the median and spread
+    (min, max) of the per-pair ratios and added p50s."""
+    d_lat = [x for p in pairs for x in p["d_lat"]]
+    g_lat = [x for p in pairs for x in p["g_lat"]]
+    d_rps = len(d_lat) / sum(p["d_s"] for p in pairs)
+    g_rps = len(g_lat) / sum(p["g_s"] for p in pairs)
+    ratios = [(len(p["g_lat"]) / p["g_s"]) / (len(p["d_lat"]) / p["d_s"]) for p in pairs]
+    added = [1e3 * (statistics.median(p["g_lat"]) - statistics.median(p["d_lat"])) for p in pairs]
+    return {
+        "concurrency": concurrency, "requests": len(g_lat), "rounds": len(pairs),
+        "direct_rps": d_rps, "gateway_rps": g_rps, "ratio": g_rps / d_rps,
+        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "direct_p50_ms": 1e3 * pct(d_lat, 50), "gateway_p50_ms": 1e3 * pct(g_lat, 50),
+        "added_p50_ms": 1e3 * (pct(g_lat, 50) - pct(d_lat, 50)),
+        "added_p50_median_ms": statistics.median(added), "added_p50_min_ms": min(added),
+        "added_p50_max_ms": max(added),
+        "added_p99_ms": 1e3 * (pct(g_lat, 99) - pct(d_lat, 99)),
+        "gateway_cpu_ms_per_request": 1e3 * cpu_s / len(g_lat),
+        "pair_ratios": [round(r, 4) for r in ratios], "pair_added_p50_ms": [round(a, 2) for a in added],
+        "pair_seconds": [[round(p["d_s"], 3), round(p["g_s"], 3)] for p in pairs],
+    }
+
+
+async def cpu_seconds(client: httpx.AsyncClient, gateway_url: str) -> float:
+    """The gateway process's CPU seconds so far (its own /metrics)."""
+    text = (await client.get(f"{gateway_url}/metrics")).text
+    return float(next(line for line in text.splitlines() if line.startswith("process_cpu_seconds_total ")).split()[1])
+
+
 async def bench(direct_url: str, gateway_url: str, prompt: str, args: argparse.Namespace) -> list[dict]:
-    limits = httpx.Limits(max_connections=max(args.concurrency) * 2)
+    n = max(args.concurrency) * 2
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         model = (await client.get(f"{direct_url}/v1/models")).json()["data"][0]["id"]
+        direct_body = {"model": model, "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0,
+                       "add_special_tokens": False, "skip_special_tokens": False,
+                       "spaces_between_special_tokens": False}
+        gateway_body = {"text": TEXT, "source": "en", "target": "de", "max_tokens": args.max_tokens}
 
         async def direct() -> None:
-            body = {"model": model, "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0,
-                    "add_special_tokens": False, "skip_special_tokens": False}
-            (await client.post(f"{direct_url}/v1/completions", json=body)).raise_for_status()
+            (await client.post(f"{direct_url}/v1/completions", json=direct_body)).raise_for_status()
 
         async def gateway() -> None:
-            body = {"text": TEXT, "source": "en", "target": "de", "max_tokens": args.max_tokens}
-            (await client.post(f"{gateway_url}/v1/translate", json=body)).raise_for_status()
+            (await client.post(f"{gateway_url}/v1/translate", json=gateway_body)).raise_for_status()
 
-        for send in (direct, gateway):  # warm-up
-            await load(send, 2, 4)
+        for send in (direct, gateway):  # warm-up: connections, caches
+            await load(send, max(args.concurrency), 2 * max(args.concurrency))
         rows = []
-        for c in args.concurrency:
-            # Alternate the two paths in rounds, so drifting background load hits both alike.
-            d_time = g_time = 0.0
-            d_lat: list[float] = []
-            g_lat: list[float] = []
-            per_round = max(args.requests // args.rounds, c)
-            for _ in range(args.rounds):
-                rps, lat = await load(direct, c, per_round)
-                d_time, d_lat = d_time + per_round / rps, d_lat + lat
-                rps, lat = await load(gateway, c, per_round)
-                g_time, g_lat = g_time + per_round / rps, g_lat + lat
-            d_rps, g_rps = len(d_lat) / d_time, len(g_lat) / g_time
-            rows.append({
-                "concurrency": c, "direct_rps": d_rps, "gateway_rps": g_rps, "ratio": g_rps / d_rps,
-                "direct_p50_ms": 1e3 * pct(d_lat, 50), "gateway_p50_ms": 1e3 * pct(g_lat, 50),
-                "added_p50_ms": 1e3 * (pct(g_lat, 50) - pct(d_lat, 50)),
-                "added_p99_ms": 1e3 * (pct(g_lat, 99) - pct(d_lat, 99)),
-            })
+        counts = args.requests if len(args.requests) == len(args.concurrency) else args.requests * len(args.concurrency)
+        for c, requests in zip(args.concurrency, counts, strict=True):
+            per_round = max(requests // args.rounds, c)
+            pairs, cpu = [], 0.0
+            for i in range(args.rounds):
+                pair: dict = {}
+                order = ("d", "g") if i % 2 == 0 else ("g", "d")  # ABBA: drift hits both paths alike
+                for path in order:
+                    if path == "d":
+                        pair["d_s"], pair["d_lat"] = await load(direct, c, per_round)
+                    else:
+                        before = await cpu_seconds(client, gateway_url)
+                        pair["g_s"], pair["g_lat"] = await load(gateway, c, per_round)
+                        cpu += await cpu_seconds(client, gateway_url) - before
+                pairs.append(pair)
+            rows.append(summarise(c, pairs, cpu))
+            print(f"  concurrency {c}: done", file=sys.stderr)
         return rows
+
+
+def print_table(rows: list[dict], args: argparse.Namespace, model: str) -> None:
+    print(f"model {model}, max_tokens {args.max_tokens}, {args.rounds} rounds per level (ABBA)")
+    print("| concurrency | requests per path | direct req/s | gateway req/s | ratio (pooled) | ratio median "
+          "[min, max] over pairs | p50 direct ms | p50 gateway ms | added p50 ms (pooled) | added p50 median "
+          "[min, max] ms | added p99 ms | gateway CPU ms/request |")
+    print("|" + "---|" * 12)
+    for r in rows:
+        print(f"| {r['concurrency']} | {r['requests']} | {r['direct_rps']:.2f} | {r['gateway_rps']:.2f} | "
+              f"{r['ratio']:.3f} | {r['ratio_median']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] | "
+              f"{r['direct_p50_ms']:.1f} | {r['gateway_p50_ms']:.1f} | {r['added_p50_ms']:.1f} | "
+              f"{r['added_p50_median_ms']:.1f} [{r['added_p50_min_ms']:.1f}, {r['added_p50_max_ms']:.1f}] | "
+              f"{r['added_p99_ms']:.1f} | {r['gateway_cpu_ms_per_request']:.2f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder (default: the bundled tiny translator)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level and path")
+    parser.add_argument("--requests", type=int, nargs="+", default=[240, 480, 960],
+                        help="requests per path at each concurrency level (one number: the same for all)")
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=4, help="alternating direct/gateway rounds per level")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating direct/gateway rounds per level (even)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--profile", type=Path, help="run the gateway under cProfile, write its stats here and "
+                        "print the top functions (the table is then not a fair measurement)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -144,6 +196,7 @@ def main() -> None:
     model = args.model or str(BUNDLED_MODEL_DIR)
     prompt = render(AutoTokenizer.from_pretrained(model), "en", "de", TEXT)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = {k: v for k, v in env.items() if not k.startswith("MOE_")}
     vport, gport = free_port(), free_port()
     server = start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                     "--host", "127.0.0.1", "--port", str(vport), "--enforce-eager", "--max-model-len", "1024"],
@@ -155,23 +208,22 @@ def main() -> None:
         genv = {**env, "MOE_SPECIALISTS": json.dumps([spec]), "MOE_PORT": str(gport),
                 "MOE_MAX_QUEUE_PER_ENGINE": "100000",
                 "MOE_ACCESS_LOG": "false", "MOE_MAX_TOKENS_LIMIT": str(max(args.max_tokens, 1024))}
-        gateway = start([sys.executable, "-m", "moe_specialists.service.cli"], genv, work / "gateway.log")
+        profile = ["-m", "cProfile", "-o", str(args.profile.resolve())] if args.profile else []
+        gateway = start([sys.executable, *profile, "-m", "moe_specialists.service.cli"], genv, work / "gateway.log")
         wait_http(f"http://127.0.0.1:{gport}/readyz", gateway, work / "gateway.log")
         rows = asyncio.run(bench(f"http://127.0.0.1:{vport}", f"http://127.0.0.1:{gport}", prompt, args))
     finally:
-        for proc in (gateway, server):
-            if proc is not None:
-                stop(proc)
+        if gateway is not None:
+            stop(gateway, signal.SIGINT)  # SIGINT: cProfile writes its stats on the way out
+        stop(server)
 
-    print(f"model {model}, {args.requests} requests per level, max_tokens {args.max_tokens}")
-    print(f"{'conc':>4} {'direct rps':>10} {'gateway rps':>11} {'ratio':>6} {'p50 direct ms':>13} "
-          f"{'p50 gw ms':>9} {'added p50 ms':>12} {'added p99 ms':>12}")
-    for r in rows:
-        print(f"{r['concurrency']:>4} {r['direct_rps']:>10.1f} {r['gateway_rps']:>11.1f} {r['ratio']:>6.3f} "
-              f"{r['direct_p50_ms']:>13.1f} {r['gateway_p50_ms']:>9.1f} {r['added_p50_ms']:>12.1f} "
-              f"{r['added_p99_ms']:>12.1f}")
+    print_table(rows, args, model)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.profile:
+        import pstats
+
+        pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":

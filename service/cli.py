@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from moe_specialists.service.settings import Settings, SpecialistSpec
+from moe_specialists.service.settings import Settings, SpecialistSpec, load_settings
 
 BUNDLED_REGISTRY_ENV = "MOE_BUNDLED_REGISTRY"
 
@@ -45,11 +45,11 @@ def serve(
 ) -> None:
     """Serve the gateway until interrupted. ``specialists``: ``name=path:directions`` options (see
     ``SpecialistSpec.parse_option``); ``overrides``: any other ``Settings`` field. MOE_* variables apply too."""
-    import uvicorn
-
     from moe_specialists.service.app import create_app
+    from moe_specialists.service.shutdown import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per call to a remote engine otherwise
     fields: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     if specialists:
         fields["specialists"] = [SpecialistSpec.parse_option(option) for option in specialists]
@@ -61,11 +61,11 @@ def serve(
         fields["port"] = port
     if api_keys:
         fields["api_keys"] = api_keys
-    settings = Settings(**fields)
+    settings = load_settings(**fields)
     if not settings.specialists and settings.registry_dir is None:
         settings = zero_configuration(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                access_log=settings.access_log)
+    run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+        access_log=settings.access_log)
 
 
 def serve_command(

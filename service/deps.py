@@ -1,5 +1,6 @@
 """Typed FastAPI dependencies: the app's pool, settings, metrics and translator live on ``app.state``
-(built by the lifespan), never in module globals."""
+(built by the lifespan), never in module globals. They are ``async def``: FastAPI runs a plain ``def``
+dependency in a worker thread, a thread hand-off per dependency and request on the hot path."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ from moe_specialists.service.settings import Settings
 from moe_specialists.service.translation import Translator
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_pool(request: Request) -> EnginePool:
+async def get_pool(request: Request) -> EnginePool:
     return request.app.state.pool
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
-def get_translator(request: Request) -> Translator:
+async def get_translator(request: Request) -> Translator:
     return request.app.state.translator
 
 
@@ -51,7 +52,7 @@ def check_api_key(settings: Settings, key: str | None) -> None:
         raise ApiError(403, "api_key_invalid", "the API key is not valid")
 
 
-def header_api_key(
+async def header_api_key(
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> str | None:
@@ -63,7 +64,7 @@ def header_api_key(
 HeaderKeyDep = Annotated[str | None, Depends(header_api_key)]
 
 
-def require_api_key(settings: SettingsDep, key: HeaderKeyDep) -> None:
+async def require_api_key(settings: SettingsDep, key: HeaderKeyDep) -> None:
     check_api_key(settings, key)
 
 

@@ -9,6 +9,7 @@ keeps one global set of ``vllm:*`` metrics per process and several engines would
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
@@ -110,6 +111,34 @@ class GatewayMetrics:
             "moe_engine_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use (0 to 1)", ["specialist"],
             registry=r,
         )
+        self.engine_state = Gauge(
+            "moe_engine_state", "1 for the state an engine is in (starting, ready, failed, given_up, stopped)",
+            ["specialist", "state"], registry=r,
+        )
+        self.engine_state_seconds = Counter(
+            "moe_engine_state_seconds", "Seconds an engine has spent in each state", ["specialist", "state"],
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "moe_engine_restarts", "Restarts of a failed engine (reconnects of a remote one)", ["specialist"],
+            registry=r,
+        )
+        self.engine_failures = Counter(
+            "moe_engine_failures", "Times an engine failed (died, unreachable, failed to start)", ["specialist"],
+            registry=r,
+        )
+        self.engine_last_failure = Gauge(
+            "moe_engine_last_failure_timestamp_seconds", "Unix time of an engine's last failure, labelled with its "
+            "reason (only the last reason is kept)", ["specialist", "reason"], registry=r,
+        )
+        self.overflows = Counter(
+            "moe_gateway_overflow", "Texts sent to another capable specialist because the chosen one's queue was "
+            "full", ["specialist", "to"], registry=r,
+        )
+        self.draining = Gauge(
+            "moe_gateway_draining", "1 while the gateway shuts down (SIGTERM): nothing new is admitted", registry=r
+        )
+        self._last_reason: dict[str, str] = {}
         self.engine_requests = Gauge(
             "moe_engine_requests", "Requests inside the engine's scheduler by state (running, waiting)",
             ["specialist", "state"], registry=r,
@@ -125,6 +154,20 @@ class GatewayMetrics:
         self.experts_kept.labels(name).set(spec.experts_kept)
         self.experts_total.labels(name).set(spec.experts_total)
         self.parameters.labels(name).set(spec.parameters)
+
+    def engine_state_changed(self, name: str, old: str | None, new: str) -> None:
+        if old is not None:
+            self.engine_state.labels(name, old).set(0)
+        self.engine_state.labels(name, new).set(1)
+
+    def engine_failed(self, name: str, reason: str) -> None:
+        """Count a failure of ``name`` and keep ``reason`` as its last one."""
+        self.engine_failures.labels(name).inc()
+        old = self._last_reason.get(name)
+        if old is not None and old != reason:
+            self.engine_last_failure.remove(name, old)
+        self._last_reason[name] = reason
+        self.engine_last_failure.labels(name, reason).set(time.time())
 
     def engine_scheduler(self, name: str, running: int, waiting: int, kv_cache_usage: float) -> None:
         self.engine_requests.labels(name, "running").set(running)

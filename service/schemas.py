@@ -39,7 +39,11 @@ class TranslationItem(BaseModel):
     text: str
     source: str
     specialist: str
-    route: Literal["exact", "pair", "multilingual", "base", "forced"]
+    route: Literal["exact", "pair", "multilingual", "base", "forced", "overflow"] = Field(
+        description="why this specialist: the best ready one for the direction (exact, pair, multilingual, "
+        "base), asked for by name (forced), or the next capable one because the chosen one's queue was full "
+        "(overflow)")
+    overflow_from: str | None = Field(None, description="route overflow: the specialist whose queue was full")
     generated_tokens: int
     finish_reason: str | None
     detected_language: DetectedLanguage | None = None

@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
 
 from moe_specialists.models.prompts import LANGUAGE_NAMES
 from moe_specialists.models.registry import NAME_PATTERN, SpecialistEntry
@@ -132,6 +141,13 @@ class Settings(BaseSettings):
     remote_timeout_s: float = Field(10, gt=0)  # connecting / health checks of remote servers
     health_interval_s: float = Field(5, gt=0)
 
+    # Supervision: a failed engine is restarted (a remote one reconnected) after initial, 2x, 4x ... seconds,
+    # at most max_delay apart; an in-process engine that fails max_restarts restarts in a row is given up.
+    engine_restart_initial_delay_s: float = Field(1, gt=0)
+    engine_restart_max_delay_s: float = Field(30, gt=0)
+    engine_max_restarts: int = Field(5, ge=0)
+    drain_timeout_s: float = Field(30, ge=0)  # SIGTERM: in-flight requests finish within this, then engines close
+
     # Request limits.
     max_chars_per_text: int = Field(4000, ge=1)
     max_chars_per_batch: int = Field(20000, ge=1)
@@ -151,8 +167,114 @@ class Settings(BaseSettings):
     def _limits(self) -> Settings:
         if self.max_chars_per_batch < self.max_chars_per_text:
             raise ValueError("max_chars_per_batch must be >= max_chars_per_text")
+        if self.engine_restart_max_delay_s < self.engine_restart_initial_delay_s:
+            raise ValueError("engine_restart_max_delay_s must be >= engine_restart_initial_delay_s")
         names = [spec.name for spec in self.specialists]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"duplicate specialist names {duplicates}")
         return self
+
+
+ENV_PREFIX = "MOE_"
+# MOE_* variables read elsewhere (not gateway settings): the bundled registry's cache, the registry CLI's root.
+OTHER_VARIABLES = frozenset({"MOE_BUNDLED_REGISTRY", "MOE_SPECIALISTS_REGISTRY"})
+SPECIALISTS_EXAMPLE = '[{"name": "en-de", "path": "/models/en-de", "directions": ["en-de"]}]'
+
+
+class SettingsInputError(ValueError):
+    """A MOE_* variable (or option) the gateway cannot use; the message names it and what it accepts."""
+
+
+def _bounds(info: FieldInfo) -> str:
+    words = {annotated_types.Ge: (">=", "ge"), annotated_types.Gt: (">", "gt"), annotated_types.Le: ("<=", "le"),
+             annotated_types.Lt: ("<", "lt"), annotated_types.MinLen: ("characters >=", "min_length")}
+    parts = []
+    for m in info.metadata:
+        for cls, (op, attr) in words.items():
+            if isinstance(m, cls):
+                parts.append(f"{op} {getattr(m, attr)}")
+    return " and ".join(parts)
+
+
+def accepted(info: FieldInfo) -> str:
+    """What a setting accepts, in words: 'an integer >= 0 and <= 65535', "'any' or 'all'", ..."""
+    kind = info.annotation
+    optional = False
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        optional, kind = len(args) < len(typing.get_args(kind)), args[0]
+    bounds = _bounds(info)
+    if typing.get_origin(kind) is Literal:
+        text = " or ".join(repr(v) for v in typing.get_args(kind))
+    elif kind is bool:
+        text = "true or false"
+    elif kind is int:
+        text = "an integer" + (f" {bounds}" if bounds else "")
+    elif kind is float:
+        text = "a number" + (f" {bounds}" if bounds else "")
+    elif kind is Path:
+        text = "a folder path"
+    elif typing.get_origin(kind) is list and typing.get_args(kind) == (SpecialistSpec,):
+        text = f"a JSON list of specialists, e.g. {SPECIALISTS_EXAMPLE}"
+    elif typing.get_origin(kind) is list:
+        text = 'a JSON list of strings, e.g. ["a", "b"]'
+    else:
+        text = "a string" + (f" of at least {bounds}" if bounds else "")
+    return text + (" (or empty: none)" if optional else "")
+
+
+def variable(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def explain(error: ValidationError, environ: Mapping[str, str]) -> str:
+    """One line per invalid setting: the MOE_* variable (when it came from the environment), the value, what
+    went wrong and what the setting accepts."""
+    fields = Settings.model_fields
+    lines = []
+    for e in error.errors():
+        loc = [str(part) for part in e.get("loc", ())]
+        name = loc[0] if loc else ""
+        where = f"{variable(name)}" if variable(name) in environ else (name or "settings")
+        detail = ".".join(loc[1:])
+        value = e.get("input")
+        shown = f"={value!r}" if not detail and not isinstance(value, dict) else ""
+        msg = e.get("msg", "").removeprefix("Value error, ")
+        line = f"{where}{shown}: {f'{detail}: ' if detail else ''}{msg}"
+        if name in fields:
+            line += f"; accepts {accepted(fields[name])}"
+        lines.append(line)
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """MOE_* variables that are no setting (a typo would otherwise be ignored), with the closest setting."""
+    known = {variable(name) for name in Settings.model_fields} | OTHER_VARIABLES
+    out = []
+    for key in sorted(environ):
+        if key.startswith(ENV_PREFIX) and key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            out.append(f"{key} is not a setting" + (f" (did you mean {close[0]}?)" if close else ""))
+    return out
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """``Settings`` from the MOE_* environment and ``overrides`` (command-line options); a bad or unknown
+    variable raises ``SettingsInputError`` naming it and what it accepts."""
+    environ = os.environ if environ is None else environ
+    problems = unknown_variables(environ)
+    if problems:
+        names = ", ".join(sorted(variable(n) for n in Settings.model_fields))
+        raise SettingsInputError("unknown settings: " + "; ".join(problems) + f". Settings: {names}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise SettingsInputError(explain(e, environ)) from None
+    except _SourceError as e:  # a JSON setting that is not JSON
+        match = re.search(r'field "(\w+)"', str(e))
+        name = match.group(1) if match else ""
+        cause = f": {e.__cause__}" if e.__cause__ else ""
+        what = f"; accepts {accepted(Settings.model_fields[name])}" if name in Settings.model_fields else ""
+        where = variable(name) if name else "a MOE_* variable"
+        raise SettingsInputError(f"{where} is not valid JSON{cause}{what}") from None

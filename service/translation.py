@@ -25,7 +25,7 @@ from moe_specialists.service.engines import (
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.extract import extract_translation
 from moe_specialists.service.metrics import GatewayMetrics
-from moe_specialists.service.routing import NoRoute, Tier, choose, served, served_pairs
+from moe_specialists.service.routing import NoRoute, Tier, candidates, choose, served, served_pairs
 from moe_specialists.service.schemas import DetectedLanguage, Sampling, TranslationItem
 from moe_specialists.service.settings import Settings
 
@@ -40,9 +40,14 @@ class Job:
     specialist: str | None = None
 
 
+ROUTE_NAMES = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multilingual", Tier.BASE: "base"}
+
+
 @dataclass
 class Planned:
-    """One text with its source language, engine and route."""
+    """One text with its source language, engine and route. ``options``: every engine that can serve it with
+    its route, best first (ready ones first): admission moves a text down this list when its engine's queue
+    is full (route "overflow", ``overflow_from`` the full one)."""
 
     index: int
     text: str
@@ -50,6 +55,8 @@ class Planned:
     engine: Engine
     route: str
     detected: DetectedLanguage | None = None
+    options: list[tuple[Engine, str]] = field(default_factory=list)
+    overflow_from: str | None = None
 
 
 class Translator:
@@ -134,14 +141,18 @@ class Translator:
                 source, confidence = detect_language(text, sources)
                 detected = DetectedLanguage(language=source, confidence=confidence, method=METHOD)
             if job.specialist is not None:
-                planned.append(Planned(i, text, source, self.pool.engines[job.specialist], "forced", detected))
+                engine = self.pool.engines[job.specialist]
+                planned.append(Planned(i, text, source, engine, "forced", detected, [(engine, "forced")]))
                 continue
             try:
                 choice = choose(routes, source, job.target)
             except NoRoute as e:
                 raise self._no_route(e) from None
-            route = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multilingual", Tier.BASE: "base"}
-            planned.append(Planned(i, text, source, self.pool.engines[choice.route.name], route[choice.tier], detected))
+            found = candidates(routes, source, job.target)
+            ordered = [c for c in found if c.route.ready] + [c for c in found if not c.route.ready]
+            options = [(self.pool.engines[c.route.name], ROUTE_NAMES[c.tier]) for c in ordered]
+            engine = self.pool.engines[choice.route.name]
+            planned.append(Planned(i, text, source, engine, ROUTE_NAMES[choice.tier], detected, options))
         return planned
 
     def params(self, job: Job) -> GenerationParams:
@@ -153,21 +164,56 @@ class Translator:
         )
 
     # ---- admission ----
+    def _retry(self, planned: list[Planned]) -> dict[str, str]:
+        """Retry-After for texts none of whose engines can serve them now: the soonest expected recovery among
+        their options (1 s when one is ready again); no header when none of them will ever serve again."""
+        names = sorted({e.name for p in planned for e, _ in p.options} or {p.engine.name for p in planned})
+        after = self.pool.retry_after(names)
+        return {} if after is None else {"Retry-After": after}
+
     def admit(self, planned: list[Planned], target: str, stack: contextlib.ExitStack) -> None:
-        """Reserve queue slots for every text (all or nothing) or raise 429/503."""
+        """Reserve queue slots for every text (all or nothing) or raise 429/503. The texts of one engine (and
+        source) go together to its first option with room: the chosen engine, else the next capable one
+        (overflow), else 429 (some option is ready but full) or 503 (none is ready)."""
+        if self.pool.draining:
+            raise ApiError(503, "shutting_down", "the gateway is shutting down; retry on another instance",
+                           headers={"Retry-After": str(self.settings.retry_after_s), "Connection": "close"})
+        groups: dict[tuple[str, str], list[Planned]] = {}
+        for p in planned:
+            groups.setdefault((p.engine.name, p.source), []).append(p)
+        for (name, source), group in groups.items():
+            n, direction = len(group), f"{source}-{target}"
+            options = group[0].options or [(group[0].engine, group[0].route)]
+            busy: EngineBusy | None = None
+            for engine, _route in options:
+                if not engine.ready:
+                    continue
+                try:
+                    stack.enter_context(engine.slot(n))
+                except EngineBusy as e:
+                    busy = busy or e
+                    continue
+                if engine.name != name:
+                    self.metrics.overflows.labels(name, engine.name).inc(n)
+                for p in group:
+                    if engine.name != name:
+                        p.engine, p.overflow_from, p.route = engine, name, "overflow"
+                break
+            else:
+                if busy is not None:
+                    self.metrics.rejections.labels(name, direction, "queue_full").inc()
+                    retry = {"Retry-After": str(self.settings.retry_after_s)}  # room comes as texts finish
+                    raise ApiError(429, "queue_full", f"{busy}, and no other specialist serving {direction} has room;"
+                                   " retry later", headers=retry, specialist=name) from None
+                self.metrics.rejections.labels(name, direction, "unavailable").inc()
+                engine = self.pool.engines[name]
+                why = f": {engine.error}" if engine.error else ""
+                message = f"specialist {name!r} is {engine.state.replace('_', ' ')}{why}"
+                if len(options) > 1:
+                    message += f"; no other specialist serving {direction} is ready either"
+                raise ApiError(503, "engine_unavailable", message, headers=self._retry(group),
+                               specialist=name) from None
         texts = Counter((p.engine.name, f"{p.source}-{target}") for p in planned)  # (specialist, direction) -> n
-        per_engine = Counter(p.engine.name for p in planned)
-        direction = {name: d for (name, d) in texts}  # a rejection is counted under one of its directions
-        retry = {"Retry-After": str(self.settings.retry_after_s)}
-        for name, n in per_engine.items():
-            try:
-                stack.enter_context(self.pool.engines[name].slot(n))
-            except EngineBusy as e:
-                self.metrics.rejections.labels(name, direction[name], "queue_full").inc()
-                raise ApiError(429, "queue_full", f"{e}; retry later", headers=retry, specialist=name) from None
-            except EngineUnavailable as e:
-                self.metrics.rejections.labels(name, direction[name], "unavailable").inc()
-                raise ApiError(503, "engine_unavailable", str(e), headers=retry, specialist=name) from None
         for labels, n in texts.items():
             self.metrics.inflight.labels(*labels).inc(n)
             stack.callback(self.metrics.inflight.labels(*labels).dec, n)
@@ -194,13 +240,11 @@ class Translator:
                 yield g
         except EngineUnavailable as e:
             status = "503"
-            raise ApiError(
-                503, "engine_unavailable", str(e), headers={"Retry-After": str(self.settings.retry_after_s)}
-            ) from None
+            raise ApiError(503, "engine_unavailable", str(e), headers=self._retry([p])) from None
         except EngineInputError as e:
             status = "400"
             raise ApiError(400, "input_refused", str(e)) from None
-        except (TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError, GeneratorExit):
             status = "499"  # cut off: the request timed out (see rejections{reason="timeout"}) or the client left
             raise
         finally:
@@ -221,6 +265,7 @@ class Translator:
             source=p.source,
             specialist=p.engine.name,
             route=p.route,  # type: ignore[arg-type]
+            overflow_from=p.overflow_from,
             generated_tokens=last.tokens,
             finish_reason=last.finish_reason,
             detected_language=p.detected,
@@ -260,6 +305,8 @@ class Translator:
         async def events() -> AsyncIterator[str]:
             with stack:
                 meta = {"specialist": p.engine.name, "route": p.route, "source": p.source, "target": job.target}
+                if p.overflow_from is not None:
+                    meta["overflow_from"] = p.overflow_from
                 if p.detected is not None:
                     meta["detected_language"] = p.detected.model_dump()
                 yield _sse(meta, "meta")

@@ -101,3 +101,14 @@ def save_tiny(
     model.save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def save_endless(path: Path, **kwargs) -> Path:
+    """``save_tiny`` of a Qwen3-MoE model whose end-of-text logit is fixed at 0 (its output row zeroed): the
+    largest of the 263 other random logits is above 0, so greedy decoding never stops before max_tokens."""
+    model = build_model("qwen3_moe", **{"layers": 2, "experts": 8, "top_k": 2, **kwargs})
+    with torch.no_grad():
+        model.lm_head.weight[model.config.eos_token_id] = 0
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

@@ -274,7 +274,7 @@ def test_backend_killed_then_restarted(gateway, client, backend):
         time.sleep(0.2)
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "degraded"  # readiness "any": the other serves
-    assert ready.json()["specialists"][REMOTE]["state"] == "unreachable"
+    assert ready.json()["specialists"][REMOTE]["state"] == "failed"
     assert ready.json()["specialists"][LOCAL]["state"] == "ready"
     for _ in range(3):
         start = time.monotonic()

@@ -79,7 +79,7 @@ def test_server_killed_gives_503_and_unready(client, vllm_server):
     while client.get("/readyz").status_code != 503 and time.monotonic() < deadline:
         time.sleep(0.5)
     ready = client.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["specialists"]["remote-en-fr"]["state"] == "unreachable"
+    assert ready.status_code == 503 and ready.json()["specialists"]["remote-en-fr"]["state"] == "failed"
     start = time.monotonic()
     r = client.post("/v1/translate", json={"text": "Hello", "source": "en", "target": "fr"})
     assert r.status_code == 503 and r.headers["Retry-After"], r.text

@@ -1,0 +1,141 @@
+"""Graceful shutdown of a real gateway process (``python -m moe_specialists.service.cli``: uvicorn and an
+in-process vLLM CPU engine of a tiny model that never stops before max_tokens). On SIGTERM mid-stream:
+/readyz turns 503 at once, new requests get 503, the stream in flight finishes, then the process and its
+engine core exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.service.conftest import READY_TIMEOUT_S, free_port
+from tests.tiny import save_endless
+
+pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 180)
+
+LONG = 1900  # tokens: a few seconds of generation (the model never ends early)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_endless(tmp_path_factory.mktemp("endless"))
+
+
+def start_gateway(model_dir, log, **env) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    spec = {"name": "en-de", "path": str(model_dir), "directions": ["en-de"]}
+    variables = {
+        "MOE_SPECIALISTS": json.dumps([spec]), "MOE_PORT": str(port), "MOE_DTYPE": "float32",
+        "MOE_MAX_MODEL_LEN": "2048", "MOE_ENFORCE_EAGER": "true", "MOE_MAX_TOKENS_LIMIT": str(LONG),
+        "MOE_ACCESS_LOG": "false", "MOE_GPU_MEMORY_SHARE": "0.5", **env,
+    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moe_specialists.service.cli"], stdout=out,
+                                stderr=subprocess.STDOUT, env={**base, **variables}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        assert proc.poll() is None, f"the gateway exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_drains_in_flight_then_exits(model_dir, tmp_path):
+    log = tmp_path / "gateway.log"
+    proc, url = start_gateway(model_dir, log, MOE_DRAIN_TIMEOUT_S="60")
+    events: list[str] = []
+    during: dict[str, httpx.Response] = {}
+    body = {"text": "The children are playing in the garden.", "source": "en", "target": "de"}
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c, \
+                c.stream("POST", "/v1/translate", json={**body, "max_tokens": LONG, "stream": True}) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("event:"):
+                    events.append(line)
+                if "delta" in line and "signalled" not in during:
+                    proc.send_signal(signal.SIGTERM)
+                    signalled = time.monotonic()
+                    during["signalled"] = r
+                    with httpx.Client(base_url=url, timeout=10) as other:  # a new connection, while draining
+                        during["readyz"] = other.get("/readyz")
+                        during["new"] = other.post("/v1/translate", json={**body, "max_tokens": 4})
+                        during["healthz"] = other.get("/healthz")
+        streamed_for = time.monotonic() - signalled
+        assert events[-1] == "event: done", events
+        ready, new = during["readyz"], during["new"]
+        assert ready.status_code == 503 and ready.json()["status"] == "draining", ready.text
+        assert new.status_code == 503 and new.json()["code"] == "shutting_down" and new.headers["Retry-After"]
+        assert during["healthz"].status_code == 200  # alive: draining is no reason to be replaced
+        proc.wait(30)
+        exited = time.monotonic() - signalled
+        deadline = time.monotonic() + 15
+        while group_alive(proc.pid):  # the engine core and its worker exit too
+            assert time.monotonic() < deadline, subprocess.run(["ps", "-g", str(proc.pid), "-o", "pid,cmd"],
+                                                                capture_output=True, text=True).stdout
+            time.sleep(0.2)
+        print(f"stream finished {streamed_for:.2f} s after SIGTERM; process exited after {exited:.2f} s")
+        assert proc.returncode in (0, -signal.SIGTERM), proc.returncode
+        text = log.read_text()
+        assert "SIGTERM: draining 1 in-flight texts" in text and "drained; shutting down" in text, text[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_drain_timeout_cuts_off_what_is_left(model_dir, tmp_path):
+    """A drain timeout shorter than the request: the process still exits soon after it, the stream is cut."""
+    log = tmp_path / "gateway.log"
+    proc, url = start_gateway(model_dir, log, MOE_DRAIN_TIMEOUT_S="0")
+    try:
+        done = threading.Event()
+        raw: list[str] = []
+
+        def stream() -> None:
+            try:
+                with httpx.Client(base_url=url, timeout=60) as c, c.stream(
+                        "POST", "/v1/translate", json={"text": "Hello", "source": "en", "target": "de",
+                                                       "max_tokens": LONG, "stream": True}) as r:
+                    for line in r.iter_lines():
+                        raw.append(line)
+            except httpx.HTTPError as e:
+                raw.append(f"error: {type(e).__name__}")
+            done.set()
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not any("delta" in line for line in raw):
+            assert time.monotonic() < deadline, raw
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        assert time.monotonic() - signalled < 15
+        assert done.wait(10) and "event: done" not in raw
+        assert "drain timeout: 1 texts still in flight are cut off" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
