@@ -156,3 +156,28 @@ def building_dir(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _stem(name: str) -> str:
+    return name.removesuffix("_blocks").removesuffix("_scales")
+
+
+def check_same_tensors(saved: Path, reference: Path, same_storage: bool = True) -> None:
+    """Refuse a written checkpoint whose tensors are not the reference's: every name (with ``same_storage``
+    its shape too; otherwise MXFP4 ``*_blocks``/``*_scales`` and plain tensors count as one name, with the
+    same size on dim 0: the expert count). The error names what is missing or wrong."""
+    def tensors(folder: Path) -> dict[str, list[int]]:
+        return {k: v["shape"] for f in shard_files(folder) for k, v in read_header(f).items()}
+
+    got, want = tensors(saved), tensors(reference)
+    if not same_storage:
+        got = {_stem(k): v for k, v in got.items()}
+        want = {_stem(k): v for k, v in want.items()}
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(got) & set(want)
+                   if (got[k] != want[k] if same_storage else got[k][:1] != want[k][:1]))
+    problems = [f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''} ({len(missing)})"] if missing else []
+    problems += [f"unexpected {extra[:6]} ({len(extra)})"] if extra else []
+    problems += [f"{k}: shape {got[k]}, expected {want[k]}" for k in wrong[:6]]
+    if problems:
+        raise ValueError(f"{saved} does not hold the tensors of {reference}: " + "; ".join(problems))

@@ -85,3 +85,18 @@ def decode_experts(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
     """Checkpoint ``*_blocks``/``*_scales`` -> transformers' expert parameter ``[E, in, out]``."""
     return decode_mxfp4(blocks, scales, dtype).transpose(1, 2).contiguous()
 
+
+
+EXPERT_MATRICES = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+
+
+def mxfp4_state_dict(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A trained gpt-oss state dict in the released layout: each expert matrix ``[E, in, out]`` becomes its
+    ``*_blocks`` / ``*_scales`` (``encode_experts``); every other tensor is cast to ``dtype``."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.endswith(EXPERT_MATRICES):
+            out[f"{name}_blocks"], out[f"{name}_scales"] = encode_experts(tensor.detach().float())
+        else:
+            out[name] = tensor.detach().to(dtype).contiguous()
+    return out

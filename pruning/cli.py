@@ -281,10 +281,32 @@ def recover(
     device: Device = "cpu",
     experts_implementation: ExpertsImplementation = None,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations (less memory).")] = False,
+    gradient_accumulation: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    bf16: Annotated[bool, typer.Option(help="bf16 mixed precision (GPUs).")] = False,
+    sharding: Annotated[
+        str, typer.Option(help="none, fsdp or deepspeed (ZeRO-3); launch with torchrun / accelerate launch.")
+    ] = "none",
+    sharding_config: Annotated[
+        Path | None, typer.Option(help="FSDP / DeepSpeed JSON (default: deploy/recipes/fsdp.json, zero3.json).")
+    ] = None,
+    memory_per_process_gib: Annotated[
+        float | None, typer.Option(help="Refuse a run whose weights+gradients+AdamW state exceed this per process.")
+    ] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Trainer checkpoints (default: OUT.checkpoints).")] = None,
+    save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps (resume, best model).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in the work dir.")] = False,
+    eval_steps: Annotated[int | None, typer.Option(help="chrF on --eval-data every N steps; the best is kept.")] = None,
+    eval_data: Path = Path("../shared/data/flores200"),
+    eval_split: str = "dev",
+    eval_limit: Annotated[int, typer.Option(help="Pairs per direction for the periodic chrF.")] = 50,
+    save_dtype: Annotated[
+        str, typer.Option(help="auto: the specialist's own storage (MXFP4 stays MXFP4), or bfloat16/float16/float32.")
+    ] = "auto",
     overwrite: bool = False,
     config: ConfigFile = None,
 ) -> None:
-    """Fine-tune every parameter of SPECIALIST on translation tokens; the new plan.json records the lineage."""
+    """Fine-tune every parameter of SPECIALIST on translation tokens (transformers' Trainer; several processes
+    with torchrun or accelerate launch); the new plan.json records the lineage."""
     from moe_specialists.models.plan import Plan
     from moe_specialists.pruning.recover import RecoveryConfig
     from moe_specialists.pruning.recover import recover as run
@@ -296,7 +318,10 @@ def recover(
             batch_size=batch_size, warmup=warmup, max_len=max_len, seed=seed, device=device, dtype=dtype,
             backend=backend, max_new_tokens=max_new_tokens, generate_batch_size=generate_batch_size,
             distilled=distilled, save_data=save_data, experts_implementation=experts_implementation,
-            gradient_checkpointing=gradient_checkpointing, overwrite=overwrite,
+            gradient_checkpointing=gradient_checkpointing, gradient_accumulation=gradient_accumulation, bf16=bf16,
+            sharding=sharding, sharding_config=sharding_config, memory_per_process_gib=memory_per_process_gib,
+            work_dir=work_dir, save_steps=save_steps, resume=resume, eval_steps=eval_steps, eval_data=eval_data,
+            eval_split=eval_split, eval_limit=eval_limit, save_dtype=save_dtype, overwrite=overwrite,
         )  # fmt: skip
         path = run(job)
     except (ValueError, FileExistsError) as e:

@@ -26,7 +26,8 @@ so it registers like any specialist.
 from __future__ import annotations
 
 import hashlib
-import math
+import json
+import os
 import shutil
 import time
 from datetime import UTC, datetime
@@ -35,11 +36,13 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
+from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 from moe_specialists.models.adapters import adapter_for
-from moe_specialists.models.checkpoint import INDEX_NAME, building_dir, file_sha256, read_config
+from moe_specialists.models.checkpoint import INDEX_NAME, building_dir, check_same_tensors, file_sha256, read_config
+from moe_specialists.models.mxfp4 import mxfp4_state_dict
 from moe_specialists.models.plan import Plan
 from moe_specialists.models.prompts import LANGUAGE_NAMES
 from moe_specialists.models.pruned import load_causal_lm
@@ -47,7 +50,14 @@ from moe_specialists.pruning.config import CommaList, Device, DType, ExpertsImpl
 from moe_specialists.pruning.data import Orientation, directions_for
 from moe_specialists.pruning.distill import PAPER_DISTILL_LANGUAGES, Backend, distillation_pairs
 from moe_specialists.pruning.pairs import pairs_fingerprint, read_pairs, read_passages, with_reversed, write_pairs
-from moe_specialists.pruning.train import encode_pair, train
+from moe_specialists.pruning.trainer import (
+    Sharding,
+    TrainConfig,
+    check_memory,
+    encode_pair,
+    memory_plan,
+    train_recovery,
+)
 
 Mode = Literal["sft", "distill"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -94,9 +104,21 @@ class RecoveryConfig(JobConfig):
     epochs: float = Field(1.0, gt=0)
     steps: int | None = Field(None, ge=1)
     lr: float = Field(1e-5, gt=0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="global batch: per process x processes x gradient_accumulation")
+    gradient_accumulation: int = Field(1, ge=1)
     warmup: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
+    bf16: bool = False  # bf16 autocast (mixed precision) on GPUs
+    sharding: Sharding = "none"  # fsdp / deepspeed (ZeRO-3): launch with torchrun or accelerate launch
+    sharding_config: Path | None = None  # default: deploy/recipes/fsdp.json or zero3.json
+    memory_per_process_gib: float | None = Field(None, gt=0)  # refuse a run whose training state exceeds it
+    work_dir: Path | None = None  # checkpoints for resume / best model (default: OUT.checkpoints beside out)
+    save_steps: int | None = Field(None, ge=1)
+    resume: bool = False
+    eval_steps: int | None = Field(None, ge=1)  # chrF on eval_data/eval_split every N steps; the best is kept
+    eval_data: Path = Path("../shared/data/flores200")
+    eval_split: str = "dev"
+    eval_limit: int = Field(50, ge=1)
     max_len: int = Field(512, ge=2)
     seed: int = 0
     device: Device = "cpu"
@@ -110,6 +132,7 @@ class RecoveryConfig(JobConfig):
     pivot: str = "en"
     experts_implementation: ExpertsImplementation | None = None
     gradient_checkpointing: bool = False
+    save_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: the specialist's own storage
     overwrite: bool = False
     log_every: int = Field(10, ge=0)
 
@@ -119,7 +142,41 @@ class RecoveryConfig(JobConfig):
             raise ValueError("distilled (the parent's saved translations) goes with mode 'distill'")
         if self.languages:
             directions_for(self.languages, self.direction, self.pivot)  # known languages
+        if self.eval_steps and self.mode == "sft" and (self.data, self.split) == (self.eval_data, self.eval_split):
+            raise ValueError(f"eval_data/eval_split ({self.eval_data}/{self.eval_split}) is the SFT training data: "
+                             "choose another split for the periodic chrF (e.g. train on dev, evaluate on devtest)")
+        self.train_config()  # the trainer's own checks (batch divisibility comes at launch)
         return self
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            steps=self.steps, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+            gradient_accumulation=self.gradient_accumulation, warmup=self.warmup, weight_decay=self.weight_decay,
+            bf16=self.bf16, gradient_checkpointing=self.gradient_checkpointing, seed=self.seed,
+            save_steps=self.save_steps, resume=self.resume, eval_steps=self.eval_steps, sharding=self.sharding,
+            sharding_config=self.sharding_config, memory_per_process_gib=self.memory_per_process_gib,
+            log_every=max(self.log_every, 1),
+        )
+
+
+def _dev_chrf(c: RecoveryConfig, tokenizer: Any, languages: list[str]):
+    """chrF (sacrebleu) of greedy translations of the first ``eval_limit`` pairs of each direction of
+    ``eval_data/eval_split``: the metric that picks the best checkpoint."""
+    import sacrebleu
+
+    from moe_specialists.models.extract import extract_answer
+    from moe_specialists.models.generation import TransformersGenerator
+    from moe_specialists.models.prompts import render
+
+    pairs = read_pairs(c.eval_data, languages, c.direction, c.eval_split, c.eval_limit, c.pivot)
+    prompts = [render(tokenizer, p.source, p.target, p.src) for p in pairs]
+
+    def score(model: Any) -> float:
+        outputs = TransformersGenerator(model, tokenizer, batch_size=16).generate(prompts, c.max_new_tokens)
+        hyps = [extract_answer(o.text)[0].strip() for o in outputs]
+        return sacrebleu.corpus_chrf(hyps, [[p.tgt for p in pairs]]).score
+
+    return score
 
 
 def recover(config: RecoveryConfig) -> Path:
@@ -135,6 +192,12 @@ def recover(config: RecoveryConfig) -> Path:
         raise ValueError(f"{specialist_dir} has no plan.json: recover a folder written by `apply` or `prune`")
     plan = Plan.load(plan_path)
     languages = c.languages or _default_languages(plan, c.pivot)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    train_config = c.train_config()
+    train_config.per_process_batch(processes)  # refused now, not after the data is built
+    dtype_bytes = torch.empty(0, dtype=getattr(torch, c.dtype)).element_size()
+    print("memory plan: " + check_memory(memory_plan(plan.parameters, processes, c.sharding, dtype_bytes),
+                                         c.memory_per_process_gib))
 
     distill: dict[str, Any] | None = None
     if c.mode == "sft":
@@ -145,6 +208,10 @@ def recover(config: RecoveryConfig) -> Path:
     else:
         if not languages:
             raise ValueError(f"give target languages for distillation (the paper: {PAPER_DISTILL_LANGUAGES})")
+        if processes > 1:
+            raise ValueError("the parent's translations are generated by one process: run `recover --mode distill "
+                             "--save-data FILE` once (or any single-process run), then launch the processes with "
+                             "--distilled FILE")
         parent = c.parent or plan.base.id
         passages = read_passages(c.data, c.split, c.limit, c.pivot)
         if not passages:
@@ -189,20 +256,17 @@ def recover(config: RecoveryConfig) -> Path:
     examples = [e for e in encoded if len(e[0]) <= c.max_len and any(y != -100 for y in e[1][1:])]
     if not examples:
         raise ValueError(f"no pair fits max_len={c.max_len} tokens")
-    total = c.steps if c.steps is not None else max(1, math.ceil(c.epochs * len(examples) / c.batch_size))
+    total = train_config.total_steps(len(examples))
 
     model = load_causal_lm(specialist_dir, c.dtype, c.device, c.experts_implementation)
     counts_before = adapter.experts_per_layer(model.config)
-    if c.gradient_checkpointing:  # recompute activations in the backward pass: memory for time on big models
-        model.gradient_checkpointing_enable()
+    work_dir = c.work_dir or out_dir.with_name(out_dir.name + ".checkpoints")
+    chrf = _dev_chrf(c, tokenizer, languages) if c.eval_steps else None
     t0 = time.time()
-    losses = train(
-        model, examples, pad_id, total, c.lr, c.batch_size, c.seed, c.warmup, c.weight_decay, device=c.device,
-        log_every=c.log_every,
-    )
+    trainer, losses = train_recovery(model, examples, pad_id, train_config, work_dir, evaluate_chrf=chrf)
     seconds = time.time() - t0
     assert adapter.experts_per_layer(model.config) == counts_before
-    saved_dtype = checkpoint_dtype(hf_config) or c.dtype
+    saved_dtype = (checkpoint_dtype(hf_config) or c.dtype) if c.save_dtype == "auto" else c.save_dtype
 
     window = max(1, min(10, len(losses) // 2))  # mean training loss of the first and last steps
     recovery = {
@@ -219,6 +283,11 @@ def recover(config: RecoveryConfig) -> Path:
         "epochs": round(total * c.batch_size / len(examples), 3),
         "lr": c.lr,
         "schedule": f"linear warmup {c.warmup} steps, cosine to lr/10",
+        "trainer": "transformers.Trainer",
+        "training_arguments": trainer.args.to_dict(),  # as the trainer recorded them
+        "processes": processes,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_chrf": trainer.state.best_metric,
         "batch_size": c.batch_size,
         "warmup": c.warmup,
         "weight_decay": c.weight_decay,
@@ -249,10 +318,39 @@ def recover(config: RecoveryConfig) -> Path:
         "recovery": recovery,
     }
 
+    if processes > 1:  # every process takes part in gathering the sharded weights; the first writes them
+        trainer.save_model(str(work_dir / "final"))
+        if not trainer.is_world_process_zero():
+            return out_dir
+        model = load_causal_lm(work_dir / "final", c.dtype, "cpu")
     with building_dir(out_dir) as tmp:
-        model.to(getattr(torch, saved_dtype)).save_pretrained(tmp)
+        mxfp4 = save_trained(model, hf_config, tmp, saved_dtype, keep_mxfp4=c.save_dtype == "auto")
         _copy_side_files(specialist_dir, tmp)
+        check_same_tensors(tmp, specialist_dir, same_storage=mxfp4 or not is_mxfp4(hf_config))
         saved = read_config(tmp)
         assert adapter.experts_per_layer(saved) == adapter.experts_per_layer(hf_config)
         plan.model_copy(update={"lineage": lineage}).save(tmp / "plan.json")
     return out_dir
+
+
+def is_mxfp4(config: dict[str, Any]) -> bool:
+    return (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
+
+
+def save_trained(model: Any, config: dict[str, Any], folder: Path, dtype: str, keep_mxfp4: bool) -> bool:
+    """Write the trained weights. A specialist of an MXFP4 base is written in MXFP4 again (experts encoded,
+    ``quantization_config`` kept) unless ``keep_mxfp4`` is false, then as plain ``dtype`` tensors; transformers'
+    own save of a dequantized MXFP4 model drops the expert matrices. Others: ``save_pretrained``. Returns
+    whether the experts were written in MXFP4."""
+    if not is_mxfp4(config):
+        model.to(getattr(torch, dtype)).save_pretrained(folder)
+        return False
+    state = model.state_dict()
+    tensors = mxfp4_state_dict(state, getattr(torch, dtype)) if keep_mxfp4 else {
+        k: v.detach().to(getattr(torch, dtype)).contiguous() for k, v in state.items()}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    out = {k: v for k, v in config.items() if keep_mxfp4 or k != "quantization_config"}
+    out["dtype"] = dtype
+    (folder / "config.json").write_text(json.dumps(out, indent=1))
+    model.generation_config.save_pretrained(folder)
+    return keep_mxfp4

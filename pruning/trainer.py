@@ -23,6 +23,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from moe_specialists.models.prompts import render
+from moe_specialists.pruning.pairs import Pair
+
 Example = tuple[list[int], list[int]]  # (input ids of the whole conversation, labels: -100 on the prompt)
 Sharding = Literal["none", "fsdp", "deepspeed"]
 RECIPES = Path(__file__).resolve().parents[1] / "deploy" / "recipes"
@@ -106,6 +109,20 @@ def check_memory(plan: dict[str, float], memory_per_process_gib: float | None) -
                          f"{memory_per_process_gib:g} GiB were declared: shard it (sharding fsdp or deepspeed over "
                          "more processes), train in bfloat16, or declare more memory")
     return line
+
+
+def encode_pair(tokenizer: Any, pair: Pair) -> Example:
+    """(input ids of the whole conversation, labels): labels are -100 on the prompt, the ids elsewhere."""
+    prompt = tokenizer(render(tokenizer, pair.source, pair.target, pair.src), add_special_tokens=False)["input_ids"]
+    full = tokenizer(render(tokenizer, pair.source, pair.target, pair.src, pair.tgt), add_special_tokens=False)[
+        "input_ids"
+    ]
+    # The prompt normally tokenises as a prefix of the conversation (chat templates end it with a special
+    # token). Where a merge crosses the boundary, only the common prefix counts as prompt.
+    n = 0
+    while n < min(len(prompt), len(full)) and prompt[n] == full[n]:
+        n += 1
+    return full, [-100] * n + full[n:]
 
 
 class TranslationCollator:

@@ -18,6 +18,7 @@ from moe_specialists.models.adapters import adapter_for
 from moe_specialists.models.apply import apply_plan
 from moe_specialists.models.checkpoint import file_sha256
 from moe_specialists.models.plan import Plan, plan_from_kept
+from moe_specialists.models.pruned import load_causal_lm
 from moe_specialists.models.registry import entry_from_dir
 from moe_specialists.pruning.distill import distillation_pairs, partition_languages
 from moe_specialists.pruning.pairs import (
@@ -29,7 +30,7 @@ from moe_specialists.pruning.pairs import (
     write_pairs,
 )
 from moe_specialists.pruning.recover import RecoveryConfig, checkpoint_dtype, recover
-from moe_specialists.pruning.train import collate, encode_pair, translation_loss
+from moe_specialists.pruning.trainer import TranslationCollator, encode_pair
 from tests.tiny import save_tiny, tiny_tokenizer
 
 # Written for these tests (not from any data set).
@@ -51,6 +52,15 @@ def specialists(tmp_path_factory):
         base = save_tiny(family, root / f"{family}-base")
         out[family] = apply_plan(plan_from_kept(base, KEPT), root / f"{family}-spec")
     return out
+
+
+def collate(examples, pad_id):
+    return TranslationCollator(pad_id)(examples)
+
+
+def translation_loss(model, batch):
+    """What recovery trains on: the model's own loss over the collated labels (transformers shifts them)."""
+    return model(**batch).loss
 
 
 def test_labels_mask_the_prompt_by_hand():
@@ -81,8 +91,9 @@ def test_loss_counts_translation_tokens_only(specialists):
         assert len(targets) == 3
         assert torch.allclose(alone, by_hand, atol=1e-5)
         # the batch mean is over the translation tokens of both sequences (prompt and padding excluded)
-        hf = model(**batch).loss  # transformers' shifted loss on the same labels
-        assert torch.allclose(loss, hf, atol=1e-5)
+        long_alone = translation_loss(model, collate([long], tok.pad_token_id))
+        n_short, n_long = len(targets), sum(y != -100 for y in long[1][1:])
+        assert torch.allclose(loss, (alone * n_short + long_alone * n_long) / (n_short + n_long), atol=1e-5)
         # a label set to -100 (here the eos) removes exactly that term
         labels = [*short[1][:-1], -100]
         two = translation_loss(model, collate([(short[0], labels)], tok.pad_token_id))
@@ -281,3 +292,69 @@ def test_cli_recover(specialists, tmp_path):
     assert summary["experts_per_layer"] == [16, 6, 7, 4] and summary["steps"] == 1
     r = runner.invoke(app, [*args, "--steps", "1"])  # the folder exists now
     assert r.exit_code == 2 and "exists" in r.output
+
+
+@pytest.fixture(scope="module")
+def mxfp4_specialist(tmp_path_factory):
+    from tests.released import save_released_gpt_oss
+
+    work = tmp_path_factory.mktemp("mxfp4")
+    base = save_released_gpt_oss(work / "base")
+    return apply_plan(plan_from_kept(base, [list(range(8))] * 4), work / "spec")
+
+
+def _weight_bytes(folder):
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def test_a_recovered_mxfp4_specialist_keeps_every_tensor_in_mxfp4(mxfp4_specialist, tmp_path):
+    """The bug this guards: transformers' save of the dequantized model wrote only biases and routers."""
+    from moe_specialists.models.checkpoint import check_same_tensors, read_header, shard_files
+
+    data = write_pairs(PAIRS, tmp_path / "pairs.jsonl")
+    config = dict(specialist=mxfp4_specialist, data=data, steps=2, batch_size=4, lr=1e-3, log_every=0)
+    mx = recover(RecoveryConfig(out=tmp_path / "mx", **config))
+    check_same_tensors(mx, mxfp4_specialist)  # every name and shape of the input, MXFP4 blocks included
+    assert json.loads((mx / "config.json").read_text())["quantization_config"]["quant_method"] == "mxfp4"
+    assert _weight_bytes(mx) < 1.1 * _weight_bytes(mxfp4_specialist)
+    plain = recover(RecoveryConfig(out=tmp_path / "bf16", save_dtype="bfloat16", **config))
+    assert "quantization_config" not in json.loads((plain / "config.json").read_text())
+    names = {k for f in shard_files(plain) for k in read_header(f)}
+    assert "model.layers.0.mlp.experts.gate_up_proj" in names and not any(k.endswith("_blocks") for k in names)
+    a = load_causal_lm(mx, "float32", "cpu").state_dict()
+    b = load_causal_lm(plain, "float32", "cpu").state_dict()
+    key = "model.layers.0.mlp.experts.gate_up_proj"
+    step = b[key].abs().max().item() / 6 * 2  # at most one FP4 grid step (e2m1 max 6) of the block scale apart
+    assert (a[key] - b[key]).abs().max().item() <= step
+
+
+def test_a_checkpoint_missing_expert_matrices_is_refused(mxfp4_specialist, tmp_path):
+    from safetensors.torch import save_file
+
+    from moe_specialists.models.checkpoint import check_same_tensors
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    tensors = {}
+    for f in mxfp4_specialist.glob("*.safetensors"):
+        tensors.update(load_file(f))
+    save_file({k: v for k, v in tensors.items() if "_blocks" not in k}, broken / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing \['model.layers.0.mlp.experts.down_proj_blocks'"):
+        check_same_tensors(broken, mxfp4_specialist)
+
+
+def test_the_cli_refuses_what_cannot_fit_or_launch_before_loading(specialists, tmp_path):
+    """The memory plan is checked against the declared memory, and impossible launches are refused, before any
+    model loads (with the numbers and how to fix it)."""
+    data = write_pairs(PAIRS, tmp_path / "pairs.jsonl")
+    args = ["recover", str(specialists["qwen3_moe"]), "--out", str(tmp_path / "rec"), "--data", str(data)]
+    runner = CliRunner()
+    r = runner.invoke(app, [*args, "--memory-per-process-gib", "0.001"])
+    assert r.exit_code == 2 and "GiB per process" in r.output and "0.001 GiB were declared" in r.output
+    r = runner.invoke(app, [*args, "--eval-steps", "5", "--sharding", "fsdp"])
+    assert r.exit_code == 2 and "unsharded training only" in r.output
+    r = runner.invoke(app, [*args, "--batch-size", "6", "--gradient-accumulation", "4"])
+    assert r.exit_code == 2 and "not a multiple of processes (1) x gradient_accumulation (4)" in r.output
+    r = runner.invoke(app, [*args, "--eval-steps", "2", "--data", "../shared/data/flores200", "-l", "de"])
+    assert r.exit_code == 2 and "is the SFT training data" in r.output
+    assert not (tmp_path / "rec").exists()

@@ -149,7 +149,7 @@ def test_loss_falls_and_resume_equals_an_uninterrupted_run(tmp_path):
 @pytest.mark.timeout(600)
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     """torchrun, 2 processes, gloo (data parallel: accelerate shards FSDP only on accelerators, not on the CPU;
-    see the note in deploy/recipes/README.md): the same 4-example global batch split 2 + 2 gives the weights of
+    see the README's recovery section): the same 4-example global batch split 2 + 2 gives the weights of
     one process taking all 4: the losses within 1e-4, and the weights within 0.1% of the update (Frobenius norm of
     w2 - w1 over that of w1 - w0): float32 reduction order differs between 1 and 2 processes and AdamW's
     first steps (about lr * sign(g)) amplify it on near-zero gradients. ``--standalone``: a local
