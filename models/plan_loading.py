@@ -164,6 +164,39 @@ def plan_view(base_dir: Path, kept_by_layer: dict[int, list[int]], view_dir: Pat
     return view_dir
 
 
+def kept_weight_stats(base_dir: Path, kept_by_layer: dict[int, list[int]]) -> tuple[int, int]:
+    """(parameters, weight bytes) of the specialist that ``kept_by_layer`` cuts from ``base_dir``, from the
+    base's safetensors headers alone: a stacked expert tensor or router counts len(kept) / E of its size, a
+    per-expert tensor counts when its expert is kept: the numbers of the sliced copy."""
+    from moe_specialists.models.checkpoint import read_header, stored_parameters
+
+    adapter = adapter_for(read_config(base_dir))
+    params = nbytes = 0
+    for shard in shard_files(base_dir):
+        for name, info in read_header(shard).items():
+            role = adapter.tensor_role(name)
+            share = 1.0
+            if role is not None and role.layer in kept_by_layer:
+                kept = kept_by_layer[role.layer]
+                stacked = role.kind in ("router", "packed")
+                share = len(kept) / info["shape"][0] if stacked else float(role.expert in kept)
+            start, end = info["data_offsets"]
+            params += round(stored_parameters(name, info["shape"]) * share)
+            nbytes += round((end - start) * share)
+    return params, nbytes
+
+
+def plan_file_of(path: Path) -> Path | None:
+    """The plan behind a path given to serve: the path itself (a plan .json), a plan view's plan.json, or None
+    (a sliced specialist, a base, a hub id)."""
+    if path.suffix == ".json" and path.is_file():
+        return path
+    config = path / "config.json"
+    if config.is_file() and PLAN_KEPT_KEY in json.loads(config.read_text()):
+        return path / "plan.json"
+    return None
+
+
 def view_kept(config: Any) -> dict[int, list[int]] | None:
     """The kept lists of a plan view's config (None for a sliced specialist or a base)."""
     kept = config.get(PLAN_KEPT_KEY) if isinstance(config, dict) else getattr(config, PLAN_KEPT_KEY, None)

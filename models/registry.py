@@ -177,7 +177,13 @@ def verify_checksums(folder: str | Path, expected: dict[str, str]) -> None:
 def weight_stats(folder: str | Path) -> tuple[int, int]:
     """(parameters, weight bytes) of a checkpoint from its safetensors headers alone (no tensor is read).
     Parameters = sum of element counts (MXFP4 blocks count 2 a byte, scales 0: ``stored_parameters``);
-    weight bytes = sum of tensor data sizes ``data_offsets[1] - data_offsets[0]`` (headers excluded)."""
+    weight bytes = sum of tensor data sizes ``data_offsets[1] - data_offsets[0]`` (headers excluded). A plan
+    view (the base's shards linked) counts only its kept experts, as its sliced copy would."""
+    config = _read_config(Path(folder))
+    if "plan_kept_experts" in config:
+        from moe_specialists.models.plan_loading import kept_weight_stats, view_kept
+
+        return kept_weight_stats(Path(folder), view_kept(config))
     params = nbytes = 0
     for shard in shard_files(Path(folder)):
         for name, info in read_header(shard).items():
@@ -362,6 +368,18 @@ class Registry:
             file.unlink()
             _fsync_dir(self.entries_dir)
         return entry
+
+    def register_plan(self, name: str, plan: str | Path, overwrite: bool = False, **kw: Any) -> SpecialistEntry:
+        """A plan-only specialist: no sliced copy, a view of the base (``models.plan_loading.view_of_plan``,
+        under ``<root>/views``) that vLLM slices as it loads. The base's files are checked against the plan."""
+        from moe_specialists.models.plan_loading import view_of_plan
+
+        validate_name(name)
+        self._refuse_duplicate(name, overwrite)
+        view = view_of_plan(Plan.load(plan), self.root / "views")
+        return self.add(
+            entry_from_dir(name, view, plan=plan, source="plan", with_checksums=False, **kw), overwrite=overwrite
+        )
 
     def register_dir(
         self, name: str, path: str | Path, overwrite: bool = False, **kw: Any

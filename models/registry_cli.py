@@ -98,18 +98,24 @@ Overwrite = Annotated[bool, typer.Option(help="Replace an entry of the same name
 def add(
     ctx: typer.Context,
     name: Name,
-    path: Annotated[Path, typer.Argument(help="Folder with config.json and *.safetensors.")],
+    path: Annotated[
+        Path, typer.Argument(help="Folder with config.json and *.safetensors, or a plan .json (plan-only: served "
+                             "from the base, no sliced copy).")
+    ],
     base: Annotated[str | None, typer.Option(help="Base model: local folder (for bytes saved) or hub id.")] = None,
     plan: Annotated[Path | None, typer.Option(help="plan.json the specialist was pruned with.")] = None,
     direction: Directions = None,
     language: Languages = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Register a specialist from a local folder."""
+    """Register a specialist from a local folder, or plan-only from a plan file."""
     with _errors():
-        e = _reg(ctx).register_dir(
-            name, path, base=base, plan=plan, directions=direction, languages=language, overwrite=overwrite
-        )
+        if path.is_file() and path.suffix == ".json":
+            e = _reg(ctx).register_plan(name, path, directions=direction, languages=language, overwrite=overwrite)
+        else:
+            e = _reg(ctx).register_dir(
+                name, path, base=base, plan=plan, directions=direction, languages=language, overwrite=overwrite
+            )
     typer.echo(f"registered {e.name}: {_count(e.parameters)} parameters, {_human(e.weight_bytes)} at {e.path}")
 
 

@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     specialists: list[SpecialistSpec] = []
     registry_dir: Path | None = None  # every entry of this registry is served too
+    # plan views (specialists served from their base and a plan, `-s name=PLAN.json:...`) are made here
+    views_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe-specialists" / "views"
 
     # In-process vLLM engines.
     dtype: str = "auto"

@@ -111,3 +111,20 @@ def test_vllm_serves_a_plan_view_like_the_sliced_copy(base_and_copy, tmp_path):
     with vllm_engine(view) as llm:
         got = vllm_greedy(llm, PROMPTS, max_new_tokens=10)
     assert got == expected
+
+
+def test_bytes_and_parameters_are_the_sliced_copys(base_and_copy, tmp_path):
+    from moe_specialists.models.plan_loading import kept_weight_stats
+    from moe_specialists.models.registry import Registry, weight_stats
+
+    base, plan, copy = base_and_copy
+    assert kept_weight_stats(base, _kept(plan)) == weight_stats(copy)
+    plan_file = tmp_path / "plan.json"
+    plan.save(plan_file)
+    registry = Registry(tmp_path / "registry")
+    as_plan = registry.register_plan("as-plan", plan_file, directions=["en-de"])
+    as_copy = registry.register_dir("as-copy", copy, directions=["en-de"])
+    assert (as_plan.weight_bytes, as_plan.parameters) == (as_copy.weight_bytes, as_copy.parameters)
+    assert as_plan.base_weight_bytes == as_copy.base_weight_bytes and as_plan.bytes_saved == as_copy.bytes_saved
+    assert Path(as_plan.path).parent == tmp_path / "registry" / "views"
+    assert sum(f.stat().st_size for f in Path(as_plan.path).iterdir() if not f.is_symlink()) < 64_000
