@@ -21,7 +21,7 @@ class Sampling(BaseModel):
 class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | list[str] = Field(description="one text or a batch of texts")
-    source: str = Field("auto", description='language code, or "auto" to detect it (script/word heuristic)')
+    source: str = Field("auto", description='language code, or "auto" to detect it (py3langid)')
     target: str = Field(description="language code")
     max_tokens: int | None = Field(None, ge=1, description="most tokens generated per text")
     sampling: Sampling = Sampling()
@@ -39,7 +39,8 @@ class TranslationItem(BaseModel):
     text: str
     source: str
     specialist: str
-    route: Literal["exact", "pair", "multilingual", "base", "forced"]
+    route: Literal["exact", "pair", "multilingual", "base", "forced", "same"] = Field(
+        description='"same": the text was detected in the target language and is returned as it is')
     generated_tokens: int
     finish_reason: str | None
     detected_language: DetectedLanguage | None = None

@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from moe_specialists.models.prompts import LANGUAGE_NAMES
-from moe_specialists.service.detect import METHOD, detect_language
+from moe_specialists.models.languages import UnknownLanguage, canonical, flores200, resolve
+from moe_specialists.service.detect import METHOD, Detector
 from moe_specialists.service.engines import (
     Engine,
     EngineBusy,
@@ -25,7 +25,7 @@ from moe_specialists.service.engines import (
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.extract import extract_translation
 from moe_specialists.service.metrics import GatewayMetrics
-from moe_specialists.service.routing import NoRoute, Tier, choose, served, served_pairs
+from moe_specialists.service.routing import NoRoute, Route, Tier, choose, languages, served, sources_for
 from moe_specialists.service.schemas import DetectedLanguage, Sampling, TranslationItem
 from moe_specialists.service.settings import Settings
 
@@ -42,19 +42,61 @@ class Job:
 
 @dataclass
 class Planned:
-    """One text with its source language, engine and route."""
+    """One text with its source language, engine and route (``engine`` None: the text is already in the
+    target language and is returned as it is, route "same")."""
 
     index: int
     text: str
     source: str
-    engine: Engine
+    engine: Engine | None
     route: str
     detected: DetectedLanguage | None = None
 
 
 class Translator:
-    def __init__(self, pool: EnginePool, settings: Settings, metrics: GatewayMetrics):
+    def __init__(self, pool: EnginePool, settings: Settings, metrics: GatewayMetrics,
+                 detector: Detector | None = None):
         self.pool, self.settings, self.metrics = pool, settings, metrics
+        self.detector = detector or Detector()
+
+    # ---- languages ----
+    def base_languages(self) -> tuple[str, ...]:
+        """What a base model is offered in: ``settings.base_languages``, else the FLORES-200 languages."""
+        return tuple(self.settings.base_languages) or flores200()
+
+    def accepted(self, routes: list[Route] | None = None) -> list[str]:
+        """Every language the served models declare (canonical codes, sorted)."""
+        return languages(self.pool.routes() if routes is None else routes, self.base_languages())
+
+    def language(self, field: str, code: str, accepted: list[str], allow_auto: bool = False) -> str:
+        """The canonical code of ``code`` (``auto`` kept) when a served language answers it, else 400 listing
+        the accepted codes."""
+        if allow_auto and code.strip().lower() == "auto":
+            return "auto"
+        try:
+            found = canonical(code)
+            if resolve(found, accepted) is not None:
+                return found
+            by_model = "; ".join(f"{n}: {', '.join(items)}" for n, items in served(self.pool.routes()).items())
+            why = f"{found!r} is not served (served: {by_model})"
+        except UnknownLanguage as e:
+            why = str(e)
+        listed = (["auto"] if allow_auto else []) + accepted
+        raise ApiError(
+            400, "unknown_language", f"unknown {field} language {code[:40]!r}: {why}; accepted: {', '.join(listed)}",
+            accepted=listed, served=served(self.pool.routes()),
+        )
+
+    def detect(self, texts: list[str], target: str | None = None) -> list[DetectedLanguage]:
+        """The language of each text among the served sources of ``target`` and the target itself (any
+        served language when target is None)."""
+        routes = self.pool.routes()
+        if target is None:
+            candidates = self.accepted(routes)
+        else:
+            candidates = [*sources_for(routes, target, self.base_languages()), target]
+        return [DetectedLanguage(language=code, confidence=confidence, method=METHOD)
+                for code, confidence in self.detector.detect_batch(texts, candidates)]
 
     # ---- validation and routing (no engine work) ----
     def _check_limits(self, job: Job) -> None:
@@ -96,25 +138,21 @@ class Translator:
                 limit=s.max_tokens_limit,
             )
 
-    def _check_language(self, field: str, code: str, allow_auto: bool = False) -> None:
-        if (allow_auto and code == "auto") or code in LANGUAGE_NAMES:
-            return
-        accepted = (["auto"] if allow_auto else []) + sorted(LANGUAGE_NAMES)
-        raise ApiError(
-            400, "unknown_language", f"unknown {field} language {code!r}; accepted: {', '.join(accepted)}",
-            accepted=accepted, served=served(self.pool.routes()),
-        )
-
     def _no_route(self, e: NoRoute) -> ApiError:
         return ApiError(400, "unsupported_direction", str(e), served=e.served)
 
     def plan(self, job: Job) -> list[Planned]:
+        """Check limits and languages (``job.source`` / ``job.target`` become canonical codes: what the prompt
+        names), detect sources, route each text by the served languages its codes resolve to."""
         self._check_limits(job)
-        self._check_language("source", job.source, allow_auto=True)
-        self._check_language("target", job.target)
-        if job.source == job.target:
-            raise ApiError(400, "same_language", f"source and target are both {job.target!r}")
         routes = self.pool.routes()
+        accepted = self.accepted(routes)
+        job.source = self.language("source", job.source, accepted, allow_auto=True)
+        job.target = self.language("target", job.target, accepted)
+        target = resolve(job.target, accepted)
+        assert target is not None
+        if job.source == job.target or (job.source != "auto" and resolve(job.source, accepted) == target):
+            raise ApiError(400, "same_language", f"source and target are both {job.target!r}")
         if job.specialist is not None:
             engine = self.pool.get(job.specialist)
             if engine is None:
@@ -122,26 +160,27 @@ class Translator:
                     400, "unknown_specialist", f"no specialist {job.specialist!r}; served: {sorted(self.pool.engines)}",
                     accepted=sorted(self.pool.engines),
                 )
+        detected: list[DetectedLanguage | None] = [None] * len(job.texts)
+        if job.source == "auto":
+            if job.specialist is None and not sources_for(routes, target, self.base_languages()):
+                raise self._no_route(NoRoute("auto", job.target, served(routes)))
+            detected = list(self.detect(job.texts, target))
+        route_names = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multilingual", Tier.BASE: "base"}
         planned = []
         for i, text in enumerate(job.texts):
-            source, detected = job.source, None
-            if source == "auto":
-                sources = sorted({s for (s, t) in served_pairs(routes) if t == job.target})
-                if job.specialist is not None:
-                    sources = sorted(set(LANGUAGE_NAMES) - {job.target})
-                if not sources:
-                    raise self._no_route(NoRoute("auto", job.target, served(routes)))
-                source, confidence = detect_language(text, sources)
-                detected = DetectedLanguage(language=source, confidence=confidence, method=METHOD)
+            d = detected[i]
+            source = d.language if d is not None else job.source
+            if d is not None and source == target:
+                planned.append(Planned(i, text, job.target, None, "same", d))
+                continue
             if job.specialist is not None:
-                planned.append(Planned(i, text, source, self.pool.engines[job.specialist], "forced", detected))
+                planned.append(Planned(i, text, source, self.pool.engines[job.specialist], "forced", d))
                 continue
             try:
-                choice = choose(routes, source, job.target)
+                choice = choose(routes, resolve(source, accepted) or source, target)
             except NoRoute as e:
                 raise self._no_route(e) from None
-            route = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multilingual", Tier.BASE: "base"}
-            planned.append(Planned(i, text, source, self.pool.engines[choice.route.name], route[choice.tier], detected))
+            planned.append(Planned(i, text, source, self.pool.engines[choice.route.name], route_names[choice.tier], d))
         return planned
 
     def params(self, job: Job) -> GenerationParams:
@@ -155,6 +194,7 @@ class Translator:
     # ---- admission ----
     def admit(self, planned: list[Planned], target: str, stack: contextlib.ExitStack) -> None:
         """Reserve queue slots for every text (all or nothing) or raise 429/503."""
+        planned = [p for p in planned if p.engine is not None]  # route "same": nothing to generate
         texts = Counter((p.engine.name, f"{p.source}-{target}") for p in planned)  # (specialist, direction) -> n
         per_engine = Counter(p.engine.name for p in planned)
         direction = {name: d for (name, d) in texts}  # a rejection is counted under one of its directions
@@ -213,6 +253,9 @@ class Translator:
                 self.metrics.prompt_tokens.labels(*labels).inc(last.prompt_tokens)
 
     async def _one(self, p: Planned, target: str, params: GenerationParams) -> TranslationItem:
+        if p.engine is None:
+            return TranslationItem(text=p.text, source=p.source, specialist="", route="same", generated_tokens=0,
+                                   finish_reason=None, detected_language=p.detected)
         last = Generation("", 0, 0)
         async for g in self._generate(p, target, params, incremental=False):
             last = g
@@ -228,7 +271,8 @@ class Translator:
 
     def _timeout(self, planned: list[Planned], target: str) -> ApiError:
         for p in planned:
-            self.metrics.rejections.labels(p.engine.name, f"{p.source}-{target}", "timeout").inc()
+            if p.engine is not None:
+                self.metrics.rejections.labels(p.engine.name, f"{p.source}-{target}", "timeout").inc()
         return ApiError(
             504, "timeout", f"no answer within {self.settings.request_timeout_s} s; send less text or retry later",
             limit_seconds=self.settings.request_timeout_s,
@@ -259,10 +303,15 @@ class Translator:
 
         async def events() -> AsyncIterator[str]:
             with stack:
-                meta = {"specialist": p.engine.name, "route": p.route, "source": p.source, "target": job.target}
+                name = p.engine.name if p.engine is not None else ""
+                meta = {"specialist": name, "route": p.route, "source": p.source, "target": job.target}
                 if p.detected is not None:
                     meta["detected_language"] = p.detected.model_dump()
                 yield _sse(meta, "meta")
+                if p.engine is None:  # already in the target language
+                    yield _sse({"delta": p.text})
+                    yield _sse({"translation": p.text, "generated_tokens": 0, "finish_reason": None}, "done")
+                    return
                 sent, last = "", Generation("", 0, 0)
                 try:
                     async with asyncio.timeout(self.settings.request_timeout_s):

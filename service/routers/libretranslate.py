@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from moe_specialists.service.deps import HeaderKeyDep, PoolDep, SettingsDep, TranslatorDep, check_api_key
+from moe_specialists.service.deps import HeaderKeyDep, SettingsDep, TranslatorDep, check_api_key
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.routers.languages import served_languages
 from moe_specialists.service.schemas import LibreTranslateRequest, TranslationItem
@@ -69,6 +69,6 @@ async def translate(
 
 
 @router.get("/languages")
-async def languages(pool: PoolDep) -> list[dict]:
-    langs, _ = served_languages(pool)
+async def languages(translator: TranslatorDep) -> list[dict]:
+    langs, _ = served_languages(translator)
     return [{"code": lang.code, "name": lang.name, "targets": lang.targets} for lang in langs]

@@ -38,10 +38,10 @@ async def translate(body: TranslateRequest, translator: TranslatorDep, _: ApiKey
         planned, events, slot = await translator.stream(job)
         return StreamingResponse(
             events, media_type="text/event-stream",
-            headers={"X-Specialist": planned.engine.name, "Cache-Control": "no-cache"},
+            headers={"X-Specialist": planned.engine.name if planned.engine else "", "Cache-Control": "no-cache"},
             background=BackgroundTask(slot.close),
         )
     items = await translator.translate(job)
     specialist = _specialists([item.specialist for item in items])
     response.headers["X-Specialist"] = specialist
-    return TranslateResponse(translations=items, target=body.target, specialist=specialist)
+    return TranslateResponse(translations=items, target=job.target, specialist=specialist)

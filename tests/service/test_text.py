@@ -2,7 +2,7 @@
 
 import pytest
 
-from moe_specialists.service.detect import detect_language
+from moe_specialists.service.detect import Detector
 from moe_specialists.service.extract import extract_translation
 
 
@@ -45,9 +45,14 @@ def test_extract_custom_end_marker_and_streaming_prefix():
     ],
 )
 def test_detect(text, language):
-    code, confidence = detect_language(text, ["en", "de", "fr", "ru", "zh", "ja", "es", "cs"])
+    code, confidence = Detector().detect(text, ["en", "de", "fr", "ru", "zh", "ja", "es", "cs"])
     assert code == language and 0 < confidence <= 1
 
 
 def test_detect_restricted_to_candidates():
-    assert detect_language("Кошка сидит", ["en", "de"])[0] in {"en", "de"}
+    detector = Detector()
+    assert detector.detect("Кошка сидит", ["en", "de"])[0] in {"en", "de"}
+    assert detector.detect("مرحبا بك في القاهرة", ["en", "arz"])[0] == "arz"  # by its macrolanguage (ar)
+    assert detector.detect("貓在睡覺", ["en", "zh-Hant"])[0] == "zh-Hant"
+    assert detector.detect("", ["fr", "en", "de"]) == ("en", 0.0)  # no evidence: the fallback
+    assert detector.detect("Hello", ["qaa"]) == ("qaa", 0.0)  # a language the model does not know
