@@ -94,4 +94,22 @@ class LibreTranslateRequest(BaseModel):
     source: str = "auto"
     target: str
     format: Literal["text", "html"] = "text"
+    alternatives: int = Field(0, ge=0, le=10, description="alternative translations wanted ([] when the engine "
+                              "gives none)")
     api_key: str | None = None
+
+
+class LibreTranslateDetectRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    q: str | list[str]
+    api_key: str | None = None
+
+
+class DetectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | list[str] = Field(description="one text or a batch")
+    target: str | None = Field(None, description="choose among the served sources of this target (and itself)")
+
+
+class DetectResponse(BaseModel):
+    detections: list[DetectedLanguage]

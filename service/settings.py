@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     api_keys: list[str] = []  # empty: no key needed
     cors_origins: list[str] = []
     readiness: Literal["any", "all"] = "any"  # /readyz is 200 when any (or all) engines are ready
+    # Per-API-key quotas (requests without a key share one "anonymous" account); None: unlimited.
+    quota_requests_per_minute: int | None = Field(None, ge=1)
+    quota_characters_per_day: int | None = Field(None, ge=1)
+    # CORS of the LibreTranslate routes (browser integrations call them from any page); [] turns it off.
+    libretranslate_cors_origins: list[str] = ["*"]
+    max_file_chars: int = Field(200_000, ge=1)  # /translate_file: characters of one uploaded file
     # Languages a base model (a spec with base=true) is offered in; empty: the FLORES-200 languages.
     base_languages: list[str] = []
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from moe_specialists.models.languages import UnknownLanguage, canonical, flores200, resolve
 from moe_specialists.service.detect import METHOD, Detector
+from moe_specialists.service.documents import chunks
 from moe_specialists.service.engines import (
     Engine,
     EngineBusy,
@@ -86,6 +87,31 @@ class Translator:
             400, "unknown_language", f"unknown {field} language {code[:40]!r}: {why}; accepted: {', '.join(listed)}",
             accepted=listed, served=served(self.pool.routes()),
         )
+
+    def pair(self, source: str, target: str) -> tuple[str, str, bool]:
+        """(canonical source or "auto", canonical target, same): 400 for a code no served language answers;
+        ``same`` when both resolve to one served language (the text needs no translation)."""
+        accepted = self.accepted()
+        source = self.language("source", source, accepted, allow_auto=True)
+        target = self.language("target", target, accepted)
+        same = source != "auto" and resolve(source, accepted) == resolve(target, accepted)
+        return source, target, same
+
+    def detect_for(self, texts: list[str], target: str | None) -> list[DetectedLanguage]:
+        """Detection for raw codes: ``target`` None (any served language) or a code (its served sources and
+        itself); 400 for an unknown target."""
+        if target is None:
+            return self.detect(texts)
+        accepted = self.accepted()
+        return self.detect(texts, resolve(self.language("target", target, accepted), accepted))
+
+    async def translate_all(self, texts: list[str], source: str, target: str) -> list[TranslationItem]:
+        """Many texts (a document's), sent in consecutive requests within the batch limits."""
+        s = self.settings
+        out: list[TranslationItem] = []
+        for chunk in chunks(texts, s.max_batch_size, s.max_chars_per_batch):
+            out += await self.translate(Job(chunk, source, target))
+        return out
 
     def detect(self, texts: list[str], target: str | None = None) -> list[DetectedLanguage]:
         """The language of each text among the served sources of ``target`` and the target itself (any
