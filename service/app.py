@@ -16,7 +16,16 @@ from moe_specialists.models.registry import Registry
 from moe_specialists.service.engines import EnginePool
 from moe_specialists.service.errors import install_error_handlers
 from moe_specialists.service.metrics import GatewayMetrics
-from moe_specialists.service.routers import deepl, detect, health, languages, libretranslate, specialists, translate
+from moe_specialists.service.routers import (
+    deepl,
+    detect,
+    health,
+    languages,
+    libretranslate,
+    specialists,
+    translate,
+    web,
+)
 from moe_specialists.service.settings import Settings, SpecialistSpec
 from moe_specialists.service.translation import Translator
 
@@ -74,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     install_error_handlers(app)
-    for module in (translate, detect, languages, specialists, health, libretranslate, deepl):
+    for module in (translate, detect, languages, specialists, health, libretranslate, deepl, web):
         app.include_router(module.router)
     app.add_middleware(libretranslate.CompatCors, origins=settings.libretranslate_cors_origins)
     return app
