@@ -102,11 +102,17 @@ def flores200() -> tuple[str, ...]:
 
 def resolve(code: str, served: Iterable[str]) -> str | None:
     """The served language a canonical code is answered in: itself, else its language without the script
-    (zh-Hant -> zh when only zh is served), else None."""
+    (zh-Hant -> zh when only zh is served), else the one served form with a script (acm -> acm-Arab), else
+    its macrolanguage (arb -> ar) or its one served member (sw -> swh, FLORES' code), else None."""
     served = set(served)
     if code in served:
         return code
     if base_language(code) in served:
         return base_language(code)
     scripted = [s for s in served if base_language(s) == code]  # acm served as acm-Arab only
-    return scripted[0] if len(scripted) == 1 else None
+    if len(scripted) == 1:
+        return scripted[0]
+    if macrolanguage(code) in served:  # arb asked, ar served
+        return macrolanguage(code)
+    members = [s for s in served if "-" not in s and macrolanguage(s) == code]  # sw asked, swh served
+    return members[0] if len(members) == 1 else None

@@ -56,6 +56,9 @@ def test_split_direction_and_resolve():
     assert resolve("zh-Hant", {"zh", "en"}) == "zh"
     assert resolve("zh-Hant", {"zh-Hant", "zh"}) == "zh-Hant"
     assert resolve("fr", {"zh", "en"}) is None
+    assert resolve("acm", {"acm-Arab", "en"}) == "acm-Arab"
+    assert resolve("arb", {"ar", "en"}) == "ar"
+    assert resolve("sw", {"swh", "en"}) == "swh"
 
 
 def test_flores200():
