@@ -2,7 +2,7 @@
 is made as their users make it and judged by its answer (a translation, a detection, a language list).
 Run it on two checkouts to compare (PYTHONPATH pointing at another tree's ``moe_specialists`` folders).
 
-    python benchmarks/client_calls.py                # a gateway on the bundled tiny translator (in-process vLLM)
+    python benchmarks/client_calls.py                # the `make serve` specialists, in-process vLLM
     python benchmarks/client_calls.py --url http://127.0.0.1:8000 --key KEY
 """
 
@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KEY = "bench-key"
-LANGUAGES = ["en", "de", "fr", "ru", "es", "cs", "zh", "ja"]
 
 
 @contextlib.contextmanager
@@ -28,12 +27,13 @@ def bundled_gateway() -> Iterator[str]:
     import httpx
     import uvicorn
 
-    from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
     from moe_specialists.service.app import create_app
-    from moe_specialists.service.settings import Settings, SpecialistSpec
+    from moe_specialists.service.cli import bundled_registry_dir
+    from moe_specialists.service.settings import Settings
 
-    settings = Settings(specialists=[SpecialistSpec(name="bundled", path=str(BUNDLED_MODEL_DIR), languages=LANGUAGES)],
-                        api_keys=[KEY], dtype="float32", max_model_len=1024, enforce_eager=True, access_log=False)
+    # what `make serve` serves: the en-de and multilingual (en, de, fr, ru, es, cs) specialists
+    settings = Settings(registry_dir=bundled_registry_dir(), api_keys=[KEY], max_model_len=1024, enforce_eager=True,
+                        access_log=False)
     import socket
 
     with socket.socket() as s:
@@ -66,8 +66,8 @@ def calls(url: str, key: str) -> dict[str, Callable[[], bool]]:
     return {
         "libretranslatepy translate en->de": lambda: bool(lt.translate(text, "en", "de")),
         "libretranslatepy translate EN->DE": lambda: bool(lt.translate(text, "EN", "DE")),
-        "libretranslatepy translate en->zh-Hans": lambda: bool(lt.translate(text, "en", "zh-Hans")),
-        "libretranslatepy translate en-US->deu": lambda: bool(lt.translate(text, "en-US", "deu")),
+        "libretranslatepy translate en-GB->fr-FR": lambda: bool(lt.translate(text, "en-GB", "fr-FR")),
+        "libretranslatepy translate eng->ces": lambda: bool(lt.translate(text, "eng", "ces")),
         "libretranslatepy detect": lambda: lt.detect("Die Kinder spielen im Garten.")[0]["language"] == "de",
         "libretranslatepy languages": lambda: any(lang["code"] == "de" for lang in lt.languages()),
         "deepl translate_text": lambda: bool(dl.translate_text(text, source_lang="EN", target_lang="DE").text),

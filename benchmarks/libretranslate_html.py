@@ -6,7 +6,7 @@ The html document has paragraphs with inline tags (sent as markup; a model that 
 retranslate that paragraph node by node), a heading and a list; the plain text is its text, one paragraph per
 line, sent as one text.
 
-    python benchmarks/libretranslate_html.py                 # the bundled tiny translator, in-process vLLM
+    python benchmarks/libretranslate_html.py                 # the `make serve` specialists, in-process vLLM
     python benchmarks/libretranslate_html.py --url http://127.0.0.1:8000 --rounds 50
 """
 

@@ -39,8 +39,7 @@ class TranslationItem(BaseModel):
     text: str
     source: str
     specialist: str
-    route: Literal["exact", "pair", "multilingual", "base", "forced", "same"] = Field(
-        description='"same": the text was detected in the target language and is returned as it is')
+    route: Literal["exact", "pair", "multilingual", "base", "forced"]
     generated_tokens: int
     finish_reason: str | None
     detected_language: DetectedLanguage | None = None
@@ -108,7 +107,7 @@ class LibreTranslateDetectRequest(BaseModel):
 class DetectRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | list[str] = Field(description="one text or a batch")
-    target: str | None = Field(None, description="choose among the served sources of this target (and itself)")
+    target: str | None = Field(None, description="choose among the served sources of this target")
 
 
 class DetectResponse(BaseModel):

@@ -43,13 +43,12 @@ class Job:
 
 @dataclass
 class Planned:
-    """One text with its source language, engine and route (``engine`` None: the text is already in the
-    target language and is returned as it is, route "same")."""
+    """One text with its source language, engine and route."""
 
     index: int
     text: str
     source: str
-    engine: Engine | None
+    engine: Engine
     route: str
     detected: DetectedLanguage | None = None
 
@@ -98,8 +97,8 @@ class Translator:
         return source, target, same
 
     def detect_for(self, texts: list[str], target: str | None) -> list[DetectedLanguage]:
-        """Detection for raw codes: ``target`` None (any served language) or a code (its served sources and
-        itself); 400 for an unknown target."""
+        """Detection for raw codes: ``target`` None (any served language) or a code (its served sources);
+        400 for an unknown target."""
         if target is None:
             return self.detect(texts)
         accepted = self.accepted()
@@ -114,13 +113,14 @@ class Translator:
         return out
 
     def detect(self, texts: list[str], target: str | None = None) -> list[DetectedLanguage]:
-        """The language of each text among the served sources of ``target`` and the target itself (any
-        served language when target is None)."""
+        """The language of each text among the served sources of ``target`` (any served language when target
+        is None)."""
         routes = self.pool.routes()
         if target is None:
             candidates = self.accepted(routes)
-        else:
-            candidates = [*sources_for(routes, target, self.base_languages()), target]
+        else:  # a target no route translates into (or a forced specialist): any other served language
+            candidates = sources_for(routes, target, self.base_languages()) or [
+                c for c in self.accepted(routes) if c != target] or self.accepted(routes)
         return [DetectedLanguage(language=code, confidence=confidence, method=METHOD)
                 for code, confidence in self.detector.detect_batch(texts, candidates)]
 
@@ -196,9 +196,6 @@ class Translator:
         for i, text in enumerate(job.texts):
             d = detected[i]
             source = d.language if d is not None else job.source
-            if d is not None and source == target:
-                planned.append(Planned(i, text, job.target, None, "same", d))
-                continue
             if job.specialist is not None:
                 planned.append(Planned(i, text, source, self.pool.engines[job.specialist], "forced", d))
                 continue
@@ -220,7 +217,6 @@ class Translator:
     # ---- admission ----
     def admit(self, planned: list[Planned], target: str, stack: contextlib.ExitStack) -> None:
         """Reserve queue slots for every text (all or nothing) or raise 429/503."""
-        planned = [p for p in planned if p.engine is not None]  # route "same": nothing to generate
         texts = Counter((p.engine.name, f"{p.source}-{target}") for p in planned)  # (specialist, direction) -> n
         per_engine = Counter(p.engine.name for p in planned)
         direction = {name: d for (name, d) in texts}  # a rejection is counted under one of its directions
@@ -279,9 +275,6 @@ class Translator:
                 self.metrics.prompt_tokens.labels(*labels).inc(last.prompt_tokens)
 
     async def _one(self, p: Planned, target: str, params: GenerationParams) -> TranslationItem:
-        if p.engine is None:
-            return TranslationItem(text=p.text, source=p.source, specialist="", route="same", generated_tokens=0,
-                                   finish_reason=None, detected_language=p.detected)
         last = Generation("", 0, 0)
         async for g in self._generate(p, target, params, incremental=False):
             last = g
@@ -297,8 +290,7 @@ class Translator:
 
     def _timeout(self, planned: list[Planned], target: str) -> ApiError:
         for p in planned:
-            if p.engine is not None:
-                self.metrics.rejections.labels(p.engine.name, f"{p.source}-{target}", "timeout").inc()
+            self.metrics.rejections.labels(p.engine.name, f"{p.source}-{target}", "timeout").inc()
         return ApiError(
             504, "timeout", f"no answer within {self.settings.request_timeout_s} s; send less text or retry later",
             limit_seconds=self.settings.request_timeout_s,
@@ -329,15 +321,10 @@ class Translator:
 
         async def events() -> AsyncIterator[str]:
             with stack:
-                name = p.engine.name if p.engine is not None else ""
-                meta = {"specialist": name, "route": p.route, "source": p.source, "target": job.target}
+                meta = {"specialist": p.engine.name, "route": p.route, "source": p.source, "target": job.target}
                 if p.detected is not None:
                     meta["detected_language"] = p.detected.model_dump()
                 yield _sse(meta, "meta")
-                if p.engine is None:  # already in the target language
-                    yield _sse({"delta": p.text})
-                    yield _sse({"translation": p.text, "generated_tokens": 0, "finish_reason": None}, "done")
-                    return
                 sent, last = "", Generation("", 0, 0)
                 try:
                     async with asyncio.timeout(self.settings.request_timeout_s):

@@ -144,7 +144,7 @@ async def translate(request: Request) -> JSONResponse:
             if src == "auto":
                 sample = " ".join(texts_of(text, mode))[:2000] or text[:2000]
                 src = translator.detect_for([sample], target)[0].language
-            if same or translator.pair(src, target)[2]:
+            if same:
                 translated = text
             else:
                 async def run(texts: list[str], src: str = src) -> list[str]:

@@ -1,5 +1,5 @@
 """POST /v1/detect: the language of one text or a batch, among the served languages (or, with ``target``,
-among the served sources of that target and the target itself)."""
+among the served sources of that target)."""
 
 from __future__ import annotations
 

@@ -84,8 +84,6 @@ async def _translate_html(translator: Translator, doc: str, source: str, target:
             return doc, None
         (d,) = translator.detect_for([text[:2000]], target)
         detected, source = d, d.language
-        if translator.pair(source, target)[2]:
-            return doc, _detected(d)
 
     async def run(texts: list[str]) -> list[str]:
         return [item.text for item in await translator.translate_all(texts, source, target)]
@@ -189,7 +187,6 @@ async def translate_file_route(
     if source == "auto":
         sample = " ".join(texts_of(text) if suffix in (".html", ".htm") else text.split())[:2000]
         source = translator.detect_for([sample or "x"], target)[0].language
-        same = translator.pair(source, target)[2]
 
     async def run(texts: list[str]) -> list[str]:
         return [item.text for item in await translator.translate_all(texts, source, target)]

@@ -42,7 +42,7 @@ async def translate(
         planned, events, slot = await translator.stream(job)
         return StreamingResponse(
             events, media_type="text/event-stream",
-            headers={"X-Specialist": planned.engine.name if planned.engine else "", "Cache-Control": "no-cache"},
+            headers={"X-Specialist": planned.engine.name, "Cache-Control": "no-cache"},
             background=BackgroundTask(slot.close),
         )
     items = await translator.translate(job)

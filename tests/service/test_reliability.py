@@ -179,6 +179,8 @@ def test_fuzz_openapi_never_5xx(gateway, client):
     with requests.Session() as session:
         for result in schema.get_all_operations():
             op = result.ok()
+            if op.path.startswith("/v2/"):  # DeepL's routes answer {"message": ...}: test_fuzz_compat.py fuzzes them
+                continue
             for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
                 key = (op.method.upper(), op.path, mode.value)
                 budget = FUZZ_BUDGET.get(key, 1 if mode is schemathesis.GenerationMode.POSITIVE else 0)
@@ -232,7 +234,8 @@ def test_oversized_libretranslate_413(client):
     assert r.status_code == 413 and f"limit is {MAX_CHARS}" in r.json()["error"] and r.json()["limit"] == MAX_CHARS
 
 
-BAD_CODES = ["xx", "", "EN", "en-US", "eng", "de\x00", "\u202ede", "🇩🇪", "d\u0301e", "zh-Hans", "auto "]
+# (EN, en-US, eng, "auto " are good codes since issue 15: codes are normalised with langcodes)
+BAD_CODES = ["xx", "", "de\x00", "\u202ede", "🇩🇪", "d\u0301e", "zh-Hans", "klingon", "en-zz-zz", "ｄｅ"]
 
 
 @pytest.mark.parametrize("code", BAD_CODES)
