@@ -11,28 +11,19 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from moe_specialists.models.languages import language_name
+
+__all__ = ["DATA_LANGUAGES", "LANGUAGE_NAMES", "answer_span", "instruction", "language_name", "render",
+           "translation_messages"]
+
 HARMONY_FINAL = "<|channel|>final<|message|>"
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
-# ISO 639-1/3 codes of FLORES languages we know by name; any code in this table is accepted by the API.
-LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English",
-    "de": "German",
-    "fr": "French",
-    "cs": "Czech",
-    "ru": "Russian",
-    "es": "Spanish",
-    "zh": "Chinese",
-    "ja": "Japanese",
-    "bn": "Bengali",
-    "arz": "Egyptian Arabic",
-}
+# The languages of the data this project ships with and trains on (../shared/data/flores200 files, the bundled
+# translator's tokenizer). Names come from CLDR (``models.languages``); any code langcodes knows is accepted.
+DATA_LANGUAGES = ("en", "de", "fr", "cs", "ru", "es", "zh", "ja", "bn", "arz")
+LANGUAGE_NAMES: dict[str, str] = {code: language_name(code) for code in DATA_LANGUAGES}
 
-
-def language_name(code: str) -> str:
-    if code not in LANGUAGE_NAMES:
-        raise ValueError(f"unknown language code {code!r}; known: {', '.join(sorted(LANGUAGE_NAMES))}")
-    return LANGUAGE_NAMES[code]
 
 
 def instruction(source: str, target: str, text: str) -> str:

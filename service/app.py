@@ -20,7 +20,16 @@ from moe_specialists.models.registry import Registry, weight_stats
 from moe_specialists.service.engines import EngineFactory, EnginePool, vllm_engine
 from moe_specialists.service.errors import install_error_handlers
 from moe_specialists.service.metrics import GatewayMetrics
-from moe_specialists.service.routers import health, languages, libretranslate, specialists, translate
+from moe_specialists.service.routers import (
+    deepl,
+    detect,
+    health,
+    languages,
+    libretranslate,
+    specialists,
+    translate,
+    web,
+)
 from moe_specialists.service.settings import Settings, SpecialistSpec, load_settings
 from moe_specialists.service.translation import Translator
 
@@ -121,6 +130,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
     app.add_middleware(CountResponses)
 
     install_error_handlers(app)
-    for module in (translate, languages, specialists, health, libretranslate):
+    for module in (translate, detect, languages, specialists, health, libretranslate, deepl, web):
         app.include_router(module.router)
+    app.add_middleware(libretranslate.CompatCors, origins=settings.libretranslate_cors_origins)
     return app

@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Request
 from moe_specialists.service.engines import EnginePool
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.metrics import GatewayMetrics
+from moe_specialists.service.quotas import QuotaExceeded, Quotas
 from moe_specialists.service.settings import Settings
 from moe_specialists.service.translation import Translator
 
@@ -32,10 +33,31 @@ async def get_translator(request: Request) -> Translator:
     return request.app.state.translator
 
 
+def get_quotas(request: Request) -> Quotas:
+    """The app's quota accounts (made on first use, beside the metrics the lifespan built)."""
+    state = request.app.state
+    if getattr(state, "quotas", None) is None:
+        s = state.settings
+        state.quotas = Quotas(s.quota_requests_per_minute, s.quota_characters_per_day, state.metrics)
+    return state.quotas
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolDep = Annotated[EnginePool, Depends(get_pool)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 TranslatorDep = Annotated[Translator, Depends(get_translator)]
+QuotasDep = Annotated[Quotas, Depends(get_quotas)]
+
+
+def charge(quotas: Quotas, key: str | None, characters: int = 0) -> None:
+    """Count a request (and its characters) against the key's quotas, or 429 with Retry-After."""
+    try:
+        quotas.request(key)
+        if characters:
+            quotas.characters(key, characters)
+    except QuotaExceeded as e:
+        raise ApiError(429, f"quota_{e.kind}", e.message, headers={"Retry-After": str(e.retry_after_s)},
+                       quota=e.kind) from None
 
 
 def check_api_key(settings: Settings, key: str | None) -> None:

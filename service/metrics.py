@@ -58,6 +58,18 @@ class GatewayMetrics:
             "moe_gateway_queue_limit", "Texts an engine admits at once; beyond it requests get 429", ["specialist"],
             registry=r,
         )
+        # Per-key quotas (``key`` is a short hash of the API key, never the key; "anonymous" without one).
+        self.quota_requests = Counter(
+            "moe_gateway_quota_requests_total", "Requests counted against a key's quota", ["key"], registry=r,
+        )
+        self.quota_characters = Counter(
+            "moe_gateway_quota_characters_total", "Characters counted against a key's daily quota", ["key"],
+            registry=r,
+        )
+        self.quota_rejections = Counter(
+            "moe_gateway_quota_rejections_total", "Requests refused by a quota (kind: requests, characters)",
+            ["key", "kind"], registry=r,
+        )
         self.requests = Counter(
             "moe_gateway_requests_total", "Translation requests by outcome", ["specialist", "direction", "status"],
             registry=r,

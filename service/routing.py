@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from moe_specialists.models.prompts import LANGUAGE_NAMES
+from moe_specialists.models.languages import split_direction
 
 
 class Tier(IntEnum):
@@ -80,7 +80,7 @@ def make_route(
     base: bool = False,
     ready: bool = True,
 ) -> Route:
-    pairs = frozenset(tuple(d.split("-", 1)) for d in directions)
+    pairs = frozenset(split_direction(d) for d in directions)
     return Route(name, pairs, frozenset(languages), base, ready)  # type: ignore[arg-type]
 
 
@@ -104,12 +104,28 @@ def served(routes: Iterable[Route]) -> dict[str, list[str]]:
     return {r.name: r.served() for r in routes}
 
 
-def served_pairs(routes: Iterable[Route]) -> dict[tuple[str, str], Choice]:
-    """Every (source, target) among known languages that some route serves, with its best choice."""
+def languages(routes: Iterable[Route], base_languages: Iterable[str] = ()) -> list[str]:
+    """Every language some route serves (a base route: ``base_languages``), sorted."""
     routes = list(routes)
+    out = {x for r in routes for pair in r.directions for x in pair} | {x for r in routes for x in r.languages}
+    if any(r.base for r in routes):
+        out |= set(base_languages)
+    return sorted(out)
+
+
+def sources_for(routes: Iterable[Route], target: str, base_languages: Iterable[str] = ()) -> list[str]:
+    """The source languages some route translates into ``target`` (what detection chooses among)."""
+    routes = list(routes)
+    return [s for s in languages(routes, base_languages) if s != target and candidates(routes, s, target)]
+
+
+def served_pairs(routes: Iterable[Route], base_languages: Iterable[str] = ()) -> dict[tuple[str, str], Choice]:
+    """Every (source, target) among the served languages that some route serves, with its best choice."""
+    routes = list(routes)
+    langs = languages(routes, base_languages)
     out: dict[tuple[str, str], Choice] = {}
-    for s in LANGUAGE_NAMES:
-        for t in LANGUAGE_NAMES:
+    for s in langs:
+        for t in langs:
             if s != t and (found := candidates(routes, s, t)):
                 out[(s, t)] = found[0]
     return out

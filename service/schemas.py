@@ -21,7 +21,7 @@ class Sampling(BaseModel):
 class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | list[str] = Field(description="one text or a batch of texts")
-    source: str = Field("auto", description='language code, or "auto" to detect it (script/word heuristic)')
+    source: str = Field("auto", description='language code, or "auto" to detect it (py3langid)')
     target: str = Field(description="language code")
     max_tokens: int | None = Field(None, ge=1, description="most tokens generated per text")
     sampling: Sampling = Sampling()
@@ -97,4 +97,22 @@ class LibreTranslateRequest(BaseModel):
     source: str = "auto"
     target: str
     format: Literal["text", "html"] = "text"
+    alternatives: int = Field(0, ge=0, le=10, description="alternative translations wanted ([] when the engine "
+                              "gives none)")
     api_key: str | None = None
+
+
+class LibreTranslateDetectRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    q: str | list[str]
+    api_key: str | None = None
+
+
+class DetectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | list[str] = Field(description="one text or a batch")
+    target: str | None = Field(None, description="choose among the served sources of this target")
+
+
+class DetectResponse(BaseModel):
+    detections: list[DetectedLanguage]

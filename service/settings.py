@@ -18,24 +18,33 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
-from moe_specialists.models.prompts import LANGUAGE_NAMES
+from moe_specialists.models.languages import UnknownLanguage, canonical, split_direction
 from moe_specialists.models.registry import NAME_PATTERN, SpecialistEntry
 
 REMOTE_PREFIXES = ("http://", "https://")
 
 
 def parse_direction(direction: str) -> tuple[str, str]:
-    """'en-de' -> ('en', 'de'); both codes must be known languages and differ."""
-    parts = direction.split("-")
-    if len(parts) != 2:
-        raise ValueError(f"direction {direction!r} is not of the form 'src-tgt' (e.g. 'en-de')")
-    src, tgt = parts
-    for code in (src, tgt):
-        if code not in LANGUAGE_NAMES:
-            raise ValueError(f"unknown language {code!r} in {direction!r}; known: {', '.join(LANGUAGE_NAMES)}")
+    """'en-de' -> ('en', 'de'), 'en-zh-Hant' -> ('en', 'zh-Hant'); both codes canonical languages that differ."""
+    src, tgt = split_direction(direction)
     if src == tgt:
         raise ValueError(f"direction {direction!r} has the same source and target")
     return src, tgt
+
+
+def canonical_languages(codes: list[str]) -> list[str]:
+    """Canonical codes (``models.languages.canonical``), in order, without duplicates; ValueError naming the
+    codes that are no language."""
+    out, unknown = [], []
+    for code in codes:
+        try:
+            out.append(canonical(code))
+        except UnknownLanguage:
+            unknown.append(code)
+    if unknown:
+        raise ValueError(f"unknown languages {unknown}: give BCP-47 (de, pt-BR, zh-Hant), ISO 639 (deu) or "
+                         "FLORES-200 (deu_Latn) codes")
+    return list(dict.fromkeys(out))
 
 
 class SpecialistSpec(BaseModel):
@@ -60,17 +69,12 @@ class SpecialistSpec(BaseModel):
     @field_validator("directions")
     @classmethod
     def _directions(cls, value: list[str]) -> list[str]:
-        for direction in value:
-            parse_direction(direction)
-        return value
+        return ["-".join(parse_direction(direction)) for direction in value]
 
     @field_validator("languages")
     @classmethod
     def _languages(cls, value: list[str]) -> list[str]:
-        unknown = [code for code in value if code not in LANGUAGE_NAMES]
-        if unknown:
-            raise ValueError(f"unknown languages {unknown}; known: {', '.join(LANGUAGE_NAMES)}")
-        return value
+        return canonical_languages(value)
 
     @model_validator(mode="after")
     def _serves_something(self) -> SpecialistSpec:
@@ -164,6 +168,19 @@ class Settings(BaseSettings):
     api_keys: list[str] = []  # empty: no key needed
     cors_origins: list[str] = []
     readiness: Literal["any", "all"] = "any"  # /readyz is 200 when any (or all) engines are ready
+    # Per-API-key quotas (requests without a key share one "anonymous" account); None: unlimited.
+    quota_requests_per_minute: int | None = Field(None, ge=1)
+    quota_characters_per_day: int | None = Field(None, ge=1)
+    # CORS of the LibreTranslate routes (browser integrations call them from any page); [] turns it off.
+    libretranslate_cors_origins: list[str] = ["*"]
+    max_file_chars: int = Field(200_000, ge=1)  # /translate_file: characters of one uploaded file
+    # Languages a base model (a spec with base=true) is offered in; empty: the FLORES-200 languages.
+    base_languages: list[str] = []
+
+    @field_validator("base_languages")
+    @classmethod
+    def _base_languages(cls, value: list[str]) -> list[str]:
+        return canonical_languages(value)
 
     @model_validator(mode="after")
     def _limits(self) -> Settings:

@@ -11,8 +11,9 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from moe_specialists.models.prompts import LANGUAGE_NAMES
-from moe_specialists.service.detect import METHOD, detect_language
+from moe_specialists.models.languages import UnknownLanguage, canonical, flores200, resolve
+from moe_specialists.service.detect import METHOD, Detector
+from moe_specialists.service.documents import chunks
 from moe_specialists.service.engines import (
     Engine,
     EngineBusy,
@@ -25,7 +26,7 @@ from moe_specialists.service.engines import (
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.extract import extract_translation
 from moe_specialists.service.metrics import GatewayMetrics
-from moe_specialists.service.routing import NoRoute, Tier, candidates, choose, served, served_pairs
+from moe_specialists.service.routing import NoRoute, Route, Tier, candidates, choose, languages, served, sources_for
 from moe_specialists.service.schemas import DetectedLanguage, Sampling, TranslationItem
 from moe_specialists.service.settings import Settings
 
@@ -60,8 +61,75 @@ class Planned:
 
 
 class Translator:
-    def __init__(self, pool: EnginePool, settings: Settings, metrics: GatewayMetrics):
+    def __init__(self, pool: EnginePool, settings: Settings, metrics: GatewayMetrics,
+                 detector: Detector | None = None):
         self.pool, self.settings, self.metrics = pool, settings, metrics
+        self.detector = detector or Detector()
+
+    # ---- languages ----
+    def base_languages(self) -> tuple[str, ...]:
+        """What a base model is offered in: ``settings.base_languages``, else the FLORES-200 languages."""
+        return tuple(self.settings.base_languages) or flores200()
+
+    def accepted(self, routes: list[Route] | None = None) -> list[str]:
+        """Every language the served models declare (canonical codes, sorted)."""
+        return languages(self.pool.routes() if routes is None else routes, self.base_languages())
+
+    def language(self, field: str, code: str, accepted: list[str], allow_auto: bool = False) -> str:
+        """The canonical code of ``code`` (``auto`` kept) when a served language answers it, else 400 listing
+        the accepted codes."""
+        if allow_auto and code.strip().lower() == "auto":
+            return "auto"
+        try:
+            found = canonical(code)
+            if resolve(found, accepted) is not None:
+                return found
+            by_model = "; ".join(f"{n}: {', '.join(items)}" for n, items in served(self.pool.routes()).items())
+            why = f"{found!r} is not served (served: {by_model})"
+        except UnknownLanguage as e:
+            why = str(e)
+        listed = (["auto"] if allow_auto else []) + accepted
+        raise ApiError(
+            400, "unknown_language", f"unknown {field} language {code[:40]!r}: {why}; accepted: {', '.join(listed)}",
+            accepted=listed, served=served(self.pool.routes()),
+        )
+
+    def pair(self, source: str, target: str) -> tuple[str, str, bool]:
+        """(canonical source or "auto", canonical target, same): 400 for a code no served language answers;
+        ``same`` when both resolve to one served language (the text needs no translation)."""
+        accepted = self.accepted()
+        source = self.language("source", source, accepted, allow_auto=True)
+        target = self.language("target", target, accepted)
+        same = source != "auto" and resolve(source, accepted) == resolve(target, accepted)
+        return source, target, same
+
+    def detect_for(self, texts: list[str], target: str | None) -> list[DetectedLanguage]:
+        """Detection for raw codes: ``target`` None (any served language) or a code (its served sources);
+        400 for an unknown target."""
+        if target is None:
+            return self.detect(texts)
+        accepted = self.accepted()
+        return self.detect(texts, resolve(self.language("target", target, accepted), accepted))
+
+    async def translate_all(self, texts: list[str], source: str, target: str) -> list[TranslationItem]:
+        """Many texts (a document's), sent in consecutive requests within the batch limits."""
+        s = self.settings
+        out: list[TranslationItem] = []
+        for chunk in chunks(texts, s.max_batch_size, s.max_chars_per_batch):
+            out += await self.translate(Job(chunk, source, target))
+        return out
+
+    def detect(self, texts: list[str], target: str | None = None) -> list[DetectedLanguage]:
+        """The language of each text among the served sources of ``target`` (any served language when target
+        is None)."""
+        routes = self.pool.routes()
+        if target is None:
+            candidates = self.accepted(routes)
+        else:  # a target no route translates into (or a forced specialist): any other served language
+            candidates = sources_for(routes, target, self.base_languages()) or [
+                c for c in self.accepted(routes) if c != target] or self.accepted(routes)
+        return [DetectedLanguage(language=code, confidence=confidence, method=METHOD)
+                for code, confidence in self.detector.detect_batch(texts, candidates)]
 
     # ---- validation and routing (no engine work) ----
     def _check_limits(self, job: Job) -> None:
@@ -103,25 +171,21 @@ class Translator:
                 limit=s.max_tokens_limit,
             )
 
-    def _check_language(self, field: str, code: str, allow_auto: bool = False) -> None:
-        if (allow_auto and code == "auto") or code in LANGUAGE_NAMES:
-            return
-        accepted = (["auto"] if allow_auto else []) + sorted(LANGUAGE_NAMES)
-        raise ApiError(
-            400, "unknown_language", f"unknown {field} language {code!r}; accepted: {', '.join(accepted)}",
-            accepted=accepted, served=served(self.pool.routes()),
-        )
-
     def _no_route(self, e: NoRoute) -> ApiError:
         return ApiError(400, "unsupported_direction", str(e), served=e.served)
 
     def plan(self, job: Job) -> list[Planned]:
+        """Check limits and languages (``job.source`` / ``job.target`` become canonical codes: what the prompt
+        names), detect sources, route each text by the served languages its codes resolve to."""
         self._check_limits(job)
-        self._check_language("source", job.source, allow_auto=True)
-        self._check_language("target", job.target)
-        if job.source == job.target:
-            raise ApiError(400, "same_language", f"source and target are both {job.target!r}")
         routes = self.pool.routes()
+        accepted = self.accepted(routes)
+        job.source = self.language("source", job.source, accepted, allow_auto=True)
+        job.target = self.language("target", job.target, accepted)
+        target = resolve(job.target, accepted)
+        assert target is not None
+        if job.source == job.target or (job.source != "auto" and resolve(job.source, accepted) == target):
+            raise ApiError(400, "same_language", f"source and target are both {job.target!r}")
         if job.specialist is not None:
             engine = self.pool.get(job.specialist)
             if engine is None:
@@ -129,30 +193,29 @@ class Translator:
                     400, "unknown_specialist", f"no specialist {job.specialist!r}; served: {sorted(self.pool.engines)}",
                     accepted=sorted(self.pool.engines),
                 )
+        detected: list[DetectedLanguage | None] = [None] * len(job.texts)
+        if job.source == "auto":
+            if job.specialist is None and not sources_for(routes, target, self.base_languages()):
+                raise self._no_route(NoRoute("auto", job.target, served(routes)))
+            detected = list(self.detect(job.texts, target))
         planned = []
         for i, text in enumerate(job.texts):
-            source, detected = job.source, None
-            if source == "auto":
-                sources = sorted({s for (s, t) in served_pairs(routes) if t == job.target})
-                if job.specialist is not None:
-                    sources = sorted(set(LANGUAGE_NAMES) - {job.target})
-                if not sources:
-                    raise self._no_route(NoRoute("auto", job.target, served(routes)))
-                source, confidence = detect_language(text, sources)
-                detected = DetectedLanguage(language=source, confidence=confidence, method=METHOD)
+            d = detected[i]
+            source = d.language if d is not None else job.source
             if job.specialist is not None:
                 engine = self.pool.engines[job.specialist]
-                planned.append(Planned(i, text, source, engine, "forced", detected, [(engine, "forced")]))
+                planned.append(Planned(i, text, source, engine, "forced", d, [(engine, "forced")]))
                 continue
+            resolved = resolve(source, accepted) or source
             try:
-                choice = choose(routes, source, job.target)
+                choice = choose(routes, resolved, target)
             except NoRoute as e:
                 raise self._no_route(e) from None
-            found = candidates(routes, source, job.target)
+            found = candidates(routes, resolved, target)
             ordered = [c for c in found if c.route.ready] + [c for c in found if not c.route.ready]
             options = [(self.pool.engines[c.route.name], ROUTE_NAMES[c.tier]) for c in ordered]
             engine = self.pool.engines[choice.route.name]
-            planned.append(Planned(i, text, source, engine, ROUTE_NAMES[choice.tier], detected, options))
+            planned.append(Planned(i, text, source, engine, ROUTE_NAMES[choice.tier], d, options))
         return planned
 
     def params(self, job: Job) -> GenerationParams:

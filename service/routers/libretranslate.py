@@ -1,74 +1,278 @@
-"""LibreTranslate-compatible POST /translate and GET /languages, so LibreTranslate clients work unchanged.
+"""LibreTranslate's API, as its clients (libretranslatepy, browser extensions, Weblate, SubtitleEdit, ...) call
+it: bodies as JSON, form or multipart; ``api_key`` in the body (or our headers); errors ``{"error": "..."}``.
 
-Body as JSON or form (q: a string or a list, source ("auto" allowed), target, format, api_key); answer
-``{"translatedText": ..., "detectedLanguage": {"language", "confidence" (0-100)}}`` (lists for a list q).
-``format: html`` is passed through as text (markup is not parsed)."""
+* ``POST /translate`` ``{q, source, target, format, alternatives}`` -> ``{"translatedText", "detectedLanguage"
+  (source auto), "alternatives" (when asked: [] since the engines give one answer)}``; a list ``q`` gives lists.
+  ``format: html`` keeps the markup (``service.markup``); source == target returns the text.
+* ``POST /detect`` ``{q}`` -> ``[{"language", "confidence" (0-100)}]`` (a list ``q``: one list per text).
+* ``GET /languages`` -> ``[{"code", "name", "targets"}]`` with LibreTranslate 1.7's spellings (zh-Hans, zh-Hant).
+* ``POST /translate_file`` (multipart ``file``: .txt .html .srt .md) -> ``{"translatedFileUrl"}``, fetched from
+  ``GET /download_file/{name}``.
+* ``GET /frontend/settings``, ``GET /health``, ``GET /spec``; ``POST /suggest`` answers 403 (suggestions off).
+* CORS: open to ``settings.libretranslate_cors_origins`` (default every origin), preflights answered.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from moe_specialists.service.deps import HeaderKeyDep, PoolDep, SettingsDep, TranslatorDep, check_api_key
+from moe_specialists.models.languages import language_name
+from moe_specialists.service.deps import HeaderKeyDep, QuotasDep, SettingsDep, TranslatorDep, charge, check_api_key
+from moe_specialists.service.documents import FILE_TYPES, FileStore, translate_file
 from moe_specialists.service.errors import ApiError
+from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
-from moe_specialists.service.schemas import LibreTranslateRequest, TranslationItem
-from moe_specialists.service.translation import Job
+from moe_specialists.service.schemas import DetectedLanguage, LibreTranslateDetectRequest, LibreTranslateRequest
+from moe_specialists.service.translation import Job, Translator
 
 router = APIRouter(tags=["libretranslate"])
 
+PATHS = ("/translate", "/detect", "/languages", "/translate_file", "/download_file", "/frontend/settings",
+         "/health", "/spec", "/suggest")
+MEDIA_TYPES = {".txt": "text/plain", ".html": "text/html", ".htm": "text/html", ".srt": "application/x-subrip",
+               ".md": "text/markdown"}
 
-async def _read_body(request: Request) -> LibreTranslateRequest:
+
+def lt_code(code: str) -> str:
+    """Our canonical code in LibreTranslate 1.7's spelling: Chinese is zh-Hans / zh-Hant."""
+    return "zh-Hans" if code == "zh" else code
+
+
+async def _form_or_json(request: Request) -> tuple[dict[str, Any], dict[str, UploadFile]]:
+    """(fields, files) of a JSON, urlencoded or multipart body; 400 when it is none of them."""
     content_type = request.headers.get("content-type", "")
     try:
         if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             form = await request.form()
-            data: dict = {k: v for k, v in form.items() if isinstance(v, str)}
-            if len(qs := form.getlist("q")) > 1:
+            data: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+            files = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
+            if len(qs := [q for q in form.getlist("q") if isinstance(q, str)]) > 1:
                 data["q"] = qs
-        else:
-            data = json.loads(await request.body() or b"null")
-        if not isinstance(data, dict):
-            raise ApiError(400, "invalid_request", "the body must be a JSON object with q, source and target")
-        return LibreTranslateRequest.model_validate(data)
+            return data, files
+        data = json.loads(await request.body() or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object (or a form) with q, source, target")
+    return data, {}
+
+
+def _validate(model: type[BaseModel], data: dict, fields: str) -> Any:
+    try:
+        return model.model_validate(data)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:5])
-        raise ApiError(
-            400, "invalid_request", f"invalid request: {problems} (fields: q, source, target, format, api_key)"
-        ) from None
+        raise ApiError(400, "invalid_request", f"invalid request: {problems} (fields: {fields})") from None
 
 
-def _detected(item: TranslationItem) -> dict:
-    d = item.detected_language
-    return {"language": d.language, "confidence": round(d.confidence * 100)} if d else {}
+def _detected(d: DetectedLanguage | None) -> dict:
+    return {"language": lt_code(d.language), "confidence": round(d.confidence * 100, 1)} if d else {}
+
+
+async def _translate_html(translator: Translator, doc: str, source: str, target: str) -> tuple[str, dict | None]:
+    detected = None
+    if source == "auto":
+        text = " ".join(texts_of(doc))
+        if not text.strip():
+            return doc, None
+        (d,) = translator.detect_for([text[:2000]], target)
+        detected, source = d, d.language
+
+    async def run(texts: list[str]) -> list[str]:
+        return [item.text for item in await translator.translate_all(texts, source, target)]
+
+    return await translate_markup(doc, run), _detected(detected) if detected else None
 
 
 @router.post("/translate")
 async def translate(
-    request: Request, translator: TranslatorDep, settings: SettingsDep, key: HeaderKeyDep
+    request: Request, translator: TranslatorDep, settings: SettingsDep, key: HeaderKeyDep, quotas: QuotasDep
 ) -> JSONResponse:
-    body = await _read_body(request)
+    data, _ = await _form_or_json(request)
+    body: LibreTranslateRequest = _validate(LibreTranslateRequest, data, "q, source, target, format, alternatives")
     check_api_key(settings, body.api_key or key)
     texts = [body.q] if isinstance(body.q, str) else body.q
-    items = await translator.translate(Job(texts, body.source, body.target))
-    headers = {"X-Specialist": ",".join(dict.fromkeys(i.specialist for i in items))}
-    if isinstance(body.q, str):
-        out: dict = {"translatedText": items[0].text}
-        if body.source == "auto":
-            out["detectedLanguage"] = _detected(items[0])
+    charge(quotas, body.api_key or key, sum(len(t) for t in texts))
+    source, target, same = translator.pair(body.source, body.target)
+    detected: list[dict | None] = [None] * len(texts)
+    specialists: list[str] = []
+    if same:
+        out_texts = list(texts)
+    elif body.format == "html":
+        if not texts:
+            raise ApiError(400, "empty_batch", "no text to translate: send a string or a non-empty list")
+        out_texts = []
+        for i, doc in enumerate(texts):
+            translated, detected[i] = await _translate_html(translator, doc, source, target)
+            out_texts.append(translated)
     else:
-        out = {"translatedText": [i.text for i in items]}
-        if body.source == "auto":
-            out["detectedLanguage"] = [_detected(i) for i in items]
+        items = await translator.translate(Job(texts, source, target))
+        out_texts = [i.text for i in items]
+        detected = [_detected(i.detected_language) if source == "auto" else None for i in items]
+        specialists = [i.specialist for i in items if i.specialist]
+    headers = {"X-Specialist": ",".join(dict.fromkeys(specialists))} if specialists else {}
+    single = isinstance(body.q, str)
+    out: dict[str, Any] = {"translatedText": out_texts[0] if single else out_texts}
+    if body.source.strip().lower() == "auto":
+        found = [d or {"language": lt_code(target), "confidence": 100.0} for d in detected]
+        out["detectedLanguage"] = found[0] if single else found
+    if body.alternatives > 0:
+        out["alternatives"] = [] if single else [[] for _ in texts]
     return JSONResponse(out, headers=headers)
 
 
+@router.post("/detect")
+async def detect(
+    request: Request, translator: TranslatorDep, settings: SettingsDep, key: HeaderKeyDep, quotas: QuotasDep
+) -> list:
+    data, _ = await _form_or_json(request)
+    body: LibreTranslateDetectRequest = _validate(LibreTranslateDetectRequest, data, "q")
+    check_api_key(settings, body.api_key or key)
+    texts = [body.q] if isinstance(body.q, str) else body.q
+    if not texts or len(texts) > settings.max_batch_size:
+        raise ApiError(400, "invalid_request", f"q: send one text or a list of 1 to {settings.max_batch_size}")
+    if any(len(t) > settings.max_chars_per_text for t in texts):
+        raise ApiError(413, "text_too_long", f"a text is over the limit of {settings.max_chars_per_text} characters",
+                       limit=settings.max_chars_per_text)
+    charge(quotas, body.api_key or key)
+    found = [[_detected(d)] for d in translator.detect_for(texts, None)]
+    return found[0] if isinstance(body.q, str) else found
+
+
 @router.get("/languages")
-async def languages(pool: PoolDep) -> list[dict]:
-    langs, _ = served_languages(pool)
-    return [{"code": lang.code, "name": lang.name, "targets": lang.targets} for lang in langs]
+async def languages(translator: TranslatorDep) -> list[dict]:
+    langs, _ = served_languages(translator)
+    return [{"code": lt_code(lang.code), "name": lang.name, "targets": [lt_code(t) for t in lang.targets]}
+            for lang in langs]
+
+
+def _file_store(request: Request) -> FileStore:
+    state = request.app.state
+    if getattr(state, "files", None) is None:
+        state.files = FileStore()
+    return state.files
+
+
+@router.post("/translate_file")
+async def translate_file_route(
+    request: Request, translator: TranslatorDep, settings: SettingsDep, key: HeaderKeyDep, quotas: QuotasDep
+) -> dict:
+    data, files = await _form_or_json(request)
+    check_api_key(settings, data.get("api_key") or key)
+    upload = files.get("file")
+    if upload is None or not upload.filename:
+        raise ApiError(400, "invalid_request", f"send the file as multipart field 'file' ({', '.join(FILE_TYPES)})")
+    name = upload.filename.replace("\\", "/").rsplit("/", 1)[-1]
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if suffix not in FILE_TYPES:
+        raise ApiError(400, "unsupported_file", f"file type {suffix or '(none)'!r} is not accepted; accepted: "
+                       f"{', '.join(FILE_TYPES)}", accepted=list(FILE_TYPES))
+    raw = await upload.read(4 * settings.max_file_chars + 1)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_file", "the file is not UTF-8 text") from None
+    if len(text) > settings.max_file_chars:
+        raise ApiError(413, "file_too_long", f"the file has more than {settings.max_file_chars} characters",
+                       limit=settings.max_file_chars)
+    charge(quotas, data.get("api_key") or key, len(text))
+    source, target, same = translator.pair(str(data.get("source", "auto")), str(data.get("target", "")))
+    if source == "auto":
+        sample = " ".join(texts_of(text) if suffix in (".html", ".htm") else text.split())[:2000]
+        source = translator.detect_for([sample or "x"], target)[0].language
+
+    async def run(texts: list[str]) -> list[str]:
+        return [item.text for item in await translator.translate_all(texts, source, target)]
+
+    translated = text if same else await translate_file(name, text, run)
+    stored = _file_store(request).put(name, translated.encode(), MEDIA_TYPES[suffix])
+    return {"translatedFileUrl": f"{str(request.base_url).rstrip('/')}/download_file/{stored}"}
+
+
+@router.get("/download_file/{name}")
+async def download_file(name: str, request: Request) -> Response:
+    stored = _file_store(request).get(name)
+    if stored is None:
+        raise ApiError(404, "not_found", f"no translated file {name[:80]!r} (files are kept for an hour)")
+    return Response(stored.content, media_type=f"{stored.media_type}; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{stored.name}"'})
+
+
+@router.get("/frontend/settings")
+async def frontend_settings(settings: SettingsDep, translator: TranslatorDep) -> dict:
+    accepted = translator.accepted()
+    target = "en" if "en" in accepted else (accepted[0] if accepted else "en")
+    return {
+        "charLimit": settings.max_chars_per_text,
+        "frontendTimeout": 500,
+        "apiKeys": bool(settings.api_keys),
+        "keyRequired": bool(settings.api_keys),
+        "suggestions": False,
+        "filesTranslation": True,
+        "supportedFilesFormat": list(FILE_TYPES),
+        "language": {"source": {"code": "auto", "name": "Auto Detect"},
+                     "target": {"code": lt_code(target), "name": language_name(target)}},
+    }
+
+
+@router.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/spec")
+async def spec(request: Request) -> dict:
+    return request.app.openapi()
+
+
+@router.post("/suggest")
+async def suggest() -> JSONResponse:
+    return JSONResponse({"error": "Suggestions are disabled on this server."}, status_code=403)
+
+
+class CompatCors:
+    """CORS for LibreTranslate's paths only: preflights (OPTIONS) answered 204, answers carry
+    Access-Control-Allow-Origin. ``origins`` ["*"]: any origin."""
+
+    def __init__(self, app: ASGIApp, origins: list[str]):
+        self.app, self.origins = app, origins
+
+    def _allowed(self, origin: str | None) -> str | None:
+        if origin is None or not self.origins:
+            return None
+        return "*" if "*" in self.origins else (origin if origin in self.origins else None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path or not any(path == p or path.startswith(p + "/") for p in PATHS):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        allowed = self._allowed(headers.get("origin"))
+        if scope["method"] == "OPTIONS":
+            out = {"Allow": "GET, POST, OPTIONS"}
+            if allowed:
+                out |= {"Access-Control-Allow-Origin": allowed, "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                        "Access-Control-Allow-Headers": headers.get("access-control-request-headers", "*"),
+                        "Access-Control-Max-Age": "600"}
+            await Response(status_code=204, headers=out)(scope, receive, send)
+            return
+
+        async def with_cors(message: dict) -> None:
+            present = any(k.lower() == b"access-control-allow-origin" for k, _ in message.get("headers", []))
+            if message["type"] == "http.response.start" and allowed and not present:
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"access-control-allow-origin", allowed.encode()),
+                                      (b"access-control-expose-headers", b"X-Specialist, Retry-After")]
+                if allowed != "*":
+                    message["headers"].append((b"vary", b"Origin"))
+            await send(message)
+
+        await self.app(scope, receive, with_cors)

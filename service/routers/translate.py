@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from moe_specialists.service.deps import ApiKeyDep, TranslatorDep
+from moe_specialists.service.deps import ApiKeyDep, HeaderKeyDep, QuotasDep, TranslatorDep, charge
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.schemas import TranslateRequest, TranslateResponse
 from moe_specialists.service.translation import Job
@@ -18,7 +18,7 @@ ERRORS = {
     401: {"description": "API key missing"},
     403: {"description": "API key wrong"},
     413: {"description": "text or batch over the limit"},
-    429: {"description": "engine queue full (Retry-After)"},
+    429: {"description": "engine queue full, or the key's quota spent (Retry-After)"},
     503: {"description": "engine not ready (Retry-After)"},
     504: {"description": "timeout"},
 }
@@ -29,8 +29,12 @@ def _specialists(names: list[str]) -> str:
 
 
 @router.post("/translate", response_model=TranslateResponse, responses=ERRORS)
-async def translate(body: TranslateRequest, translator: TranslatorDep, _: ApiKeyDep, response: Response):
+async def translate(
+    body: TranslateRequest, translator: TranslatorDep, _: ApiKeyDep, key: HeaderKeyDep, quotas: QuotasDep,
+    response: Response,
+):
     texts = [body.text] if isinstance(body.text, str) else body.text
+    charge(quotas, key, sum(len(t) for t in texts))
     job = Job(texts, body.source, body.target, body.max_tokens, body.sampling, body.specialist)
     if body.stream:
         if not isinstance(body.text, str):
@@ -44,4 +48,4 @@ async def translate(body: TranslateRequest, translator: TranslatorDep, _: ApiKey
     items = await translator.translate(job)
     specialist = _specialists([item.specialist for item in items])
     response.headers["X-Specialist"] = specialist
-    return TranslateResponse(translations=items, target=body.target, specialist=specialist)
+    return TranslateResponse(translations=items, target=job.target, specialist=specialist)

@@ -105,8 +105,8 @@ GOOD = {"text": "Hello", "source": "en", "target": "de"}
         ({**GOOD, "text": []}, 400, "no text"),
         ({**GOOD, "text": [None]}, 422, "text"),
         ({**GOOD, "colour": "red"}, 422, "colour"),
-        ({**GOOD, "source": "xx"}, 400, "accepted: auto, arz"),
-        ({**GOOD, "target": "klingon"}, 400, "accepted: arz"),
+        ({**GOOD, "source": "xx"}, 400, "accepted: auto, de, en"),  # the served languages
+        ({**GOOD, "target": "klingon"}, 400, "accepted: de, en"),
         ({**GOOD, "target": "en"}, 400, "both 'en'"),
         ({**GOOD, "target": "ja"}, 400, "tiny-en-de: en-de"),
         ({**GOOD, "max_tokens": 0}, 422, "max_tokens"),

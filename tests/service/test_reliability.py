@@ -152,6 +152,8 @@ def test_fuzz_openapi_never_5xx(gateway, client):
     with requests.Session() as session:
         for result in schema.get_all_operations():
             op = result.ok()
+            if op.path.startswith("/v2/"):  # DeepL's routes answer {"message": ...}: test_fuzz_compat.py fuzzes them
+                continue
             for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
                 key = (op.method.upper(), op.path, mode.value)
                 budget = FUZZ_BUDGET.get(key, 1 if mode is schemathesis.GenerationMode.POSITIVE else 0)

@@ -62,7 +62,8 @@ def test_oversized_libretranslate_413(client):
     assert r.status_code == 413 and f"limit is {MAX_CHARS}" in r.json()["error"] and r.json()["limit"] == MAX_CHARS
 
 
-BAD_CODES = ["xx", "", "EN", "en-US", "eng", "de\x00", "\u202ede", "🇩🇪", "d\u0301e", "zh-Hans", "auto "]
+# (EN, en-US, eng, "auto " are good codes since issue 15: codes are normalised with langcodes)
+BAD_CODES = ["xx", "", "de\x00", "\u202ede", "🇩🇪", "d\u0301e", "zh-Hans", "klingon", "en-zz-zz", "ｄｅ"]
 
 
 @pytest.mark.parametrize("code", BAD_CODES)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from moe_specialists.service.detect import detect_language
+from moe_specialists.service.detect import Detector
 from moe_specialists.service.extract import extract_translation
 
 
@@ -45,24 +45,19 @@ def test_extract_custom_end_marker_and_streaming_prefix():
     ],
 )
 def test_detect(text, language):
-    code, confidence = detect_language(text, ["en", "de", "fr", "ru", "zh", "ja", "es", "cs"])
+    code, confidence = Detector().detect(text, ["en", "de", "fr", "ru", "zh", "ja", "es", "cs"])
     assert code == language and 0 < confidence <= 1
 
 
-@pytest.mark.parametrize(
-    ("text", "candidates", "expected"),
-    [
-        # Spanish shares "en" and "la" with French: es 5 words + 0.5 x 2 letters (ñ, á) = 6, fr 2 words = 2,
-        # so es with 6 / 8; it must not come out as French.
-        ("El gato está sentado en la alfombra con los niños.", ["fr", "es"], ("es", 0.75)),
-        # German among Latin candidates: de 6 words (die auf der und ist nicht) + 0.5 x ü, en and fr nothing.
-        ("Die Katze sitzt auf der Matte und ist nicht müde.", ["en", "fr", "de"], ("de", 1.0)),
-        # Only Cyrillic letters: all the mass on ru, none on the Latin candidate.
-        ("Кошка сидит на коврике.", ["de", "ru"], ("ru", 1.0)),
-        # No evidence for any candidate (Russian, only Latin languages allowed): the more common one, with
-        # confidence 0 (the defined fallback), never a language outside the candidates.
-        ("Кошка сидит", ["de", "en"], ("en", 0.0)),
-    ],
-)
-def test_detect_among_candidates(text, candidates, expected):
-    assert detect_language(text, candidates) == expected
+def test_detect_restricted_to_candidates():
+    detector = Detector()
+    # Russian with only Latin-script candidates: no evidence for either, so the defined fallback (never a
+    # language outside the candidates)
+    assert detector.detect("Кошка сидит", ["en", "de"]) == ("en", 0.0)
+    # Spanish shares "en" and "la" with French; it must not come out as French
+    assert detector.detect("El gato está sentado en la alfombra con los niños.", ["fr", "es"])[0] == "es"
+    assert detector.detect("Кошка сидит на коврике.", ["de", "ru"])[0] == "ru"
+    assert detector.detect("مرحبا بك في القاهرة", ["en", "arz"])[0] == "arz"  # by its macrolanguage (ar)
+    assert detector.detect("貓在睡覺", ["en", "zh-Hant"])[0] == "zh-Hant"
+    assert detector.detect("", ["fr", "en", "de"]) == ("en", 0.0)  # no evidence: the fallback
+    assert detector.detect("Hello", ["qaa"]) == ("qaa", 0.0)  # a language the model does not know

@@ -1,0 +1,149 @@
+"""Documents: many texts translated in chunks that fit the request limits, files (.txt, .html, .srt, .md)
+translated with their structure kept, and a small in-memory store the translated files are downloaded from.
+
+* .txt: each non-blank line is a text; blank lines and line ends stay.
+* .srt: each cue's text lines are one text (joined by a space); numbers and timings stay.
+* .md: code fences and table rules stay; a line's markdown prefix (``#``, ``-``, ``1.``, ``>``) stays and the
+  rest is a text.
+* .html / .htm: ``service.markup``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from moe_specialists.service.markup import translate_markup
+
+Translate = Callable[[list[str]], Awaitable[list[str]]]
+FILE_TYPES = (".txt", ".html", ".htm", ".srt", ".md")
+
+
+def chunks(texts: list[str], max_texts: int, max_chars: int) -> list[list[str]]:
+    """Consecutive groups of at most ``max_texts`` texts and ``max_chars`` characters (a longer text alone)."""
+    out: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for text in texts:
+        if current and (len(current) >= max_texts or size + len(text) > max_chars):
+            out.append(current)
+            current, size = [], 0
+        current.append(text)
+        size += len(text)
+    if current:
+        out.append(current)
+    return out
+
+
+async def _lines(lines: list[str], picks: list[tuple[int, str, str, str]], translate: Translate) -> str:
+    """Put translations into ``lines``: picks are (line index, prefix, text, suffix)."""
+    answers = await translate([text for _, _, text, _ in picks]) if picks else []
+    for (i, prefix, _, suffix), answer in zip(picks, answers, strict=True):
+        lines[i] = prefix + answer + suffix
+    return "".join(lines)
+
+
+async def translate_txt(text: str, translate: Translate) -> str:
+    lines = text.splitlines(keepends=True)
+    picks = []
+    for i, line in enumerate(lines):
+        body = line.rstrip("\r\n")
+        if body.strip():
+            lead = body[: len(body) - len(body.lstrip())]
+            picks.append((i, lead, body.strip(), line[len(body.rstrip()):]))
+    return await _lines(lines, picks, translate)
+
+
+_TIMING = re.compile(r"^\d{1,2}:\d{2}:\d{2}[,.]\d{1,3}\s*-->\s*\d{1,2}:\d{2}:\d{2}[,.]\d{1,3}")
+
+
+async def translate_srt(text: str, translate: Translate) -> str:
+    """SubRip: cues are separated by blank lines; a cue is a number, a timing line, then text lines."""
+    newline = "\r\n" if "\r\n" in text else "\n"
+    blocks = re.split(r"\r?\n\s*\r?\n", text.strip("\r\n"))
+    cues: list[tuple[list[str], str]] = []
+    for block in blocks:
+        lines = block.splitlines()
+        at = next((i for i, line in enumerate(lines) if _TIMING.match(line.strip())), None)
+        head, body = (lines, []) if at is None else (lines[: at + 1], lines[at + 1:])
+        cues.append((head, " ".join(line.strip() for line in body if line.strip())))
+    answers = await translate([body for _, body in cues if body]) if any(b for _, b in cues) else []
+    it = iter(answers)
+    out = [newline.join([*head, next(it)] if body else head) for head, body in cues]
+    return (newline * 2).join(out) + newline
+
+
+_MD_PREFIX = re.compile(r"^(\s*(?:#{1,6}\s+|[-*+]\s+(?:\[[ xX]\]\s+)?|\d+[.)]\s+|>\s?)*)")
+_MD_RULE = re.compile(r"^\s*(?:[-*_]\s*){3,}$|^\s*\|?(?:\s*:?-+:?\s*\|)+\s*:?-*:?\s*\|?\s*$")
+
+
+async def translate_md(text: str, translate: Translate) -> str:
+    lines = text.splitlines(keepends=True)
+    picks, fenced = [], False
+    for i, line in enumerate(lines):
+        body = line.rstrip("\r\n")
+        if body.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+            continue
+        if fenced or not body.strip() or _MD_RULE.match(body) or body.startswith("    "):
+            continue
+        prefix = _MD_PREFIX.match(body).group(1)  # type: ignore[union-attr]
+        rest = body[len(prefix):]
+        if rest.strip():
+            picks.append((i, prefix, rest.strip(), rest[len(rest.rstrip()):] + line[len(body):]))
+    return await _lines(lines, picks, translate)
+
+
+async def translate_file(name: str, text: str, translate: Translate) -> str:
+    """The translated file text; ``ValueError`` for a type not in ``FILE_TYPES``."""
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if suffix == ".txt":
+        return await translate_txt(text, translate)
+    if suffix == ".srt":
+        return await translate_srt(text, translate)
+    if suffix == ".md":
+        return await translate_md(text, translate)
+    if suffix in (".html", ".htm"):
+        return await translate_markup(text, translate, "html")
+    raise ValueError(f"file type {suffix or '(none)'!r} of {name!r} is not accepted; accepted: {', '.join(FILE_TYPES)}")
+
+
+@dataclass
+class StoredFile:
+    name: str
+    content: bytes
+    media_type: str
+    created: float
+
+
+class FileStore:
+    """Translated files kept in memory for download: at most ``max_files`` and ``max_bytes``, each for
+    ``ttl_s`` seconds; the oldest go first."""
+
+    def __init__(self, max_files: int = 100, max_bytes: int = 64 * 2**20, ttl_s: float = 3600):
+        self.max_files, self.max_bytes, self.ttl_s = max_files, max_bytes, ttl_s
+        self.files: OrderedDict[str, StoredFile] = OrderedDict()
+
+    def put(self, name: str, content: bytes, media_type: str) -> str:
+        """Store and return the download name ``<uuid>.<name>``."""
+        key = f"{uuid.uuid4().hex}.{name}"
+        self.files[key] = StoredFile(name, content, media_type, time.monotonic())
+        self._evict()
+        return key
+
+    def get(self, key: str) -> StoredFile | None:
+        self._evict()
+        return self.files.get(key)
+
+    def _evict(self) -> None:
+        now = time.monotonic()
+        while self.files and (
+            len(self.files) > self.max_files
+            or sum(len(f.content) for f in self.files.values()) > self.max_bytes
+            or now - next(iter(self.files.values())).created > self.ttl_s
+        ):
+            self.files.popitem(last=False)
