@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moe_specialists.models.languages import base_language
 from moe_specialists.models.languages import language_name as lang_name
-from moe_specialists.service.deps import charge, check_api_key, get_quotas, get_settings, get_translator
+from moe_specialists.service.deps import charge, check_api_key, get_quotas
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
@@ -113,7 +113,7 @@ def _key(request: Request, data: dict[str, Any]) -> str | None:
 def _authorise(request: Request, data: dict[str, Any]) -> str | None:
     key = _key(request, data)
     try:
-        check_api_key(get_settings(request), key)
+        check_api_key(request.app.state.settings, key)
     except ApiError as e:
         raise ApiError(403, "forbidden", f"Authorization failure: {e.message} (DeepL-Auth-Key header)") from None
     return key
@@ -133,7 +133,7 @@ async def translate(request: Request) -> JSONResponse:
                        "tag_handling)") from None
     if body.tag_handling not in (None, "", "html", "xml"):
         raise ApiError(400, "invalid_request", f"Bad request: tag_handling {body.tag_handling!r}; accepted: html, xml")
-    translator: Translator = get_translator(request)
+    translator: Translator = request.app.state.translator
     charge(get_quotas(request), key, sum(len(t) for t in body.text))
     source, target, same = translator.pair(body.source_lang or "auto", body.target_lang)
     mode = body.tag_handling or None
@@ -170,7 +170,7 @@ async def languages(request: Request) -> list[dict]:
     kind = str(data.get("type", "source")).lower()
     if kind not in ("source", "target"):
         raise ApiError(400, "invalid_request", f"Bad request: type {kind!r}; accepted: source, target")
-    langs, _ = served_languages(get_translator(request))
+    langs, _ = served_languages(request.app.state.translator)
     if kind == "source":
         return [{"language": deepl_source(lang.code), "name": lang.name} for lang in langs if lang.targets]
     targets = sorted({t for lang in langs for t in lang.targets})
