@@ -5,44 +5,20 @@ in a registry so that its weight bytes and bytes saved are real."""
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from moe_specialists.models.registry import Registry
 from moe_specialists.pruning.apply import apply_plan
 from moe_specialists.pruning.plan import plan_from_kept
 from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings
-from tests.service.conftest import free_port, wait_ready
+from tests.service.conftest import ServerThread, free_port, wait_ready
 
 LANGUAGES = ["en", "de", "fr", "es", "zh", "pt"]
 SPECIALIST = "tiny-multi"
-
-
-class ServerThread:
-    """uvicorn serving ``app`` on 127.0.0.1 in a thread (lifespan included)."""
-
-    def __init__(self, app, port: int):
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(120)
 
 
 def pruned_registry(model_dir: Path, root: Path) -> Path:

@@ -18,36 +18,16 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings, SpecialistSpec
-from tests.service.conftest import READY_TIMEOUT_S, free_port
+from tests.service.conftest import READY_TIMEOUT_S, ServerThread, free_port
 from tests.tiny import save_endless
 
 pytestmark = pytest.mark.timeout(2 * READY_TIMEOUT_S + 300)
 
 QUEUE, LONG, LONGEST = 2, 300, 1900  # queue per engine; max_tokens of long requests (about 1 and 5 s here)
-
-
-class ServerThread:
-    def __init__(self, app, port: int):
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(120)
 
 
 @pytest.fixture(scope="module")
