@@ -127,19 +127,20 @@ def specialist_config(base_config: dict[str, Any], kept_by_layer: dict[int, list
 def load_from_base(
     base_dir: Path, kept_by_layer: dict[int, list[int]], dtype: str = "float32", device: str = "cpu"
 ) -> torch.nn.Module:
-    """The pruned transformers model of ``kept_by_layer`` built from the base checkpoint's kept tensors only."""
+    """The pruned transformers model of ``kept_by_layer`` built from the base checkpoint's kept tensors only,
+    loaded by ``load_causal_lm``'s policy (MXFP4 dequantized, every parameter in ``dtype``)."""
     from transformers import AutoConfig
 
-    from moe_specialists.models.pruned import PRUNED_CLASSES
+    from moe_specialists.models.pruned import PRUNED_CLASSES, cast_floats, loading_policy
 
     base_config = read_config(base_dir)
     adapter = adapter_for(base_config)
     config = AutoConfig.for_model(**specialist_config(base_config, kept_by_layer))
     state = read_kept_tensors(base_dir, adapter, kept_by_layer)
     model = PRUNED_CLASSES[adapter.pruned_architecture].from_pretrained(
-        None, config=config, state_dict=state, dtype=getattr(torch, dtype)
+        None, config=config, state_dict=state, dtype=getattr(torch, dtype), **loading_policy(config)
     )
-    return model.to(device).eval()
+    return cast_floats(model, dtype).to(device).eval()
 
 
 def plan_view(base_dir: Path, kept_by_layer: dict[int, list[int]], view_dir: Path, plan_json: str) -> Path:

@@ -10,6 +10,7 @@ config.json says ``architectures: [Pruned...]`` and the family's own class other
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,20 +82,33 @@ def load_causal_lm(
     on CUDA machines that have the ``kernels`` package, and dequantizes elsewhere, always to bf16;
     ``Mxfp4Config(dequantize=True)`` takes the dequantizing path everywhere, then the cast below gives the
     requested dtype (serving keeps MXFP4: vLLM reads the blocks itself)."""
-    from transformers import AutoConfig, Mxfp4Config
+    from transformers import AutoConfig
 
-    torch_dtype = getattr(torch, dtype)
-    extra: dict = {"experts_implementation": experts_implementation} if experts_implementation else {}
-    quantization = getattr(AutoConfig.from_pretrained(model_dir), "quantization_config", None) or {}
+    extra = loading_policy(AutoConfig.from_pretrained(model_dir), experts_implementation)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra)
+    return cast_floats(model, dtype).to(device)
+
+
+def loading_policy(config: Any, experts_implementation: str | None = None) -> dict[str, Any]:
+    """``from_pretrained`` arguments of ``load_causal_lm``'s policy: MXFP4 dequantized everywhere."""
+    from transformers import Mxfp4Config
+
+    extra: dict[str, Any] = {"experts_implementation": experts_implementation} if experts_implementation else {}
+    quantization = getattr(config, "quantization_config", None) or {}
     if not isinstance(quantization, dict):
         quantization = quantization.to_dict()
     if quantization.get("quant_method") == "mxfp4":
         extra["quantization_config"] = Mxfp4Config(dequantize=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **extra)
-    for p in model.parameters():  # the dequantized experts come in bf16 whatever dtype says
+    return extra
+
+
+def cast_floats(model: nn.Module, dtype: str) -> nn.Module:
+    """Every floating-point parameter in ``dtype`` (dequantized MXFP4 experts come in bf16 whatever dtype says)."""
+    torch_dtype = getattr(torch, dtype)
+    for p in model.parameters():
         if p.is_floating_point() and p.dtype != torch_dtype:
             p.data = p.data.to(torch_dtype)
-    return model.to(device)
+    return model
 
 
 def register_transformers() -> None:

@@ -128,3 +128,35 @@ def test_bytes_and_parameters_are_the_sliced_copys(base_and_copy, tmp_path):
     assert as_plan.base_weight_bytes == as_copy.base_weight_bytes and as_plan.bytes_saved == as_copy.bytes_saved
     assert Path(as_plan.path).parent == tmp_path / "registry" / "views"
     assert sum(f.stat().st_size for f in Path(as_plan.path).iterdir() if not f.is_symlink()) < 64_000
+
+
+@pytest.fixture(scope="module")
+def mxfp4_base_and_copy(tmp_path_factory):
+    from tests.released import save_released_gpt_oss
+
+    work = tmp_path_factory.mktemp("mxfp4-plan")
+    base = save_released_gpt_oss(work / "base")
+    plan = plan_from_kept(base, [[0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7], list(range(12)), [3, 4, 5, 6, 9]])
+    return base, plan, apply_plan(plan, work / "copy")
+
+
+def test_mxfp4_from_plan_equals_the_sliced_copy(mxfp4_base_and_copy):
+    """The released gpt-oss layout (MXFP4 experts): loaded from the base and the plan, dequantized by the same
+    policy as the sliced copy, every tensor equal and every parameter in the requested dtype."""
+    from moe_specialists.models.pruned import load_causal_lm
+
+    _, plan, copy = mxfp4_base_and_copy
+    want = load_causal_lm(copy, "float32", "cpu").state_dict()
+    got = load_from_plan(plan, dtype="float32").state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert {v.dtype for v in got.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_vllm_serves_an_mxfp4_plan_view_like_the_sliced_copy(mxfp4_base_and_copy, tmp_path):
+    _, plan, copy = mxfp4_base_and_copy
+    view = view_of_plan(plan, tmp_path / "views")
+    with vllm_engine(copy, dtype="bfloat16") as llm:  # vLLM's MXFP4 backend runs in bf16
+        expected = vllm_greedy(llm, PROMPTS, max_new_tokens=8)
+    with vllm_engine(view, dtype="bfloat16") as llm:
+        got = vllm_greedy(llm, PROMPTS, max_new_tokens=8)
+    assert got == expected
