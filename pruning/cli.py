@@ -209,8 +209,12 @@ def prune(
     device: Device = "cpu",
     register: Annotated[str | None, typer.Option(help="Register the specialist under this name.")] = None,
     registry: Annotated[Path, typer.Option(envvar=ROOT_ENV, help="Registry folder (with --register).")] = DEFAULT_ROOT,
+    plan_only: Annotated[
+        bool, typer.Option(help="With --register: register the plan (served from the base), write no sliced copy.")
+    ] = False,
 ) -> None:
-    """calibrate + plan + apply; statistics and plan are kept beside the specialist for reuse."""
+    """calibrate + plan + apply; statistics and plan are kept beside the specialist for reuse. With
+    --plan-only, OUT.plan.json is written and registered instead of a sliced copy."""
     from moe_specialists.models.apply import apply_plan
     from moe_specialists.models.registry import Registry, validate_name
     from moe_specialists.pruning.calibrate import CalibrationConfig
@@ -218,6 +222,8 @@ def prune(
 
     stats_path = out.with_name(out.name + ".stats.safetensors")
     try:
+        if plan_only and not register:
+            raise ValueError("--plan-only registers the plan: give --register NAME")
         if register:
             validate_name(register)  # before the slow part
         job = CalibrationConfig(
@@ -226,9 +232,14 @@ def prune(
         )  # fmt: skip
         run(job)
         p = _make_plan(stats_path, drop, ranking, allocation, None, False, 0)
-        apply_plan(p, out, base=model)
-        if register:
-            Registry(registry).register_dir(register, out, directions=p.recipe.directions)
+        if plan_only:
+            out = out.with_name(out.name + ".plan.json")
+            p.save(out)
+            Registry(registry).register_plan(register, out, directions=p.recipe.directions)
+        else:
+            apply_plan(p, out, base=model)
+            if register:
+                Registry(registry).register_dir(register, out, directions=p.recipe.directions)
     except (ValueError, FileExistsError) as e:
         _fail(e)
     typer.echo(

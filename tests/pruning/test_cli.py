@@ -51,6 +51,17 @@ def test_calibrate_plan_apply_and_prune(tmp_path, flores_dir):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "spec-fr")
     assert model.generate(torch.tensor([[5, 6]]), max_new_tokens=3, do_sample=False).shape == (1, 5)
 
+    # plan-only: the plan is registered (served from the base), no sliced copy is written
+    r = cli("prune", base, "--out", tmp_path / "plan-fr", "-l", "fr", "--drop", 12, "--allocation", "uniform",
+            "--data", flores_dir, "--limit", 2, "--register", "tiny-fr-plan", "--registry", registry, "--plan-only")
+    assert json.loads(r.stdout)["specialist"] == str(tmp_path / "plan-fr.plan.json")
+    assert not (tmp_path / "plan-fr").exists()
+    plan_entry = json.loads(cli("registry", "--root", registry, "show", "tiny-fr-plan").stdout)
+    assert plan_entry["source"] == "plan" and plan_entry["weight_bytes"] == entry["weight_bytes"]
+    assert plan_entry["experts_per_layer"] == [4, 4, 4, 4]
+    r = cli("prune", base, "--out", tmp_path / "y", "-l", "fr", "--drop", 4, "--plan-only", ok=False)
+    assert r.exit_code == 2 and "--register NAME" in r.output
+
 
 def test_errors_are_one_clear_line(tmp_path, flores_dir):
     base = save_tiny("qwen3_moe", tmp_path / "base")
