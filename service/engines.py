@@ -610,6 +610,10 @@ class EnginePool:
         for engine in self.engines.values():
             metrics.describe(engine.spec)
             metrics.queue_limit.labels(engine.name).set(engine.limit)
+        for source in self.engines:  # every overflow route is a series from the start (at 0), as Prometheus advises
+            for target in self.engines:
+                if source != target:
+                    metrics.overflows.labels(source, target)
         self.refresh_metrics()
 
     def routes(self) -> list[Route]:
