@@ -192,10 +192,13 @@ def plan_file_of(path: Path) -> Path | None:
     (a sliced specialist, a base, a hub id)."""
     if path.suffix == ".json" and path.is_file():
         return path
-    config = path / "config.json"
-    if config.is_file() and PLAN_KEPT_KEY in json.loads(config.read_text()):
-        return path / "plan.json"
-    return None
+    if not (path / "plan.json").is_file() or not (path / "config.json").is_file():
+        return None
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):  # a broken folder is the engine's to report (/readyz), not a plan
+        return None
+    return path / "plan.json" if PLAN_KEPT_KEY in config else None
 
 
 def view_kept(config: Any) -> dict[int, list[int]] | None:
