@@ -87,6 +87,17 @@ def compose_bytes(size: str | int) -> int:
     return int(m.group(1)) * _COMPOSE_UNITS.get(m.group(2), 1)
 
 
+_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def compose_seconds(duration: str) -> float:
+    """A Compose duration ("45s", "1m30s", "500ms") in seconds: a sequence of <number><unit>, units us ms s m h."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise ValueError(f"not a Compose duration: {duration!r} (e.g. 45s, 1m30s)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
 def load_yaml_all(path: Path) -> list[Any]:
     with path.open() as f:
         return [doc for doc in yaml.safe_load_all(f) if doc is not None]

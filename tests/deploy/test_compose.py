@@ -21,6 +21,7 @@ from tests.deploy.conftest import (
     ROOT,
     VLLM_SHM_PER_ENGINE,
     compose_bytes,
+    compose_seconds,
     env_of,
     need_module,
     need_tool,
@@ -175,6 +176,24 @@ def test_gateway_services_have_room_in_dev_shm_for_their_engines(service):
     svc = compose()["services"][service]
     assert "shm_size" in svc, f"{service}: no shm_size (Docker's default 64 MiB /dev/shm stops vLLM)"
     assert compose_bytes(svc["shm_size"]) >= BUNDLED_ENGINES * VLLM_SHM_PER_ENGINE
+
+
+def test_compose_durations():
+    assert compose_seconds("45s") == 45 and compose_seconds("1m30s") == 90 and compose_seconds("500ms") == 0.5
+    for bad in ("45", "1m 30s", "s", "", "1d"):
+        with pytest.raises(ValueError, match="Compose duration"):
+            compose_seconds(bad)
+
+
+@pytest.mark.parametrize("service", GATEWAYS)
+def test_gateway_stop_grace_outlasts_its_drain(service, monkeypatch):
+    """Docker kills a container 10 s after SIGTERM unless told otherwise: the gateway's drain must fit, with
+    10 s to close the engines."""
+    svc = compose()["services"][service]
+    for key, value in svc["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    drain = Settings().drain_timeout_s
+    assert compose_seconds(svc.get("stop_grace_period", "10s")) >= drain + 10, f"{service}: drain {drain} s"
 
 
 def test_bind_mounts_exist():

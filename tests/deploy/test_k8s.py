@@ -112,6 +112,18 @@ def test_gateway_is_stateless_replicated_and_probed():
     assert names <= refs, f"ConfigMaps {names - refs} are not used by the gateway"
 
 
+def test_gateway_grace_period_covers_pre_stop_drain_and_close(monkeypatch):
+    """The kubelet runs preStop, sends SIGTERM, and SIGKILLs after terminationGracePeriodSeconds (counted from
+    the start of preStop): the pause, the gateway's drain (MOE_DRAIN_TIMEOUT_S) and 10 s to close must fit."""
+    pod = one("Deployment", "gateway")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    for key, value in gateway_settings_env().items():
+        monkeypatch.setenv(key, value)
+    drain = Settings().drain_timeout_s
+    assert pod.get("terminationGracePeriodSeconds", 30) >= pause + drain + 10, (pause, drain)
+
+
 def test_gateway_configmaps_are_settings_the_gateway_reads(monkeypatch):
     """Every key is a MOE_* variable the settings know (or a library's), and together they load."""
     env = gateway_settings_env()
