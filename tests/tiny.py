@@ -60,6 +60,7 @@ def tiny_config(
         bos_token_id=None,
         tie_word_embeddings=False,
     )
+    common |= {key: overrides.pop(key) for key in list(overrides) if key in common}
     if family == "qwen3_moe":
         overrides.setdefault("norm_topk_prob", True)
         cfg = Qwen3MoeConfig(
