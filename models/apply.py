@@ -33,6 +33,7 @@ from moe_specialists.models.checkpoint import (
     building_dir,
     file_sha256,
     read_config,
+    read_header_and_start,
     resolve_model,
     shard_files,
     stored_parameters,
@@ -74,17 +75,7 @@ def read_shard_layout(path: Path) -> ShardLayout:
     size = path.stat().st_size if path.is_file() else None
     if size is None:
         raise ValueError(f"{path.name} is listed in the checkpoint's index but missing from {path.parent}")
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-        if not 0 <= n <= min(size - 8, 100_000_000):
-            raise ValueError(f"{path.name}: not a safetensors file (header size {n}, file size {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path.name}: corrupt or not safetensors (header: {e})") from e
-    header.pop("__metadata__", None)
-    data_start = 8 + n
+    header, data_start = read_header_and_start(path)
     for name, info in header.items():
         begin, end = info["data_offsets"]
         count = 1

@@ -74,21 +74,26 @@ def shard_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def read_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (names, dtypes, shapes, offsets); no tensor data is read."""
+def read_header_and_start(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file (names, dtypes, shapes, offsets) and the file offset where its
+    tensor data starts (8 + the header's length); no tensor data is read."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path} is not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > 100_000_000:
-            raise ValueError(f"{path} is not a safetensors file (header size {n})")
+        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if not 0 <= n <= min(size - 8, 100_000_000):
+            raise ValueError(f"{path} is not a safetensors file (header size {n}, file size {size})")
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not a safetensors file (corrupt header: {e})") from e
+            raise ValueError(f"{path} is corrupt or not safetensors (header: {e})") from e
     header.pop("__metadata__", None)
-    return header
+    return header, 8 + n
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (``read_header_and_start`` without the offset)."""
+    return read_header_and_start(path)[0]
 
 
 def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
