@@ -15,6 +15,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -43,16 +44,21 @@ class Record:
     def __init__(self) -> None:
         self.status: Counter[str] = Counter()
         self.retry_after: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()  # what a request without an HTTP answer raised
+        self.by_pair: Counter[str] = Counter()  # "en-de 200" -> count
         self.latencies_ms: list[float] = []
         self.timeline: list[tuple[float, str]] = []
         self.t0 = time.monotonic()
 
-    def on_request(self, response_time, response=None, exception=None, **_) -> None:
+    def on_request(self, name, response_time, response=None, exception=None, **_) -> None:
         status = "hung" if _timed_out(exception) else str(getattr(response, "status_code", 0) or "error")
         self.status[status] += 1
+        self.by_pair[f"{name} {status}"] += 1
         self.timeline.append((time.monotonic() - self.t0, status))
         if status == "200":
             self.latencies_ms.append(response_time)
+        elif status in ("error", "hung"):
+            self.errors[f"{type(exception).__name__}: {exception}"[:200]] += 1
         elif status in ("429", "503") and response is not None and response.headers.get("Retry-After"):
             self.retry_after[status] += 1
 
@@ -68,12 +74,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def make_user(timeout: float, rate_per_user: float) -> type[HttpUser]:
+    numbers = itertools.count()
+
     class Translator(HttpUser):
+        """User i sends TEXTS[i % len(TEXTS)]: every pair (and so every bundled specialist) gets its share."""
+
         wait_time = constant_throughput(rate_per_user)
+
+        def on_start(self) -> None:
+            self.pair = TEXTS[next(numbers) % len(TEXTS)]
 
         @task
         def translate(self) -> None:
-            source, target, text = TEXTS[hash(self) % len(TEXTS)]
+            source, target, text = self.pair
             self.client.post("/v1/translate", json={"text": text, "source": source, "target": target,
                                                     "max_tokens": 48}, timeout=timeout, name=f"{source}-{target}")
 
@@ -99,6 +112,15 @@ def _names(p: psutil.Process) -> list[str]:
         return []
 
 
+def not_ready(url: str) -> set[str]:
+    """The specialists /readyz lists in any state but ready."""
+    try:
+        engines = requests.get(f"{url}/readyz", timeout=2).json().get("specialists", {})
+    except (requests.RequestException, ValueError):
+        return set()
+    return {name for name, e in engines.items() if e.get("state") != "ready"}
+
+
 def readiness(url: str) -> str:
     """/readyz's status: "ready" (every specialist), "degraded", "not ready", or "down" (no answer)."""
     try:
@@ -113,7 +135,8 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=4.0, help="requests per second, all users together")
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--timeout", type=float, default=60.0, help="a request with no answer by then has hung")
-    p.add_argument("--kill-at", type=float, help="seconds into the run: SIGKILL the oldest engine-core process")
+    p.add_argument("--kill-at", type=float, help="seconds into the run: SIGKILL an engine-core process")
+    p.add_argument("--kill-index", type=int, default=0, help="which engine core, oldest first (0: the oldest)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     max_requests = int(args.rate * args.minutes * 60 * 1.2) + 10  # the bound on what is sent
@@ -145,6 +168,7 @@ def main() -> None:
         record.t0 = time.monotonic()
         runner.start(args.users, spawn_rate=args.users)
         killed_at = degraded_at = recovered_at = None
+        down: set[str] = set()  # specialists /readyz reported not ready after the kill
         end = record.t0 + args.minutes * 60
         while time.monotonic() < end and sum(record.status.values()) < max_requests:
             now = time.monotonic() - record.t0
@@ -152,10 +176,11 @@ def main() -> None:
                 cores = engine_cores(gateway)
                 if not cores:
                     raise SystemExit("no engine-core process found under the gateway")
-                cores[0].send_signal(signal.SIGKILL)
+                cores[args.kill_index].send_signal(signal.SIGKILL)
                 killed_at = now
             elif killed_at is not None and recovered_at is None:
                 state = readiness(url)
+                down |= not_ready(url)
                 if degraded_at is None and state != "ready":
                     degraded_at = now
                 elif degraded_at is not None and state == "ready":
@@ -174,21 +199,29 @@ def main() -> None:
     outage = [s for t, s in record.timeline if killed_at is not None and killed_at <= t <= (recovered_at or 1e9)]
     result = {
         "minutes": args.minutes, "rate": args.rate, "requests": sum(record.status.values()),
-        "status": dict(record.status), "retry_after": dict(record.retry_after),
+        "status": dict(record.status), "retry_after": dict(record.retry_after), "errors": dict(record.errors),
+        "by_pair": dict(sorted(record.by_pair.items())),
+        "not_200_at_s": [round(t, 1) for t, status in record.timeline if status != "200"][:50],
         "p50_ms": percentile(record.latencies_ms, 50) if record.latencies_ms else None,
         "p99_ms": percentile(record.latencies_ms, 99) if record.latencies_ms else None,
         "rss_start_mib": rss_start / 2**20, "rss_end_mib": rss_end / 2**20,
         "rss_growth": rss_end / rss_start - 1,
-        "killed_at_s": killed_at, "degraded_at_s": degraded_at, "recovered_at_s": recovered_at,
+        "killed_at_s": killed_at, "killed_specialists": sorted(down), "degraded_at_s": degraded_at,
+        "recovered_at_s": recovered_at,
         "during_outage": dict(Counter(outage)),
     }
     print(f"{result['requests']} requests in {args.minutes:g} min at {args.rate:g}/s; by status {result['status']}; "
           f"Retry-After on {result['retry_after']}")
+    print(f"by pair and status: {result['by_pair']}")
+    for error, n in record.errors.items():
+        print(f"  {n} x {error}")
+    if result["not_200_at_s"]:
+        print(f"answers other than 200 at (s into the run): {result['not_200_at_s']}")
     print(f"latency of the 200s: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms")
     print(f"gateway RSS {result['rss_start_mib']:.0f} -> {result['rss_end_mib']:.0f} MiB "
           f"({100 * result['rss_growth']:+.1f}%)")
     if killed_at is not None:
-        print(f"engine killed at {killed_at:.0f} s, /readyz not all ready from "
+        print(f"engine of {sorted(down) or '?'} killed at {killed_at:.0f} s, /readyz not all ready from "
               f"{'never' if degraded_at is None else f'{degraded_at:.0f} s'}, all ready again at "
               f"{'never' if recovered_at is None else f'{recovered_at:.0f} s'}; during the outage: "
               f"{result['during_outage']}")
