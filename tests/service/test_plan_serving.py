@@ -1,6 +1,9 @@
-"""A specialist served from its base and a plan (``-s en-de=PLAN.json:...``): the bundled en-de plan on the
-bundled translator in the real vLLM CPU engine answers exactly as its sliced copy does in transformers, and
-reports the sliced copy's bytes; a plan whose base was tampered with is refused before anything starts."""
+"""Specialists served from their base and a plan (``-s multi=PLAN.json:...``) in the real vLLM CPU engine. One
+gateway serves ``multi`` (the bundled multilingual plan on the bundled translator, en/de/fr) and ``en-de``
+(the bundled en-de plan on a copy of the bundled translator whose first shard was modified after the plan was
+made: en-de and en-zh). ``multi`` answers exactly as its sliced copy does in transformers and reports the
+sliced copy's bytes; ``en-de`` is given up with what differs, the gateway serves on, its en-de pair is taken by
+``multi`` and its en-zh pair gets a 503 that says why."""
 
 from __future__ import annotations
 
@@ -21,53 +24,78 @@ from moe_specialists.models.registry import weight_stats
 from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR, PLANS_DIR
 from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings, SpecialistSpec
-from tests.service.conftest import wait_ready
+from tests.service.conftest import READY_TIMEOUT_S, flip_last_byte, metric, wait_for
 
 TEXT = "The children are playing in the garden."
 
 
-def settings(plan_path, views) -> Settings:
-    spec = SpecialistSpec(name="en-de", path=str(plan_path), directions=["en-de"])
-    return Settings(specialists=[spec], views_dir=views, dtype="float32", max_model_len=512, enforce_eager=True)
+def bundled_plan(name: str, base, path) -> Plan:
+    """The committed plan ``name`` (it names its base by its repository path) on ``base``, saved at ``path``."""
+    plan = Plan.load(PLANS_DIR / f"{name}.json")
+    plan.base.id = str(base)
+    plan.save(path)
+    return plan
 
 
-def test_a_plan_is_served_like_its_sliced_copy(tmp_path):
-    plan = Plan.load(PLANS_DIR / "en-de.json").model_copy(update={})
-    plan.base.id = str(BUNDLED_MODEL_DIR)  # the committed plan names the base by its repository path
-    plan_path = tmp_path / "en-de.json"
-    plan.save(plan_path)
-    copy = apply_plan(plan, tmp_path / "copy")
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(root, the multilingual plan, the tampered shard, a client of the gateway once multi is ready and en-de
+    given up)."""
+    root = tmp_path_factory.mktemp("plans")
+    multi = bundled_plan("multilingual", BUNDLED_MODEL_DIR, root / "multilingual.json")
+    base = shutil.copytree(BUNDLED_MODEL_DIR, root / "base", ignore=shutil.ignore_patterns("plans", "*.py", "__py*"))
+    bundled_plan("en-de", base, root / "en-de.json")
+    index = json.loads((base / "model.safetensors.index.json").read_text())
+    shard = base / sorted(set(index["weight_map"].values()))[0]
+    flip_last_byte(shard)
+    settings = Settings(
+        specialists=[SpecialistSpec(name="multi", path=str(root / "multilingual.json"), languages=["en", "de", "fr"]),
+                     SpecialistSpec(name="en-de", path=str(root / "en-de.json"), directions=["en-de", "en-zh"])],
+        views_dir=root / "views", dtype="float32", max_model_len=512, enforce_eager=True, health_interval_s=0.5,
+        engine_max_restarts=1, engine_restart_initial_delay_s=0.1, engine_restart_max_delay_s=0.5,
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_for(client, lambda s: s["multi"]["state"] == "ready" and s["en-de"]["state"] == "given_up",
+                 READY_TIMEOUT_S, "multi ready, en-de given up")
+        yield root, multi, shard, client
+
+
+def test_a_plan_is_served_like_its_sliced_copy(served):
+    root, plan, _, client = served
+    copy = apply_plan(plan, root / "copy")
     tok = AutoTokenizer.from_pretrained(copy)
     model = AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32).eval()
-    ids = tok(render(tok, "en", "de", TEXT), return_tensors="pt", add_special_tokens=False).input_ids
+    ids = tok(render(tok, "en", "fr", TEXT), return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id)
     expected = extract_answer(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False), [tok.eos_token])[0]
 
-    with TestClient(create_app(settings(plan_path, tmp_path / "views"))) as client:
-        wait_ready(client)
-        r = client.post("/v1/translate", json={"text": TEXT, "source": "en", "target": "de", "max_tokens": 24})
-        assert r.status_code == 200, r.text
-        assert r.json()["translations"][0]["text"] == expected.strip()
-        served = {s["name"]: s for s in client.get("/v1/specialists").json()}["en-de"]
-        metrics = client.get("/metrics").text
+    r = client.post("/v1/translate", json={"text": TEXT, "source": "en", "target": "fr", "max_tokens": 24})
+    assert r.status_code == 200, r.text
+    assert r.json()["translations"][0]["text"] == expected.strip()
+    info = {s["name"]: s for s in client.get("/v1/specialists").json()}["multi"]
     params, nbytes = weight_stats(copy)
-    assert served["weight_bytes"] == nbytes and served["base_weight_bytes"] == plan.base.weight_bytes
-    line = next(x for x in metrics.splitlines() if x.startswith('moe_specialist_parameters{specialist="en-de"}'))
-    assert float(line.split()[-1]) == params
-    assert not any(p.suffix == ".safetensors" and not p.is_symlink() for p in (tmp_path / "views").rglob("*"))
+    assert info["weight_bytes"] == nbytes and info["base_weight_bytes"] == plan.base.weight_bytes
+    assert metric(client, "moe_specialist_parameters", specialist="multi") == params
+    assert metric(client, "moe_specialist_weight_bytes", specialist="multi") == nbytes
+    assert not any(p.suffix == ".safetensors" and not p.is_symlink() for p in (root / "views").rglob("*"))
 
 
-def test_a_tampered_base_is_refused_at_start(tmp_path):
-    base = shutil.copytree(BUNDLED_MODEL_DIR, tmp_path / "base")
-    plan = Plan.load(PLANS_DIR / "en-de.json")
-    plan.base.id = str(base)
-    plan_path = tmp_path / "en-de.json"
-    plan.save(plan_path)
-    index = json.loads((base / "model.safetensors.index.json").read_text())
-    shard = base / sorted(set(index["weight_map"].values()))[0]
-    data = bytearray(shard.read_bytes())
-    data[-1] ^= 0x01
-    shard.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=rf"{shard.name} has sha256 .* the plan expects"):
-        create_app(settings(plan_path, tmp_path / "views"))
+def test_a_tampered_base_fails_only_its_specialist(served):
+    _, _, shard, client = served
+    assert client.get("/healthz").status_code == 200
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["status"] == "degraded", r.text
+    error = r.json()["specialists"]["en-de"]["error"]
+    assert f"{shard.name} has sha256" in error and "the plan expects" in error, error
+
+    r = client.post("/v1/translate", json={"text": TEXT, "source": "en", "target": "de", "max_tokens": 8})
+    item = r.json()["translations"][0]
+    assert r.status_code == 200 and (item["specialist"], item["route"]) == ("multi", "multilingual"), r.text
+    r = client.post("/v1/translate", json={"text": TEXT, "source": "en", "target": "zh", "max_tokens": 8})
+    assert r.status_code == 503 and "Retry-After" not in r.headers, r.text
+    assert "'en-de' is given up" in r.json()["error"] and f"{shard.name} has sha256" in r.json()["error"]
+
+    assert metric(client, "moe_specialist_weight_bytes", absent=None, specialist="en-de") is None
+    assert {s["name"]: s for s in client.get("/v1/specialists").json()}["en-de"]["bytes_saved"] is None
+    assert metric(client, "moe_engine_state", specialist="en-de", state="given_up") == 1
