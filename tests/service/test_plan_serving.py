@@ -3,12 +3,14 @@ gateway serves ``multi`` (the bundled multilingual plan on the bundled translato
 (the bundled en-de plan on a copy of the bundled translator whose first shard was modified after the plan was
 made: en-de and en-zh). ``multi`` answers exactly as its sliced copy does in transformers and reports the
 sliced copy's bytes; ``en-de`` is given up with what differs, the gateway serves on, its en-de pair is taken by
-``multi`` and its en-zh pair gets a 503 that says why."""
+``multi`` and its en-zh pair gets a 503 that says why. A remote vLLM server (``vllm serve VIEW``, this project's
+plugin loaded by its entry point) serves a plan view like its sliced copy too."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 
 import pytest
 import torch
@@ -19,14 +21,15 @@ import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classe
 from moe_specialists.models.apply import apply_plan
 from moe_specialists.models.extract import extract_answer
 from moe_specialists.models.plan import Plan
+from moe_specialists.models.plan_loading import view_of_plan
 from moe_specialists.models.prompts import render
 from moe_specialists.models.registry import weight_stats
 from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR, PLANS_DIR
 from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings, SpecialistSpec
-from tests.service.conftest import READY_TIMEOUT_S, flip_last_byte, metric, wait_for
+from tests.service.conftest import READY_TIMEOUT_S, VllmServer, flip_last_byte, metric, wait_for, wait_ready
 
-TEXT = "The children are playing in the garden."
+TEXT = "My brother bought a new car yesterday."  # both specialists answer it unlike the base
 
 
 def bundled_plan(name: str, base, path) -> Plan:
@@ -60,21 +63,25 @@ def served(tmp_path_factory):
         yield root, multi, shard, client
 
 
-def test_a_plan_is_served_like_its_sliced_copy(served):
-    root, plan, _, client = served
-    copy = apply_plan(plan, root / "copy")
-    tok = AutoTokenizer.from_pretrained(copy)
-    model = AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32).eval()
-    ids = tok(render(tok, "en", "fr", TEXT), return_tensors="pt", add_special_tokens=False).input_ids
+def greedy_answer(folder, source: str, target: str) -> str:
+    """What the checkpoint in ``folder`` answers to TEXT in transformers, greedy, 24 tokens."""
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = tok(render(tok, source, target, TEXT), return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id)
-    expected = extract_answer(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False), [tok.eos_token])[0]
+    return extract_answer(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False), [tok.eos_token])[0].strip()
 
+
+def test_a_plan_is_served_like_its_sliced_copy(served):
+    root, plan, _, client = served
+    expected = greedy_answer(apply_plan(plan, root / "copy"), "en", "fr")
+    assert expected != greedy_answer(BUNDLED_MODEL_DIR, "en", "fr")  # the answer tells the specialist from its base
     r = client.post("/v1/translate", json={"text": TEXT, "source": "en", "target": "fr", "max_tokens": 24})
     assert r.status_code == 200, r.text
-    assert r.json()["translations"][0]["text"] == expected.strip()
+    assert r.json()["translations"][0]["text"] == expected
     info = {s["name"]: s for s in client.get("/v1/specialists").json()}["multi"]
-    params, nbytes = weight_stats(copy)
+    params, nbytes = weight_stats(root / "copy")
     assert info["weight_bytes"] == nbytes and info["base_weight_bytes"] == plan.base.weight_bytes
     assert metric(client, "moe_specialist_parameters", specialist="multi") == params
     assert metric(client, "moe_specialist_weight_bytes", specialist="multi") == nbytes
@@ -99,3 +106,25 @@ def test_a_tampered_base_fails_only_its_specialist(served):
     assert metric(client, "moe_specialist_weight_bytes", absent=None, specialist="en-de") is None
     assert {s["name"]: s for s in client.get("/v1/specialists").json()}["en-de"]["bytes_saved"] is None
     assert metric(client, "moe_engine_state", specialist="en-de", state="given_up") == 1
+
+
+def test_a_remote_vllm_server_serves_a_plan_view(tmp_path):
+    """The view (links to the base's shards, config.json with the kept lists) served by a separate vLLM
+    server; the gateway reaches it as a remote specialist. The server does not check the base's hashes: the
+    view is checked when it is made (here ``view_of_plan``), on the host whose paths its links name."""
+    plan = bundled_plan("en-de", BUNDLED_MODEL_DIR, tmp_path / "en-de.json")
+    expected = greedy_answer(apply_plan(plan, tmp_path / "copy"), "en", "de")
+    assert expected != greedy_answer(BUNDLED_MODEL_DIR, "en", "de")  # the answer tells the specialist from its base
+    server = VllmServer(view_of_plan(plan, tmp_path / "views"), tmp_path / "server.log")
+    server.start()
+    try:
+        server.wait_up()
+        settings = Settings(specialists=[SpecialistSpec(name="en-de", path=server.url, directions=["en-de"])],
+                            health_interval_s=0.5, remote_timeout_s=5)
+        with TestClient(create_app(settings)) as client:
+            wait_ready(client)
+            r = client.post("/v1/translate", json={"text": TEXT, "source": "en", "target": "de", "max_tokens": 24})
+            assert r.status_code == 200, r.text
+            assert r.json()["translations"][0]["text"] == expected
+    finally:
+        server.kill(signal.SIGTERM)
