@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,10 @@ def runs(indices: list[int]) -> list[tuple[int, int]]:
 
 def check_base_files(base_dir: Path, expected: dict[str, str], cache: Path | None = None) -> None:
     """Refuse a base whose shards are not the ones the plan was made for (sha256 per file name). ``cache``: a
-    JSON file remembering hashes by (path, size, mtime), so a served plan hashes a 13 GB base once."""
-    known: dict[str, str] = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    JSON file remembering hashes by (path, size, mtime), so a served plan hashes a 13 GB base once; it is
+    written (atomically) after a refusal too, so checking a tampered base again costs no new hashing, and a
+    changed file (new size or mtime) is hashed afresh. An unreadable cache counts as empty."""
+    known = _read_hash_cache(cache)
     problems = []
     for name, sha in sorted(expected.items()):
         path = base_dir / name
@@ -87,11 +90,23 @@ def check_base_files(base_dir: Path, expected: dict[str, str], cache: Path | Non
         known[key] = actual
         if actual != sha:
             problems.append(f"{name} has sha256 {actual[:12]}..., the plan expects {sha[:12]}...")
-    if problems:
-        raise ValueError(f"{base_dir} is not the checkpoint the plan was made for: " + "; ".join(problems))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(known, indent=1))
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        tmp.replace(cache)
+    if problems:
+        raise ValueError(f"{base_dir} is not the checkpoint the plan was made for: " + "; ".join(problems))
+
+
+def _read_hash_cache(cache: Path | None) -> dict[str, str]:
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def read_kept_tensors(

@@ -8,15 +8,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from moe_specialists.models.plan import Plan
-from moe_specialists.models.plan_loading import plan_file_of, view_of_plan
-from moe_specialists.models.registry import Registry, weight_stats
+from moe_specialists.models.registry import Registry
 from moe_specialists.service.engines import EngineFactory, EnginePool, vllm_engine
 from moe_specialists.service.errors import install_error_handlers
 from moe_specialists.service.metrics import GatewayMetrics
@@ -37,30 +34,14 @@ log = logging.getLogger(__name__)
 
 
 def specialist_specs(settings: Settings) -> list[SpecialistSpec]:
-    """Explicit specialists, then every registry entry whose name is not taken already; plans served from
-    their base (``plan_spec``)."""
+    """Explicit specialists, then every registry entry whose name is not taken already. Plans are checked and
+    their views made when each engine starts (``service.plans``), not here: an unusable plan fails its
+    specialist only, and hashing a base does not delay the gateway's start."""
     specs = list(settings.specialists)
     if settings.registry_dir is not None:
         taken = {s.name for s in specs}
         specs += [SpecialistSpec.from_entry(e) for e in Registry(settings.registry_dir).list() if e.name not in taken]
-    return [plan_spec(s, settings.views_dir) for s in specs]
-
-
-def plan_spec(spec: SpecialistSpec, views_dir: Path) -> SpecialistSpec:
-    """A spec whose path is a plan (.json) or a plan view is served from the plan's base: its view is made (or
-    found) under ``views_dir`` after the base's files were checked against the plan; weight bytes and experts
-    are the sliced copy's. Any other spec as it is."""
-    plan_file = None if spec.remote else plan_file_of(Path(spec.path))
-    if plan_file is None:
-        return spec
-    plan = Plan.load(plan_file)
-    view = view_of_plan(plan, views_dir if plan_file == Path(spec.path) else Path(spec.path).parent)
-    parameters, weight_bytes = weight_stats(view)
-    return spec.model_copy(update={
-        "path": str(view), "weight_bytes": weight_bytes, "base_weight_bytes": plan.base.weight_bytes,
-        "parameters": parameters, "experts_kept": sum(len(k) for k in plan.kept),
-        "experts_total": sum(plan.base.experts_per_layer[layer] for layer in plan.layers),
-    })
+    return specs
 
 
 class CountResponses:

@@ -12,6 +12,13 @@ Supervision (``EnginePool``): every engine has one lifecycle, in-process or remo
 ``engine_max_restarts`` restarts in a row, ``given_up``; ``stopped`` after close. A failed engine is
 restarted (a remote one reconnected) after ``backoff_delay`` seconds; a remote one is never given up (the
 gateway cannot restart a server it does not run).
+
+A specialist given as a plan (``service.plans``) has its plan checked at every start, in a worker thread
+(hashing a large base must not stop the gateway answering): an unusable plan fails that start like a corrupt
+folder does (restarts with backoff, then given up), and a restart checks again, so a base the user repaired
+is served. Its weight bytes, parameters and experts are known once a start's check passed: until then and
+after a check that failed they are absent from /metrics and null in /v1/specialists (never a 0 that would read
+as "nothing saved").
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import httpx
 from moe_specialists.models.prompts import render, translation_messages
 from moe_specialists.models.vllm_worker import PROBE
 from moe_specialists.service.metrics import GatewayMetrics
+from moe_specialists.service.plans import PlanUnusable, plan_file, plan_spec
 from moe_specialists.service.routing import Route, make_route
 from moe_specialists.service.settings import Settings, SpecialistSpec
 
@@ -122,7 +130,10 @@ class Engine(ABC):
     restartable_forever = False  # remote engines: reconnected for ever, never given up
 
     def __init__(self, spec: SpecialistSpec, settings: Settings, metrics: GatewayMetrics):
-        self.spec = spec
+        self.spec = spec  # what the engine serves: for a plan, the checked view (``EnginePool._check_plan``)
+        self.configured = spec  # as given (a plan's path for a plan)
+        self.plan_backed = plan_file(spec) is not None
+        self.plan_checked = False  # a plan-backed engine: its plan passed the check of the latest start
         self.settings = settings
         self.metrics = metrics
         self._state = "starting"
@@ -166,6 +177,12 @@ class Engine(ABC):
     @property
     def ready(self) -> bool:
         return self._state == "ready"
+
+    @property
+    def sizes_known(self) -> bool:
+        """Whether ``spec``'s weight bytes, parameters and experts are the served specialist's: always for a
+        folder, for a plan once its check passed."""
+        return not self.plan_backed or self.plan_checked
 
     @property
     def recoverable(self) -> bool:
@@ -607,8 +624,10 @@ class EnginePool:
         self.engines: dict[str, Engine] = {s.name: engine_factory(s, settings, metrics, share) for s in specs}
         self._supervisors: list[asyncio.Task] = []
         self.draining = False  # SIGTERM: nothing new is admitted, /readyz fails
+        self._plan_checks = asyncio.Lock()  # one plan check at a time: plans of one base hash it once
         for engine in self.engines.values():
-            metrics.describe(engine.spec)
+            if engine.sizes_known:
+                metrics.describe(engine.spec)
             metrics.queue_limit.labels(engine.name).set(engine.limit)
         for source in self.engines:  # every overflow route is a series from the start (at 0), as Prometheus advises
             for target in self.engines:
@@ -642,6 +661,20 @@ class EnginePool:
             e.account_time()
         self.metrics.draining.set(1 if self.draining else 0)
 
+    async def _check_plan(self, engine: Engine) -> None:
+        """A plan-backed engine: check its plan and make its view (``plan_spec``, in a worker thread), then
+        serve the view and describe the specialist in the metrics; on ``PlanUnusable`` its sizes are
+        forgotten. Not bounded by ``engine_start_timeout_s``: a thread cannot be stopped, and hashing a large
+        base on a slow disk may take longer (each file is hashed once, then cached by size and mtime)."""
+        if not engine.plan_backed:
+            return
+        engine.spec, engine.plan_checked = engine.configured, False
+        self.metrics.forget(engine.name)
+        async with self._plan_checks:
+            engine.spec = await asyncio.to_thread(plan_spec, engine.configured, self.settings.views_dir)
+        engine.plan_checked = True
+        self.metrics.describe(engine.spec)
+
     async def _start_one(self, engine: Engine) -> bool:
         """One start (or reconnect) attempt: True when the engine is ready. A remote engine being reconnected
         stays failed until its server answers."""
@@ -649,13 +682,14 @@ class EnginePool:
             engine.state = "starting"
         engine.start_began = time.monotonic()
         try:
+            await self._check_plan(engine)
             async with asyncio.timeout(self.settings.engine_start_timeout_s):
                 await engine.start()
         except Exception as e:  # noqa: BLE001 - one failing engine must not stop the others
             if engine.state == "stopped":
                 return False
             log.warning("specialist %s failed to start: %s: %s", engine.name, type(e).__name__, e,
-                        exc_info=not isinstance(e, EngineUnavailable))
+                        exc_info=not isinstance(e, EngineUnavailable | PlanUnusable))
             with contextlib.suppress(Exception):
                 await engine.reset()
             engine.fail(f"start-up failed: {type(e).__name__}: {e}")

@@ -9,6 +9,7 @@ keeps one global set of ``vllm:*`` metrics per process and several engines would
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -166,6 +167,14 @@ class GatewayMetrics:
         self.experts_kept.labels(name).set(spec.experts_kept)
         self.experts_total.labels(name).set(spec.experts_total)
         self.parameters.labels(name).set(spec.parameters)
+
+    def forget(self, name: str) -> None:
+        """Remove what ``describe`` set for ``name`` (a plan whose check failed: its sizes are unknown, so the
+        series are absent rather than 0)."""
+        for gauge in (self.weight_bytes, self.base_weight_bytes, self.bytes_saved, self.saved_ratio,
+                      self.experts_kept, self.experts_total, self.parameters):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
 
     def engine_state_changed(self, name: str, old: str | None, new: str) -> None:
         if old is not None:

@@ -84,9 +84,10 @@ class SpecialistInfo(BaseModel):
     base: bool
     inflight: int
     queue_limit: int
-    weight_bytes: int
-    base_weight_bytes: int
-    bytes_saved: int
+    # null for a plan whose check has not passed (yet): its sizes are not known
+    weight_bytes: int | None
+    base_weight_bytes: int | None
+    bytes_saved: int | None
 
 
 class LibreTranslateRequest(BaseModel):

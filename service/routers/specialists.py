@@ -15,9 +15,10 @@ async def specialists(pool: PoolDep) -> list[SpecialistInfo]:
     out = []
     for engine in pool.engines.values():
         s = engine.spec
+        sizes = engine.sizes_known  # a plan's sizes are known once its check passed (null until then)
         out.append(SpecialistInfo(
             **engine.status(), path=s.path, directions=s.directions, languages=s.languages, base=s.base,
-            weight_bytes=s.weight_bytes, base_weight_bytes=s.base_weight_bytes,
-            bytes_saved=max(s.base_weight_bytes - s.weight_bytes, 0),
+            weight_bytes=s.weight_bytes if sizes else None, base_weight_bytes=s.base_weight_bytes if sizes else None,
+            bytes_saved=max(s.base_weight_bytes - s.weight_bytes, 0) if sizes else None,
         ))
     return out

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from moe_specialists.models import plan_loading
 from moe_specialists.models.adapters import adapter_for
 from moe_specialists.models.apply import apply_plan
 from moe_specialists.models.plan import plan_from_kept
@@ -98,6 +99,27 @@ def test_a_tampered_or_missing_base_is_refused(base_and_copy, tmp_path):
     (base / shard).unlink()
     with pytest.raises(ValueError, match=rf"{shard} is missing"):
         check_base_files(base, plan.base.files)
+
+
+def test_hashes_are_remembered_after_a_refusal_and_a_broken_cache_is_ignored(base_and_copy, tmp_path, monkeypatch):
+    """A supervisor checks a tampered base again at every restart: the second check hashes nothing."""
+    base, plan, _ = base_and_copy
+    cache = tmp_path / "hashes.json"
+    shard = next(n for n in plan.base.files if n.endswith(".safetensors"))
+    data = bytearray((base / shard).read_bytes())
+    data[0] ^= 0x01
+    (base / shard).write_bytes(bytes(data))
+    hashed = []
+    real = plan_loading.file_sha256
+    monkeypatch.setattr(plan_loading, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    for _ in range(2):
+        with pytest.raises(ValueError, match=rf"{shard} has sha256 .* the plan expects"):
+            check_base_files(base, plan.base.files, cache=cache)
+    assert sorted(hashed) == sorted(plan.base.files)  # each file once, over both checks
+    cache.write_text("{ half-written")
+    with pytest.raises(ValueError, match=rf"{shard} has sha256 .* the plan expects"):
+        check_base_files(base, plan.base.files, cache=cache)
+    assert len(hashed) == 2 * len(plan.base.files)  # hashed afresh, not a JSON error
 
 
 def test_vllm_serves_a_plan_view_like_the_sliced_copy(base_and_copy, tmp_path):

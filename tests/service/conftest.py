@@ -3,6 +3,7 @@ specialists of it with the gateway settings that serve them, and app and server 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -129,6 +131,36 @@ def wait_ready(client, timeout: float = READY_TIMEOUT_S, want_all: bool = True) 
             pytest.fail(f"an engine failed to start: {body}")
         time.sleep(1)
     pytest.fail(f"engines not ready after {timeout} s: {body}")
+
+
+def states(client) -> dict[str, dict]:
+    return client.get("/readyz").json()["specialists"]
+
+
+def wait_for(client, predicate, timeout: float, what: str) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = states(client)
+        if predicate(now):
+            return now
+        assert time.monotonic() < deadline, f"{what} not within {timeout} s: {json.dumps(now, indent=1)}"
+        time.sleep(0.2)
+
+
+def metric(client, name: str, absent: float | None = 0.0, **labels) -> float | None:
+    """The value of sample ``name`` with exactly these labels on /metrics (``absent`` when there is none)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return absent
+
+
+def flip_last_byte(path: Path) -> bytes:
+    """Tamper with a file (its last byte XOR 1, size and name unchanged); returns the original bytes."""
+    original = path.read_bytes()
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+    return original
 
 
 class VllmServer:

@@ -9,7 +9,6 @@ The tests run in file order: the last one corrupts both good folders and kills b
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -18,11 +17,10 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings, SpecialistSpec
-from tests.service.conftest import READY_TIMEOUT_S, ServerThread, free_port
+from tests.service.conftest import READY_TIMEOUT_S, ServerThread, free_port, metric, states, wait_for
 from tests.tiny import save_endless
 
 pytestmark = pytest.mark.timeout(2 * READY_TIMEOUT_S + 300)
@@ -63,29 +61,6 @@ def gateway(folders):
 def client(gateway):
     with httpx.Client(base_url=gateway[1], timeout=120) as c:
         yield c
-
-
-def states(client) -> dict[str, dict]:
-    return client.get("/readyz").json()["specialists"]
-
-
-def wait_for(client, predicate, timeout: float, what: str) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        now = states(client)
-        if predicate(now):
-            return now
-        assert time.monotonic() < deadline, f"{what} not within {timeout} s: {json.dumps(now, indent=1)}"
-        time.sleep(0.2)
-
-
-def metric(client, name: str, **labels) -> float:
-    """The value of sample ``name`` with exactly these labels on /metrics (0 when absent)."""
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    return 0.0
 
 
 def body(max_tokens=LONG, target="de", **extra) -> dict:
