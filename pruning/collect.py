@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from moe_specialists.models.adapters import FamilyAdapter, adapter_for
 from moe_specialists.models.generation import TransformersGenerator
 from moe_specialists.models.prompts import render
-from moe_specialists.pruning.data import CalibrationSequence
+from moe_specialists.pruning.data import CalibrationSequence, Routing, check_routing
 from moe_specialists.pruning.stats import RoutingStats, StatsAccumulator
 
 
@@ -129,12 +129,13 @@ def sequences_fingerprint(sequences: list[CalibrationSequence]) -> str:
 def generate_translations(
     model: nn.Module, tokenizer: Any, sequences: list[CalibrationSequence], max_new_tokens: int, batch_size: int
 ) -> list[list[int]]:
-    """Token ids of prompt + the model's own greedy translation (end id included when it ends), for each
-    calibration sequence (``models.generation``)."""
+    """Token ids of every token the model READS while it writes its own greedy translation of each calibration
+    sequence (``models.generation``): the prompt and all generated tokens but the last (no forward pass sees
+    the last one; vLLM's collector records exactly these)."""
     generator = TransformersGenerator(model, tokenizer, batch_size)
     prompts = [generator.encode(render(tokenizer, s.source, s.target, s.source_text)) for s in sequences]
     outputs = generator.generate(prompts, max_new_tokens)
-    return [p + g.ids for p, g in zip(prompts, outputs, strict=True)]
+    return [p + g.ids[:-1] for p, g in zip(prompts, outputs, strict=True)]
 
 
 @torch.no_grad()
@@ -144,16 +145,18 @@ def collect_transformers(
     sequences: list[CalibrationSequence],
     batch_size: int = 8,
     reap: bool = True,
-    generate: bool = False,
+    routing: Routing = "reference",
     max_new_tokens: int = 256,
     header: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> RoutingStats:
     """Route every sequence through ``model`` and return its statistics (see pruning/stats.py).
 
-    ``generate``: calibration sequences are the prompt + the model's own translation instead of the
-    reference; plain passages are always routed as they are.
+    ``routing``: "reference" routes each calibration sequence as it is (teacher forcing on the reference);
+    "generated" routes the prompt + the model's own greedy translation (``generate_translations``) instead.
+    Plain passages are always routed as they are.
     """
+    check_routing(routing)
     adapter = adapter_for(model.config)
     layers = adapter.moe_layers(model.config)
     num_experts = max(adapter.experts_per_layer(model.config))
@@ -161,7 +164,7 @@ def collect_transformers(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     token_ids = {id(s): tokenizer(s.text, add_special_tokens=False)["input_ids"] for s in sequences}
-    if generate:
+    if routing == "generated":
         calib = [s for s in sequences if not s.passage]
         for s, ids in zip(
             calib, generate_translations(model, tokenizer, calib, max_new_tokens, batch_size), strict=True
@@ -180,7 +183,7 @@ def collect_transformers(
         "num_experts": num_experts,
         "top_k": adapter.top_k(model.config),
         "collector": "transformers",
-        "mode": "generate" if generate else "teacher",
+        "routing": routing,
         "has_reap": reap,
         "data_fingerprint": sequences_fingerprint(sequences),
     }

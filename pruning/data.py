@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from moe_specialists.models.prompts import LANGUAGE_NAMES, render
 
 Orientation = Literal["to", "from", "both"]  # which way round the pivot: en->L, L->en, both (a pair is "en-de")
+# what a calibration sequence's translation is: the model's own greedy output (the paper's choice) or the FLORES
+# reference (teacher forcing: one forward pass, no generation)
+Routing = Literal["generated", "reference"]
+
+
+def check_routing(routing: str) -> Routing:
+    """``routing`` itself, or ValueError naming the accepted values."""
+    if routing not in get_args(Routing):
+        raise ValueError(f"routing must be one of {list(get_args(Routing))}, not {routing!r}")
+    return routing  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

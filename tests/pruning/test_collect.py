@@ -91,3 +91,25 @@ def test_hooks_match_router_and_ignore_padding(family):
     _, weights, indices = router(captured[0].reshape(-1, 128))
     dense = torch.zeros(indices.shape[0], 16, dtype=torch.float64).scatter_(1, indices, weights.double())
     assert torch.allclose(alone.groups["en-de"].mass_sum[0], dense.mean(0), atol=1e-6)
+
+
+def test_generated_routing_counts_every_token_the_model_reads():
+    """The prompt and the greedy translation but its last token (no forward pass reads it; vLLM's collector
+    records the same tokens); an unknown routing is refused naming the accepted ones."""
+    from moe_specialists.models.generation import TransformersGenerator
+    from moe_specialists.models.prompts import render
+
+    model, tok = build_model("qwen3_moe", layers=2), tiny_tokenizer()
+    seqs = [CalibrationSequence("en-de", "unused reference", source="en", target="de", source_text=t)
+            for t in ("Hello.", "The cat sat on the mat.")]  # fmt: skip
+    stats = collect_transformers(model, tok, seqs, batch_size=2, reap=False, routing="generated",
+                                 max_new_tokens=4, progress=False)  # fmt: skip
+    generator = TransformersGenerator(model, tok)
+    prompts = [generator.encode(render(tok, "en", "de", s.source_text)) for s in seqs]
+    generated = generator.generate(prompts, 4)
+    assert all(g.ids for g in generated)
+    g = stats.groups["en-de"]
+    assert stats.header["routing"] == "generated"
+    assert g.num_tokens == sum(len(p) + len(o.ids) - 1 for p, o in zip(prompts, generated, strict=True))
+    with pytest.raises(ValueError, match=r"routing must be one of \['generated', 'reference'\], not 'generate'"):
+        collect_transformers(model, tok, seqs, routing="generate", progress=False)

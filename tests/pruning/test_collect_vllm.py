@@ -2,7 +2,8 @@
 
 One engine per family on a tiny NON-uniform specialist (16, 6, 11, 4 of 16 experts: columns past a layer's
 count stay 0), several groups plus plain passages; routing mass within 1e-4, frequency and counts exact.
-Generate mode records the prompt and vLLM's own translation while it generates.
+Generated routing records the prompt and vLLM's own translation while it generates. ``assert_same_stats`` is
+the comparison (and its tolerance) that tests/pruning/test_calibrate_vllm.py reuses for the CLI's two backends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from moe_specialists.pruning.data import CalibrationSequence
+from moe_specialists.pruning.stats import RoutingStats
 from tests.models.test_vllm_serving import COUNTS, FAMILIES, build_tiny, byte_tokenizer, vllm_engine
 
 TEXTS = [
@@ -30,6 +32,24 @@ def sequences() -> list[CalibrationSequence]:
              for i, t in enumerate(TEXTS[:3])]
     seqs += [CalibrationSequence("de", t.upper(), passage=True, index=i) for i, t in enumerate(TEXTS)]
     return seqs
+
+
+def assert_same_stats(got: RoutingStats, ref: RoutingStats) -> None:
+    """The vLLM collector's statistics ``got`` agree with the transformers collector's ``ref`` on the same
+    sequences: the same groups, sequence and token counts and selections exactly, routing mass (per group and
+    per plain passage) within 1e-4 (float32 router logits in two engines)."""
+    assert got.layers == ref.layers and got.num_experts == ref.num_experts
+    assert got.header["collector"] == "vllm" and not got.header["has_reap"]
+    assert got.header["data_fingerprint"] == ref.header["data_fingerprint"]
+    assert sorted(got.groups) == sorted(ref.groups)
+    for name, g in ref.groups.items():
+        h = got.groups[name]
+        assert (h.num_sequences, h.num_tokens) == (g.num_sequences, g.num_tokens), name
+        torch.testing.assert_close(h.mass_sum, g.mass_sum, atol=1e-4, rtol=0)
+        torch.testing.assert_close(h.select, g.select, atol=0, rtol=0)
+    assert sorted(got.passages) == sorted(ref.passages)
+    for lang, q in ref.passages.items():
+        torch.testing.assert_close(got.passages[lang], q, atol=1e-4, rtol=0)
 
 
 def test_router_weights_by_hand() -> None:
@@ -62,22 +82,16 @@ def test_vllm_stats_match_transformers(tmp_path: Path, family: str) -> None:
     in_process = family == "qwen3_moe"
     with vllm_engine(path, in_process, max_num_batched_tokens=64, **stats_engine_args()) as llm:
         got = collect_vllm(llm, tok, seqs, batch_size=4, progress=False)
-        gen = collect_vllm(llm, tok, seqs[:2], generate=True, max_new_tokens=5, progress=False)
+        gen = collect_vllm(llm, tok, seqs[:2], routing="generated", max_new_tokens=5, progress=False)
 
-    assert got.layers == ref.layers and got.num_experts == ref.num_experts == 16
-    assert got.header["collector"] == "vllm" and not got.header["has_reap"]
-    assert got.header["data_fingerprint"] == ref.header["data_fingerprint"]
-    assert sorted(got.groups) == sorted(ref.groups) == ["de-en", "en-de"]
-    for name, g in ref.groups.items():
-        h = got.groups[name]
-        assert (h.num_sequences, h.num_tokens) == (g.num_sequences, g.num_tokens)
-        torch.testing.assert_close(h.mass_sum, g.mass_sum, atol=1e-4, rtol=0)
-        torch.testing.assert_close(h.select, g.select, atol=0, rtol=0)
+    assert_same_stats(got, ref)
+    assert got.num_experts == 16 and sorted(got.groups) == ["de-en", "en-de"] and list(got.passages) == ["de"]
+    assert got.header["routing"] == "reference" and gen.header["routing"] == "generated"
+    for h in got.groups.values():
         for slot, c in enumerate(COUNTS):  # a pruned layer never routes past its count
             assert h.mass_sum[slot, c:].abs().sum() == 0
-    torch.testing.assert_close(got.passages["de"], ref.passages["de"], atol=1e-4, rtol=0)
 
-    # generate mode: every token the model read (the prompt and all generated tokens but the last)
+    # generated routing: every token the model read (the prompt and all generated tokens but the last)
     g = gen.groups["en-de"]
     prompts = [tok(render(tok, "en", "de", s.source_text), add_special_tokens=False)["input_ids"] for s in seqs[:2]]
     assert g.num_sequences == 2 and g.num_tokens == sum(len(p) + 5 - 1 for p in prompts)
