@@ -49,7 +49,7 @@ class CalibrationConfig(JobConfig):
     backend: Backend = "transformers"
     batch_size: int | None = Field(None, ge=1)  # None: DEFAULT_BATCH_SIZE of the backend
     tensor_parallel_size: int = Field(1, ge=1)  # vllm only
-    reap: bool = True  # transformers only
+    reap: bool | None = None  # None: on with transformers, off with vllm (which cannot collect it)
     routing: Routing = "reference"
     max_new_tokens: int = Field(256, ge=1)  # routing "generated" only
     revision: str | None = None
@@ -70,11 +70,13 @@ class CalibrationConfig(JobConfig):
     @model_validator(mode="after")
     def _settings(self) -> CalibrationConfig:
         directions_for(self.languages, self.direction, self.pivot)  # known languages, at least one pair
+        if self.reap is None:
+            self.reap = self.backend == "transformers"
         if self.backend == "vllm":
             if self.reap:
                 raise ValueError(
                     "REAP needs the transformers backend (it runs every expert on its tokens; the vLLM collector "
-                    "records routing mass and frequency only): give --no-reap, or --backend transformers"
+                    "records routing mass and frequency only): leave out --reap, or use --backend transformers"
                 )
             if ":" in self.device:
                 raise ValueError(

@@ -115,7 +115,7 @@ def calibrate(
         str,
         typer.Option(
             help="transformers (forward hooks on --device: routing mass, frequency and REAP) or vllm (hooks inside "
-            "vLLM while it generates: routing mass and frequency only, so give --no-reap; the path for 20B+ bases)."
+            "vLLM while it generates: routing mass and frequency, no REAP; the path for 20B+ bases)."
         ),
     ] = "transformers",
     routing: Annotated[
@@ -134,11 +134,12 @@ def calibrate(
         int, typer.Option(help="--backend vllm: GPUs the engine shards the model over (vLLM's own option).")
     ] = 1,
     reap: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            help="Also collect REAP scores (one extra expert pass); transformers backend only: --no-reap with vllm."
+            help="Also collect REAP scores (one extra expert pass); transformers backend only. Default: on with "
+            "transformers, off with vllm."
         ),
-    ] = True,
+    ] = None,
     revision: str | None = None,
     dtype: str = "float32",
     device: Annotated[

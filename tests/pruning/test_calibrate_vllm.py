@@ -27,12 +27,12 @@ def said(r) -> str:
 @pytest.mark.parametrize(
     ("options", "why"),
     [
-        (["--backend", "vllm"], "REAP needs the transformers backend"),
-        (["--backend", "vllm"], "give --no-reap, or --backend transformers"),
+        (["--backend", "vllm", "--reap"], "REAP needs the transformers backend"),
+        (["--backend", "vllm", "--reap"], "leave out --reap, or use --backend transformers"),
         (["--tensor-parallel-size", "2"], "tensor_parallel_size 2 needs --backend vllm"),
         (["--backend", "tgi"], "backend: Input should be 'transformers' or 'vllm'"),
         (["--routing", "teacher"], "routing: Input should be 'generated' or 'reference'"),
-        (["--backend", "vllm", "--no-reap", "--tensor-parallel-size", "0"], "tensor_parallel_size: Input should be"),
+        (["--backend", "vllm", "--tensor-parallel-size", "0"], "tensor_parallel_size: Input should be"),
     ],
 )
 def test_impossible_calibrations_are_refused_before_loading(tmp_path: Path, options: list[str], why: str) -> None:
@@ -86,3 +86,14 @@ def test_calibrate_in_vllm_agrees_with_transformers(
     assert r.exit_code == 0, r.output
     assert sum(json.loads(r.stdout)["experts_per_layer"]) == 4 * 8
     assert json.loads(plan.read_text())["collector"] == "vllm"
+
+
+def test_reap_follows_the_backend_unless_asked_for() -> None:
+    from moe_specialists.pruning.calibrate import CalibrationConfig
+
+    fields = dict(model="m", out="s", languages="de")
+    assert CalibrationConfig(**fields).reap is True
+    assert CalibrationConfig(**fields, backend="vllm").reap is False
+    assert CalibrationConfig(**fields, reap=False).reap is False
+    with pytest.raises(ValueError, match="REAP needs the transformers backend"):
+        CalibrationConfig(**fields, backend="vllm", reap=True)
