@@ -281,18 +281,32 @@ def _load_tokenizer(name_or_path: str) -> Any:
 
 
 def scheduler_logger(metrics: GatewayMetrics, name: str) -> Any:
-    """A vLLM stat-logger factory that copies the scheduler's state (running, waiting, KV-cache usage) of the
-    engine of specialist ``name`` into the gateway's metrics on every engine step."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
+    """A vLLM stat-logger class that copies the scheduler's state (running, waiting, KV-cache usage) of the
+    engine of specialist ``name`` into the gateway's metrics on every engine step.
 
-    class SchedulerToMetrics(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0):
-            pass
+    It subclasses vLLM's ``PrometheusStatLogger`` without calling its constructor, so that vLLM adds no
+    Prometheus logger of its own: that one unregisters and re-registers every ``vllm:*`` metric in the
+    process-global registry, which races (``DuplicateTimeseries``) when two in-process engines start at once,
+    and it records histograms on every step that the gateway never exports (its metrics are per-app)."""
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    class SchedulerToMetrics(PrometheusStatLogger):
+        def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None):
+            self.engine_indexes = engine_indexes or [0]
 
         def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx=0):
             if scheduler_stats is not None:
                 s = scheduler_stats
                 metrics.engine_scheduler(name, s.num_running_reqs, s.num_waiting_reqs, s.kv_cache_usage)
+
+        def record_admission_rejection(self, reason: str) -> None:
+            pass
+
+        def record_sleep_state(self, sleep: int = 0, level: int = 0) -> None:
+            pass
+
+        def log(self) -> None:
+            pass
 
         def log_engine_initialized(self) -> None:
             pass
@@ -321,7 +335,7 @@ class LocalVllmEngine(Engine):
             max_num_seqs=self.settings.max_num_seqs,
             gpu_memory_utilization=self.memory_share,
             enforce_eager=self.settings.enforce_eager,
-            disable_log_stats=True,  # vLLM's own loggers off; ours (scheduler_logger) on
+            disable_log_stats=True,  # vLLM's own loggers off; ours (scheduler_logger) replaces them
             worker_extension_cls=PROBE,
         )
         self.tokenizer = await asyncio.to_thread(_load_tokenizer, self.spec.tokenizer or self.spec.path)

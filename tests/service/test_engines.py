@@ -1,10 +1,14 @@
-"""Engine helpers that need no engine: the scheduler gauges read from a vLLM server's /metrics."""
+"""Engine helpers that need no engine: the scheduler gauges read from a vLLM server's /metrics, and the stat
+logger an in-process engine gives vLLM (built by vLLM's own ``StatLoggerManager``, as ``AsyncLLM`` does)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
-from moe_specialists.service.engines import scheduler_gauges
+from moe_specialists.service.engines import scheduler_gauges, scheduler_logger
+from moe_specialists.service.metrics import GatewayMetrics
 
 # The shape of vLLM's exposition (names and labels as vLLM 0.32 writes them), two engines of one model and
 # another model on the same server.
@@ -36,3 +40,41 @@ def test_scheduler_gauges_of_one_model():
 def test_scheduler_gauges_refuse_garbage():
     with pytest.raises(ValueError):
         scheduler_gauges("this is { not prometheus", "en-de")
+
+
+def _vllm_collectors() -> list[str]:
+    from prometheus_client import REGISTRY
+
+    return sorted(n for c in list(REGISTRY._collector_to_names) for n in REGISTRY._collector_to_names[c]
+                  if n.startswith("vllm:"))
+
+
+def test_scheduler_logger_is_the_only_stat_logger_and_registers_nothing_global():
+    """vLLM adds its own Prometheus logger unless a custom one is one; that one (re)registers ``vllm:*`` in the
+    process-global registry and raced (DuplicateTimeseries) when two in-process engines started together."""
+    from vllm.v1.metrics.loggers import StatLoggerManager
+    from vllm.v1.metrics.prometheus import unregister_vllm_metrics
+    from vllm.v1.metrics.stats import SchedulerStats
+
+    unregister_vllm_metrics()
+    metrics = GatewayMetrics()
+
+    def build(name: str) -> StatLoggerManager:
+        return StatLoggerManager(None, custom_stat_loggers=[scheduler_logger(metrics, name)],
+                                 enable_default_loggers=False)
+
+    with ThreadPoolExecutor(8) as pool:  # engines start in threads, several at once
+        managers = list(pool.map(build, [f"s{i}" for i in range(32)]))
+    assert [type(m).__name__ for m in managers[0].stat_loggers] == ["SchedulerToMetrics"]
+    assert _vllm_collectors() == []
+
+    managers[3].record(SchedulerStats(num_running_reqs=2, num_waiting_reqs=5, kv_cache_usage=0.25), None)
+    managers[3].log()
+    managers[3].log_engine_initialized()
+    managers[3].record_sleep_state(1, 0)
+    managers[3].record_admission_rejection("full")
+    sample = metrics.registry.get_sample_value
+    assert sample("moe_engine_requests", {"specialist": "s3", "state": "running"}) == 2
+    assert sample("moe_engine_requests", {"specialist": "s3", "state": "waiting"}) == 5
+    assert sample("moe_engine_kv_cache_usage_ratio", {"specialist": "s3"}) == 0.25
+    assert sample("moe_engine_kv_cache_usage_ratio", {"specialist": "s4"}) is None
