@@ -33,13 +33,17 @@ async def get_translator(request: Request) -> Translator:
     return request.app.state.translator
 
 
-def get_quotas(request: Request) -> Quotas:
+def quotas_of(request: Request) -> Quotas:
     """The app's quota accounts (made on first use, beside the metrics the lifespan built)."""
     state = request.app.state
     if getattr(state, "quotas", None) is None:
         s = state.settings
         state.quotas = Quotas(s.quota_requests_per_minute, s.quota_characters_per_day, state.metrics)
     return state.quotas
+
+
+async def get_quotas(request: Request) -> Quotas:
+    return quotas_of(request)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moe_specialists.models.languages import base_language
 from moe_specialists.models.languages import language_name as lang_name
-from moe_specialists.service.deps import charge, check_api_key, get_quotas
+from moe_specialists.service.deps import charge, check_api_key, quotas_of
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
@@ -134,7 +134,7 @@ async def translate(request: Request) -> JSONResponse:
     if body.tag_handling not in (None, "", "html", "xml"):
         raise ApiError(400, "invalid_request", f"Bad request: tag_handling {body.tag_handling!r}; accepted: html, xml")
     translator: Translator = request.app.state.translator
-    charge(get_quotas(request), key, sum(len(t) for t in body.text))
+    charge(quotas_of(request), key, sum(len(t) for t in body.text))
     source, target, same = translator.pair(body.source_lang or "auto", body.target_lang)
     mode = body.tag_handling or None
     out = []
@@ -186,7 +186,7 @@ async def languages(request: Request) -> list[dict]:
 async def usage(request: Request) -> dict:
     data = await _body(request)
     key = _authorise(request, data)
-    count, limit = get_quotas(request).usage(key)
+    count, limit = quotas_of(request).usage(key)
     return {"character_count": count, "character_limit": limit if limit is not None else 10**12}
 
 

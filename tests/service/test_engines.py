@@ -22,6 +22,12 @@ vllm:num_requests_running{engine="0",model_name="other"} 7.0
 # TYPE vllm:num_requests_waiting gauge
 vllm:num_requests_waiting{engine="0",model_name="en-de"} 1.0
 vllm:num_requests_waiting{engine="1",model_name="en-de"} 0.0
+# HELP vllm:num_requests_waiting_by_reason Number of waiting requests by reason.
+# TYPE vllm:num_requests_waiting_by_reason gauge
+vllm:num_requests_waiting_by_reason{engine="0",model_name="en-de",reason="capacity"} 4.0
+# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_bucket{engine="0",le="0.3",model_name="en-de"} 9.0
 # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
 # TYPE vllm:kv_cache_usage_perc gauge
 vllm:kv_cache_usage_perc{engine="0",model_name="en-de"} 0.25
@@ -38,8 +44,11 @@ def test_scheduler_gauges_of_one_model():
 
 
 def test_scheduler_gauges_refuse_garbage():
+    """Only the three gauges' lines are parsed (by prometheus_client), so garbage there is refused, and text
+    without them (not a vLLM server's metrics) reads as nothing running."""
     with pytest.raises(ValueError):
-        scheduler_gauges("this is { not prometheus", "en-de")
+        scheduler_gauges('vllm:num_requests_running{model_name="en-de" this is not prometheus', "en-de")
+    assert scheduler_gauges("this is { not prometheus", "en-de") == (0, 0, 0.0)
 
 
 def _vllm_collectors() -> list[str]:

@@ -184,3 +184,23 @@ def test_engine_down_503(client):
         assert ready["status"] == "degraded" and ready["specialists"]["tiny-en-de"]["state"] == "failed"
     finally:
         engine.state = "ready"
+
+
+def test_no_route_runs_in_a_worker_thread(registry_dir):
+    """FastAPI runs a plain ``def`` endpoint or dependency in a worker thread (a thread hand-off per request on
+    the hot path): every endpoint and dependency of every route is ``async def``."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    def calls(dependant):
+        yield dependant.call
+        for sub in dependant.dependencies:
+            yield from calls(sub)
+
+    app = create_app(gateway_settings(registry_dir), engine_factory=fake_engines())
+    routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    assert any(r.path == "/v1/translate" for r in routes)
+    sync = {f"{r.path}: {c.__qualname__}" for r in routes for c in calls(r.dependant)
+            if c is not None and not inspect.iscoroutinefunction(c)}
+    assert sync == set()
