@@ -43,9 +43,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (its children too), on ``cpus`` when given."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     with open(log, "wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=pin)
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    """This machine's CPUs in two halves: (vLLM server and engine, gateway and load client)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -161,7 +173,8 @@ async def bench(direct_url: str, gateway_url: str, prompt: str, args: argparse.N
 
 
 def print_table(rows: list[dict], args: argparse.Namespace, model: str) -> None:
-    print(f"model {model}, max_tokens {args.max_tokens}, {args.rounds} rounds per level (ABBA)")
+    pinned = ", vLLM / gateway+client on separate CPUs (--pin)" if args.pin else ""
+    print(f"model {model}, max_tokens {args.max_tokens}, {args.rounds} rounds per level (ABBA){pinned}")
     print("| concurrency | requests per path | direct req/s | gateway req/s | ratio (pooled) | ratio median "
           "[min, max] over pairs | p50 direct ms | p50 gateway ms | added p50 ms (pooled) | added p50 median "
           "[min, max] ms | added p99 ms | gateway CPU ms/request |")
@@ -183,6 +196,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=8, help="alternating direct/gateway rounds per level (even)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--pin", action="store_true", help="vLLM (server and engine) on the first half of the "
+                        "CPUs, the gateway and the load client on the other half: the gateway then costs the "
+                        "engine no CPU, as on a GPU node where it has cores of its own")
     parser.add_argument("--profile", type=Path, help="run the gateway under cProfile, write its stats here and "
                         "print the top functions (the table is then not a fair measurement)")
     args = parser.parse_args()
@@ -198,9 +214,13 @@ def main() -> None:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     env = {k: v for k, v in env.items() if not k.startswith("MOE_")}
     vport, gport = free_port(), free_port()
+    server_cpus, front_cpus = split_cpus() if args.pin else (None, None)
+    if args.pin:
+        os.sched_setaffinity(0, front_cpus)  # the load client
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(server_cpus)))  # vLLM binds its threads
     server = start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                     "--host", "127.0.0.1", "--port", str(vport), "--enforce-eager", "--max-model-len", "1024"],
-                   env, work / "vllm.log")
+                   env, work / "vllm.log", server_cpus)
     gateway = None
     try:
         wait_http(f"http://127.0.0.1:{vport}/health", server, work / "vllm.log")
@@ -209,7 +229,8 @@ def main() -> None:
                 "MOE_MAX_QUEUE_PER_ENGINE": "100000",
                 "MOE_ACCESS_LOG": "false", "MOE_MAX_TOKENS_LIMIT": str(max(args.max_tokens, 1024))}
         profile = ["-m", "cProfile", "-o", str(args.profile.resolve())] if args.profile else []
-        gateway = start([sys.executable, *profile, "-m", "moe_specialists.service.cli"], genv, work / "gateway.log")
+        gateway = start([sys.executable, *profile, "-m", "moe_specialists.service.cli"], genv, work / "gateway.log",
+                        front_cpus)
         wait_http(f"http://127.0.0.1:{gport}/readyz", gateway, work / "gateway.log")
         rows = asyncio.run(bench(f"http://127.0.0.1:{vport}", f"http://127.0.0.1:{gport}", prompt, args))
     finally:
