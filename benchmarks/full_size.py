@@ -4,10 +4,11 @@ hidden 2048, per-expert bf16 tensors, ~4 GB shards; fewer layers than 48 to fit 
 
 Prints, per model and plan: peak RSS of `apply` above its interpreter's baseline (after imports) as a multiple of
 the largest tensor and of the largest shard; apply's time against `cp -r` of the same output bytes (same run,
-throughput ratio); output bytes against the kept-parameter fraction. Then, for the 75% GPT-OSS specialist: vLLM
-on the CPU loads it (MXFP4) and its greedy tokens for two prompts equal transformers' (random weights: only the
-agreement matters). Goals: peak RSS above baseline <= 2x the largest tensor; throughput >= 0.8x cp. apply and cp
-both start with their source out of the page cache (posix_fadvise DONTNEED) and end with os.sync().
+throughput ratio of medians; apply with and without its WILLNEED prefetch, ABBA, twice each, cp twice); output
+bytes against the kept-parameter fraction. Then, for the 75% GPT-OSS specialist: vLLM on the CPU loads it (MXFP4)
+and its greedy tokens for two prompts equal transformers' (random weights: only the agreement matters). Goals:
+peak RSS above baseline <= 2x the largest tensor; throughput >= 0.8x cp. apply and cp both start with their source
+out of the page cache (posix_fadvise DONTNEED) and end with os.sync().
 
     python benchmarks/full_size.py --work /work/tmp/full-size [--qwen-layers 12] [--skip-vllm]
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -144,8 +146,9 @@ def write_checkpoint(folder: Path, config: dict, tensors: list, shard_bytes: flo
 
 APPLY_CHILD = """
 import json, os, sys, threading, time
-from moe_specialists.models.apply import apply_plan
+from moe_specialists.models import apply
 from moe_specialists.models.plan import Plan
+apply.PREFETCH_BYTES = int(sys.argv[5])
 page = os.sysconf("SC_PAGE_SIZE")
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
 plan = Plan.load(sys.argv[1])
@@ -158,7 +161,7 @@ sampler = threading.Thread(target=sample)
 sampler.start()
 os.sync()
 t = time.perf_counter()
-apply_plan(plan, sys.argv[2], base=sys.argv[3], verify=sys.argv[4] == "1")
+apply.apply_plan(plan, sys.argv[2], base=sys.argv[3], verify=sys.argv[4] == "1")
 os.sync()  # the output on disk, as cp's below
 seconds = time.perf_counter() - t
 running[0] = False
@@ -167,8 +170,14 @@ print(json.dumps({"seconds": seconds, "baseline_rss": base, "peak_rss": max(peak
 """
 
 
-def run_apply(plan_path: Path, out: Path, base: Path, verify: bool) -> dict:
-    argv = [sys.executable, "-c", APPLY_CHILD, str(plan_path), str(out), str(base), "1" if verify else "0"]
+def run_apply(plan_path: Path, out: Path, base: Path, verify: bool, prefetch: int | None = None) -> dict:
+    """``apply`` in a fresh interpreter, its source evicted first; ``prefetch``: bytes of WILLNEED ahead of the
+    copy (default: apply's own)."""
+    from moe_specialists.models.apply import PREFETCH_BYTES
+
+    evict(base)
+    argv = [sys.executable, "-c", APPLY_CHILD, str(plan_path), str(out), str(base), "1" if verify else "0",
+            str(PREFETCH_BYTES if prefetch is None else prefetch)]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
@@ -185,6 +194,17 @@ def evict(folder: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def run_cp(folder: Path) -> float:
+    """Seconds of ``cp -r`` of ``folder`` (evicted first) including the final sync; the copy is deleted."""
+    evict(folder)
+    t = time.perf_counter()
+    subprocess.run(["cp", "-r", str(folder), str(folder) + "-cp"], check=True)
+    os.sync()
+    seconds = time.perf_counter() - t
+    shutil.rmtree(str(folder) + "-cp")
+    return seconds
 
 
 def folder_bytes(folder: Path) -> int:
@@ -211,24 +231,28 @@ def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None
         plan_path = work / f"{name}-{drop}.plan.json"
         plan.save(plan_path)
         out = work / f"{name}-{int(drop * 100)}"
-        evict(base)
-        fast = run_apply(plan_path, out, base, verify=False)
-        shutil.rmtree(out)
-        evict(base)
-        checked = run_apply(plan_path, out, base, verify=True)
+        # ABBA: apply with its prefetch, cp of its output, apply without prefetch (twice), cp, apply again
+        runs: dict[str, list] = {"apply": [], "apply_no_prefetch": [], "cp": []}
+        for kind in ("apply", "cp", "apply_no_prefetch", "apply_no_prefetch", "cp", "apply"):
+            if kind == "cp":
+                runs["cp"].append(run_cp(out))
+                continue
+            shutil.rmtree(out, ignore_errors=True)
+            runs[kind].append(run_apply(plan_path, out, base, verify=False, prefetch=None if kind == "apply" else 0))
         out_bytes = folder_bytes(out)
-        evict(out)
-        t = time.perf_counter()
-        subprocess.run(["cp", "-r", str(out), str(out) + "-cp"], check=True)
-        os.sync()
-        cp_s = time.perf_counter() - t
-        shutil.rmtree(str(out) + "-cp")
-        above = fast["peak_rss"] - fast["baseline_rss"]
+        shutil.rmtree(out)
+        checked = run_apply(plan_path, out, base, verify=True)
+        apply_s = [r["seconds"] for r in runs["apply"]]
+        plain_s = [r["seconds"] for r in runs["apply_no_prefetch"]]
+        cp_s = statistics.median(runs["cp"])
+        above = max(r["peak_rss"] - r["baseline_rss"] for r in runs["apply"] + runs["apply_no_prefetch"])
         row = {
             "model": name, "drop": drop, "kept_param_fraction": plan.parameters / plan.base.parameters,
             "output_bytes": out_bytes, "output_fraction": out_bytes / info["bytes"],
-            "apply_s": fast["seconds"], "apply_verify_s": checked["seconds"], "cp_s": cp_s,
-            "throughput_vs_cp": cp_s / fast["seconds"], "throughput_verify_vs_cp": cp_s / checked["seconds"],
+            "apply_s": apply_s, "apply_no_prefetch_s": plain_s, "cp_s": runs["cp"],
+            "apply_verify_s": checked["seconds"], "throughput_vs_cp": cp_s / statistics.median(apply_s),
+            "throughput_no_prefetch_vs_cp": cp_s / statistics.median(plain_s),
+            "throughput_verify_vs_cp": cp_s / checked["seconds"],
             "rss_above_baseline": above, "x_largest_tensor": above / info["largest_tensor"],
             "x_largest_shard": above / info["largest_shard"],
             "verify_rss_above_baseline": checked["peak_rss"] - checked["baseline_rss"], "plan_s": plan_s,

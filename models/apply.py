@@ -136,19 +136,32 @@ def safetensors_header(tensors: list[TensorCopy]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def copy_ranges(src: int, dst: int, ranges: tuple[tuple[int, int], ...], chunk: int = 1 << 26) -> None:
-    """Append byte ranges of file ``src`` to file ``dst`` (descriptors): in the kernel where it can."""
-    for offset, length in ranges:
+PREFETCH_BYTES = 1 << 28  # how far ahead of the copy the kernel is asked to read (posix_fadvise WILLNEED)
+
+
+def copy_ranges(src: int, dst: int, ranges: list[tuple[int, int]], chunk: int = 1 << 26) -> None:
+    """Append byte ranges of file ``src`` to file ``dst`` (descriptors): in the kernel where it can.
+    The next ``PREFETCH_BYTES`` of the ranges are announced to the kernel (WILLNEED) ahead of the copy: its
+    own readahead restarts at every range and reads on into the experts between them (docs/results/full-size.md:
+    faster in every run of the full-size benchmark)."""
+    pieces = [(o + d, min(chunk, n - d)) for o, n in ranges for d in range(0, n, chunk)]
+    advised, ahead = 0, 0  # pieces[:advised] announced; bytes announced and not yet copied
+    for i, (offset, length) in enumerate(pieces):
+        while advised < len(pieces) and ahead < PREFETCH_BYTES:
+            os.posix_fadvise(src, *pieces[advised], os.POSIX_FADV_WILLNEED)
+            ahead += pieces[advised][1]
+            advised += 1
         done = 0
         while done < length:
-            n = min(chunk, length - done)
             try:
-                copied = os.copy_file_range(src, dst, n, offset + done)
+                copied = os.copy_file_range(src, dst, length - done, offset + done)
             except OSError:  # another file system, an old kernel: copy through a buffer
-                copied = os.write(dst, os.pread(src, n, offset + done))
+                copied = os.write(dst, os.pread(src, length - done, offset + done))
             if copied <= 0:
                 raise ValueError(f"unexpected end of the base checkpoint at byte {offset + done}")
             done += copied
+        if i < advised:
+            ahead -= length
 
 
 def write_shard(src: Path, out: Path, tensors: list[TensorCopy]) -> int:
@@ -156,8 +169,7 @@ def write_shard(src: Path, out: Path, tensors: list[TensorCopy]) -> int:
     with open(src, "rb") as fin, open(out, "wb") as fout:
         fout.write(safetensors_header(tensors))
         fout.flush()
-        for t in tensors:
-            copy_ranges(fin.fileno(), fout.fileno(), t.ranges)
+        copy_ranges(fin.fileno(), fout.fileno(), [r for t in tensors for r in t.ranges])
     return sum(t.nbytes for t in tensors)
 
 

@@ -8,8 +8,9 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
+from moe_specialists.models import apply as apply_module
 from moe_specialists.models.adapters import GPT_OSS, adapter_for
-from moe_specialists.models.apply import TensorCopy, apply_plan, row_ranges, safetensors_header
+from moe_specialists.models.apply import TensorCopy, apply_plan, copy_ranges, row_ranges, safetensors_header
 from moe_specialists.models.checkpoint import checkpoint_summary
 from moe_specialists.models.plan import Recipe
 from moe_specialists.models.plan import plan_from_kept as plan_for
@@ -217,6 +218,22 @@ def test_row_ranges_and_header_by_hand():
         "a": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]},
         "b": {"dtype": "U8", "shape": [5], "data_offsets": [12, 17]},
     }
+
+
+@pytest.mark.parametrize("prefetch", [0, 5, 1 << 28])
+def test_copy_ranges_by_hand(tmp_path, monkeypatch, prefetch):
+    """Ranges with gaps, split in chunks of 4 bytes, whatever the prefetch window (none, smaller than a chunk,
+    all of it): the bytes of the ranges in order, nothing else; a range past the end is refused."""
+    monkeypatch.setattr(apply_module, "PREFETCH_BYTES", prefetch)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(bytes(range(40)))
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.write(b"H")
+        fout.flush()
+        copy_ranges(fin.fileno(), fout.fileno(), [(2, 3), (10, 9), (30, 1)], chunk=4)
+    assert dst.read_bytes() == b"H" + bytes([2, 3, 4, *range(10, 19), 30])
+    with open(src, "rb") as fin, open(dst, "wb") as fout, pytest.raises(ValueError, match="end of the base"):
+        copy_ranges(fin.fileno(), fout.fileno(), [(38, 5)], chunk=4)
 
 
 @pytest.mark.parametrize(("dense", "step"), [([1], 1), ([], 2)])
