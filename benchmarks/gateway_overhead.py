@@ -11,6 +11,7 @@ the pairs) next to the pooled values. The gateway's own CPU per request is read 
 (slower: profile runs are not for the table) and prints where its CPU goes.
 
     python benchmarks/gateway_overhead.py                       # the bundled tiny translator on the CPU
+    python benchmarks/gateway_overhead.py --pin                 # vLLM / gateway + client on separate CPUs
     python benchmarks/gateway_overhead.py --model /models/en-de --requests 200 400 800 --rounds 8
 """
 
