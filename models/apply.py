@@ -137,26 +137,35 @@ def safetensors_header(tensors: list[TensorCopy]) -> bytes:
 
 
 PREFETCH_BYTES = 1 << 28  # how far ahead of the copy the kernel is asked to read (posix_fadvise WILLNEED)
+LINUX_IO = hasattr(os, "copy_file_range") and hasattr(os, "posix_fadvise")  # elsewhere: buffered, no advice
+
+
+def copy_once(src: int, dst: int, n: int, at: int) -> int:
+    """Append up to ``n`` bytes of ``src`` from offset ``at`` to ``dst``; returns how many: in the kernel on
+    Linux (``copy_file_range``), through a buffer elsewhere or where the kernel refuses (another file system)."""
+    if LINUX_IO:
+        try:
+            return os.copy_file_range(src, dst, n, at)
+        except OSError:
+            pass
+    return os.write(dst, os.pread(src, n, at))
 
 
 def copy_ranges(src: int, dst: int, ranges: list[tuple[int, int]], chunk: int = 1 << 26) -> None:
     """Append byte ranges of file ``src`` to file ``dst`` (descriptors): in the kernel where it can.
     The next ``PREFETCH_BYTES`` of the ranges are announced to the kernel (WILLNEED) ahead of the copy: its
-    own readahead restarts at every range and reads on into the experts between them (docs/results/full-size.md:
-    faster in every run of the full-size benchmark)."""
+    own readahead restarts at every range and reads on into the experts between them (measured in
+    docs/results/full-size.md)."""
     pieces = [(o + d, min(chunk, n - d)) for o, n in ranges for d in range(0, n, chunk)]
     advised, ahead = 0, 0  # pieces[:advised] announced; bytes announced and not yet copied
     for i, (offset, length) in enumerate(pieces):
-        while advised < len(pieces) and ahead < PREFETCH_BYTES:
+        while LINUX_IO and advised < len(pieces) and ahead < PREFETCH_BYTES:
             os.posix_fadvise(src, *pieces[advised], os.POSIX_FADV_WILLNEED)
             ahead += pieces[advised][1]
             advised += 1
         done = 0
         while done < length:
-            try:
-                copied = os.copy_file_range(src, dst, length - done, offset + done)
-            except OSError:  # another file system, an old kernel: copy through a buffer
-                copied = os.write(dst, os.pread(src, length - done, offset + done))
+            copied = copy_once(src, dst, length - done, offset + done)
             if copied <= 0:
                 raise ValueError(f"unexpected end of the base checkpoint at byte {offset + done}")
             done += copied

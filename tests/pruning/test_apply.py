@@ -220,11 +220,13 @@ def test_row_ranges_and_header_by_hand():
     }
 
 
-@pytest.mark.parametrize("prefetch", [0, 5, 1 << 28])
-def test_copy_ranges_by_hand(tmp_path, monkeypatch, prefetch):
+@pytest.mark.parametrize(("linux_io", "prefetch"), [(True, 0), (True, 5), (True, 1 << 28), (False, 1 << 28)])
+def test_copy_ranges_by_hand(tmp_path, monkeypatch, linux_io, prefetch):
     """Ranges with gaps, split in chunks of 4 bytes, whatever the prefetch window (none, smaller than a chunk,
-    all of it): the bytes of the ranges in order, nothing else; a range past the end is refused."""
+    all of it) and the copy (the kernel's, or the buffered one of other systems): the bytes of the ranges in
+    order, nothing else; a range past the end is refused."""
     monkeypatch.setattr(apply_module, "PREFETCH_BYTES", prefetch)
+    monkeypatch.setattr(apply_module, "LINUX_IO", linux_io)
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.write_bytes(bytes(range(40)))
     with open(src, "rb") as fin, open(dst, "wb") as fout:
