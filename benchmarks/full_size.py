@@ -5,12 +5,17 @@ hidden 2048, per-expert bf16 tensors, ~4 GB shards; fewer layers than 48 to fit 
 Prints, per model and plan: peak RSS of `apply` above its interpreter's baseline (after imports) as a multiple of
 the largest tensor and of the largest shard; apply's time against `cp -r` of the same output bytes (same run,
 throughput ratio of medians; apply with and without its WILLNEED prefetch, ABBA, twice each, cp twice); output
-bytes against the kept-parameter fraction. Then, for the 75% GPT-OSS specialist: vLLM on the CPU loads it (MXFP4)
-and its greedy tokens for two prompts equal transformers' (random weights: only the agreement matters). Goals:
-peak RSS above baseline <= 2x the largest tensor; throughput >= 0.8x cp. apply and cp both start with their source
-out of the page cache (posix_fadvise DONTNEED) and end with os.sync().
+bytes against the kept-parameter fraction. Goals: peak RSS above baseline <= 2x the largest tensor; throughput
+>= 0.8x cp. apply and cp both start with their source out of the page cache (posix_fadvise DONTNEED) and end with
+os.sync().
 
-    python benchmarks/full_size.py --work /work/tmp/full-size [--qwen-layers 12] [--skip-vllm]
+Then, for the 75% GPT-OSS specialist: vLLM on the CPU loads it (MXFP4, bf16) and its greedy tokens for two prompts
+are compared with transformers' (dequantized, bf16) and with the exact model (the same weights, every block computed
+in fp32): shared greedy prefixes, and teacher-forced on the exact model's tokens how often each bf16 path's argmax
+is the exact one's (random weights: only the agreement matters; near-flat logits over 201k tokens make two bf16
+paths part at near-ties, so the exact model is the referee).
+
+    python benchmarks/full_size.py --work /work/tmp/full-size [--qwen-layers 12] [--skip-vllm | --agreement-only]
 
 Needs about 30 GB free under --work (checked first); everything it writes there is deleted at the end.
 Random bytes stand for the MXFP4 blocks (every byte is two valid FP4 codes) with scales near 2^-8.
@@ -211,21 +216,28 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix == ".safetensors")
 
 
-def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None) -> list[dict]:
+def random_plan(base: Path, drop: float, like=None):
+    """A plan keeping a random (1 - drop) of every layer's experts (seed 1); ``like``: a plan of the same base, whose
+    parameter counts are reused instead of reading the base's headers again."""
     from moe_specialists.models.plan import plan_from_kept
 
     config = json.loads((base / "config.json").read_text())
     E = config.get("num_local_experts") or config["num_experts"]  # noqa: N806
+    keep = int(E * (1 - drop))
+    g = torch.Generator().manual_seed(1)
+    kept = [sorted(torch.randperm(E, generator=g)[:keep].tolist()) for _ in range(config["num_hidden_layers"])]
+    if like is None:
+        return plan_from_kept(base, kept)
+    return like.model_copy(update={"kept": kept, "parameters": like.base.parameters - sum(
+        (E - keep) * like.base.parameters_per_expert[i] for i in like.layers)})
+
+
+def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None) -> list[dict]:
     rows = []
     plan0 = None
     for drop in (0.5, 0.75):
-        keep = int(E * (1 - drop))
-        g = torch.Generator().manual_seed(1)
-        kept = [sorted(torch.randperm(E, generator=g)[:keep].tolist()) for _ in range(config["num_hidden_layers"])]
         t = time.perf_counter()
-        plan = plan_from_kept(base, kept) if plan0 is None else plan0.model_copy(update={
-            "kept": kept, "parameters": plan0.base.parameters - sum(
-                (E - keep) * plan0.base.parameters_per_expert[i] for i in plan0.layers)})
+        plan = random_plan(base, drop, plan0)
         plan0 = plan0 or plan
         plan_s = time.perf_counter() - t
         plan_path = work / f"{name}-{drop}.plan.json"
@@ -264,32 +276,45 @@ def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None
     return rows
 
 
-VLLM_CHILD = """
+AGREEMENT_CHILD = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[2])
+backend, reference = sys.argv[3], json.loads(sys.argv[4])
 prompts = [[200, 17, 42, 99, 3, 1000, 5000], [12, 345, 6789, 101, 2024, 77]]
 result = {}
-if sys.argv[3] == "hf":
+if backend in ("hf", "fp32"):
     from moe_specialists.models.pruned import load_causal_lm
     model = load_causal_lm(sys.argv[1], "bfloat16").eval()
-    other = json.loads(sys.argv[4])  # vLLM's tokens: where they differ, how close transformers' logits were
-    result["tokens"], result["gaps"], result["top2_spacing"] = [], [], []
+    model.generation_config.eos_token_id = None
+    if backend == "fp32":  # the exact model: bf16 weights (exact in fp32), each block computed in fp32
+        workspace, saved = {}, {}  # one fp32 buffer per block kind and parameter, refilled before each forward
+        f32 = lambda a: a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+        def up(module, args, kwargs):
+            saved[module] = [(name, p, p.data) for name, p in module.named_parameters()]
+            for name, p, data in saved[module]:
+                key = (type(module), name, data.shape)
+                p.data = workspace.setdefault(key, torch.empty(data.shape)).copy_(data)
+            return tuple(map(f32, args)), {k: f32(v) for k, v in kwargs.items()}
+        def down(module, args, out):
+            for _, p, data in saved.pop(module):
+                p.data = data
+        for m in [*model.model.layers, model.model.norm, model.lm_head]:
+            m.register_forward_pre_hook(up, with_kwargs=True)
+            m.register_forward_hook(down)
+        model.model.embed_tokens.register_forward_hook(lambda module, args, out: out.float())
+    result["tokens"], result["forced"] = [], []
     with torch.no_grad():
-        for p, theirs in zip(prompts, other):
-            g = model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+        for p in prompts:
+            g = model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False,
                                attention_mask=torch.ones(1, len(p), dtype=torch.long))
-            mine = g[0, len(p):].tolist()
-            result["tokens"].append(mine)
-            first = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), None)
-            if first is None:
-                result["gaps"].append(None)
-            else:  # transformers' logits on vLLM's prefix at the first difference
-                logits = model(torch.tensor([p + theirs[:first]])).logits[0, -1].float()
-                gap = float(logits.max() - logits[theirs[first]])
-                result["gaps"].append({"step": first, "max_minus_vllm_choice": gap, "logit_std": float(logits.std())})
-            logits = model(g[:, :-1]).logits[0, len(p) - 1:].float()
+            result["tokens"].append(g[0, len(p):].tolist())
+        for p, ref in zip(prompts, reference or result["tokens"]):  # teacher-forced on the reference's tokens
+            logits = model(torch.tensor([p + ref])).logits[0, len(p) - 1 : len(p) - 1 + len(ref)].float()
             top2 = logits.topk(2, dim=-1).values
-            result["top2_spacing"].append((top2[:, 0] - top2[:, 1]).tolist())
+            result["forced"].append({
+                "argmax": logits.argmax(-1).tolist(),
+                "margin_to_reference": (logits.amax(-1) - logits.gather(1, torch.tensor(ref)[:, None])[:, 0]).tolist(),
+                "top2_spacing": (top2[:, 0] - top2[:, 1]).tolist()})
 else:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -302,18 +327,57 @@ else:
         params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
         outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         result["tokens"] = [list(o.outputs[0].token_ids) for o in outs]
+        # teacher-forced: the top-1 prompt logprob at each of the reference's tokens (logprob gaps = logit gaps)
+        forced = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p + ref) for p, ref in zip(prompts, reference)], forced,
+                            use_tqdm=False)
+        result["forced"] = []
+        for p, ref, o in zip(prompts, reference, outs):
+            steps = o.prompt_logprobs[len(p):]
+            best = [max(s.items(), key=lambda kv: kv[1].logprob) for s in steps]
+            result["forced"].append({
+                "argmax": [t for t, _ in best],
+                "margin_to_reference": [b.logprob - s[r].logprob for (_, b), s, r in zip(best, steps, ref)]})
 print(json.dumps(result))
 """
 
 
-def greedy(spec: Path, backend: str, other: list | None = None) -> tuple[dict, float]:
+def agreement_run(spec: Path, backend: str, reference: list | None = None) -> tuple[dict, float]:
+    """Greedy tokens of one backend on the two prompts, and its argmax teacher-forced on ``reference``'s tokens."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     t = time.perf_counter()
-    argv = [sys.executable, "-c", VLLM_CHILD, str(spec), str(ROOT), backend, json.dumps(other)]
+    argv = [sys.executable, "-c", AGREEMENT_CHILD, str(spec), str(ROOT), backend, json.dumps(reference)]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
         raise RuntimeError(f"{backend}: {done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - t
+
+
+def agreed_prefix(a: list[int], b: list[int]) -> int:
+    """Number of leading tokens two greedy sequences of the same length share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+
+
+def agreement(spec: Path) -> dict:
+    """vLLM (MXFP4, bf16) and transformers (dequantized, bf16) against the exact model (the same weights computed
+    in fp32): greedy prefixes shared with it, and how often each one's argmax is the reference's next token when
+    both read the reference's own tokens (teacher forcing), with the reference's top-2 spacing at each step."""
+    ref, ref_s = agreement_run(spec, "fp32")
+    runs = {"fp32": (ref, ref_s)} | {b: agreement_run(spec, b, ref["tokens"]) for b in ("vllm", "hf")}
+    out = {"quantization": runs["vllm"][0]["quantization"],
+           "reference_top2_spacing": [f["top2_spacing"] for f in ref["forced"]]}
+    for name, (r, seconds) in runs.items():
+        pairs = list(zip(r["tokens"], ref["tokens"], strict=True))
+        out[name] = {"tokens": r["tokens"], "seconds": seconds,
+                     "prefix_with_fp32": [agreed_prefix(mine, exact) for mine, exact in pairs]}
+        if name != "fp32":
+            forced = list(zip(r["forced"], ref["tokens"], strict=True))
+            out[name]["forced_argmax_equal"] = [sum(x == y for x, y in zip(f["argmax"], exact, strict=True))
+                                                for f, exact in forced]
+            out[name]["forced_margin_to_fp32"] = [f["margin_to_reference"] for f in r["forced"]]
+    vl, hf = runs["vllm"][0]["tokens"], runs["hf"][0]["tokens"]
+    out["vllm"]["prefix_with_hf"] = [agreed_prefix(x, y) for x, y in zip(vl, hf, strict=True)]
+    return out
 
 
 def main() -> None:
@@ -322,6 +386,8 @@ def main() -> None:
     ap.add_argument("--qwen-layers", type=int, default=12)
     ap.add_argument("--gpt-layers", type=int, default=24)
     ap.add_argument("--skip-vllm", action="store_true")
+    ap.add_argument("--agreement-only", action="store_true",
+                    help="only the 75%% GPT-OSS specialist (applied once, untimed) and the vLLM/transformers agreement")
     ap.add_argument("--vocab", type=int, default=None, help="smaller vocabularies for a smoke run")
     ap.add_argument("--min-free-gb", type=float, default=30)
     args = ap.parse_args()
@@ -338,19 +404,20 @@ def main() -> None:
         t = time.perf_counter()
         info = write_checkpoint(args.work / "gpt-oss-20b", gpt, gpt_oss_tensors(gpt), 4.6 * GB, zero_based=True)
         print(f"gpt-oss-20b-shaped: {info} written in {time.perf_counter() - t:.0f} s", flush=True)
-        results["gpt_oss"] = {"checkpoint": info, "rows": measure("gpt-oss", args.work / "gpt-oss-20b", info,
-                                                                    args.work, keep_spec="75")}
-        shutil.rmtree(args.work / "gpt-oss-20b")
-        spec = args.work / "gpt-oss-75"
+        base, spec = args.work / "gpt-oss-20b", args.work / "gpt-oss-75"
+        results["gpt_oss"] = {"checkpoint": info}
+        if args.agreement_only:
+            random_plan(base, 0.75).save(args.work / "gpt-oss-0.75.plan.json")
+            run_apply(args.work / "gpt-oss-0.75.plan.json", spec, base, verify=False)
+        else:
+            results["gpt_oss"]["rows"] = measure("gpt-oss", base, info, args.work, keep_spec="75")
+        shutil.rmtree(base)
         if not args.skip_vllm:
-            vl, vl_s = greedy(spec, "vllm")
-            hf, hf_s = greedy(spec, "hf", vl["tokens"])
-            results["gpt_oss"]["greedy"] = {
-                "transformers": hf["tokens"], "vllm": vl["tokens"], "equal": hf["tokens"] == vl["tokens"],
-                "at_first_difference": hf["gaps"], "transformers_top2_spacing": hf["top2_spacing"],
-                "vllm_quantization": vl["quantization"], "transformers_s": hf_s, "vllm_s": vl_s}
-            print(json.dumps(results["gpt_oss"]["greedy"]), flush=True)
+            results["gpt_oss"]["agreement"] = agreement(spec)
+            print(json.dumps(results["gpt_oss"]["agreement"]), flush=True)
         shutil.rmtree(spec)
+        if args.agreement_only:
+            return
         qwen = {**QWEN3_30B_A3B, **vocab, "num_hidden_layers": args.qwen_layers, "max_window_layers": args.qwen_layers}
         t = time.perf_counter()
         info = write_checkpoint(args.work / "qwen3-30b-a3b", qwen, qwen3_tensors(qwen), 4.0 * GB, zero_based=False)
