@@ -32,11 +32,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if TYPE_CHECKING:
+    from moe_specialists.models.plan import Plan
 
 GPT_OSS_20B = {  # openai/gpt-oss-20b config.json
     "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0, "eos_token_id": 200002,
@@ -216,7 +219,7 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix == ".safetensors")
 
 
-def random_plan(base: Path, drop: float, like=None):
+def random_plan(base: Path, drop: float, like: Plan | None = None) -> Plan:
     """A plan keeping a random (1 - drop) of every layer's experts (seed 1); ``like``: a plan of the same base, whose
     parameter counts are reused instead of reading the base's headers again."""
     from moe_specialists.models.plan import plan_from_kept
