@@ -19,7 +19,9 @@ from moe_specialists.models.prompts import answer_span
 
 # End-of-turn markers of the families we know (the tokenizer's own eos is added at run time).
 END_MARKERS = ("<|return|>", "<|end|>", "<|call|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<eos>")
-_SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?think>|<(?:eos|pad|bos|s|unk)>")
+# Word-like special tokens, removed wherever they appear (like every ``<|...|>`` token).
+WORD_TOKENS = ("<think>", "</think>", "<eos>", "<pad>", "<bos>", "<s>", "<unk>")
+_SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|" + "|".join(map(re.escape, WORD_TOKENS)))
 _ROLE_LINE = re.compile(r"^\s*(?:assistant|user|system)\s*:?\s*$", re.IGNORECASE | re.MULTILINE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters other than tab and newline
 

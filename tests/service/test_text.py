@@ -1,5 +1,7 @@
 """Translation extraction and source-language detection (pure functions)."""
 
+import itertools
+
 import pytest
 
 from moe_specialists.service.detect import Detector
@@ -30,6 +32,27 @@ def test_extract_custom_end_marker_and_streaming_prefix():
     assert extract_translation("Hallo</eos>x", end_markers=["</eos>"]) == "Hallo"
     assert extract_translation("Hallo Welt<|en", final=False) == "Hallo Welt"
     assert extract_translation("Hallo <thi", final=False) == "Hallo "
+    assert extract_translation("Hallo </thi", final=False) == "Hallo "
+    assert extract_translation("Hallo<eo", final=False) == "Hallo"
+    assert extract_translation("Hallo</eo", end_markers=["</eos>"], final=False) == "Hallo"
+    assert extract_translation("Hallo <|", final=False) == "Hallo "
+    # a "<" that can no longer become a marker streams at once
+    assert extract_translation("a < b", final=False) == "a < b"
+    assert extract_translation("x<y", final=False) == "x<y"
+    assert extract_translation("<<", final=False) == "<"
+
+
+@pytest.mark.parametrize("raw", [
+    "Ist 3 < 4? Ja, und 5 > 4.<|im_end|>",
+    "<think>\nthe user wants German\n</think>\n\nHallo <b>Welt</b><|im_end|>",
+    "Hallo<|pad|> Welt<eos>",
+    "<|channel|>final<|message|>a <|x y <| <thinking> ok<|return|>",
+])
+def test_streamed_prefixes_only_grow_and_end_at_the_final_text(raw):
+    prefixes = [extract_translation(raw[:i], final=False) for i in range(len(raw) + 1)]
+    for before, after in itertools.pairwise(prefixes):
+        assert after.startswith(before), (before, after)
+    assert prefixes[-1].strip() == extract_translation(raw)
 
 
 @pytest.mark.parametrize(
