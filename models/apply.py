@@ -138,6 +138,24 @@ def safetensors_header(tensors: list[TensorCopy]) -> bytes:
 
 PREFETCH_BYTES = 1 << 28  # how far ahead of the copy the kernel is asked to read (posix_fadvise WILLNEED)
 LINUX_IO = hasattr(os, "copy_file_range") and hasattr(os, "posix_fadvise")  # elsewhere: buffered, no advice
+BUFFERED_CHUNK = 1 << 26  # bytes per piece where there is no kernel copy
+
+
+def willneed_bytes(fd: int, sys_block: Path = Path("/sys/dev/block")) -> int:
+    """The most one ``posix_fadvise(WILLNEED)`` on ``fd`` reads: Linux cuts every call to
+    max(read_ahead_kb, max_sectors_kb) of the file's block device (``force_page_cache_ra``; 8 MiB here) and
+    silently drops the rest. 128 KiB (the smallest default read-ahead) where sysfs does not say: a file
+    system without one block device (tmpfs, overlayfs, btrfs)."""
+    st_dev = os.fstat(fd).st_dev
+    device = sys_block / f"{os.major(st_dev)}:{os.minor(st_dev)}"
+    for queue in (device / "queue", device / ".." / "queue"):  # a whole disk, or a partition of one
+        try:
+            kb = max(int((queue / name).read_text()) for name in ("read_ahead_kb", "max_sectors_kb"))
+        except (OSError, ValueError):
+            continue
+        if kb > 0:
+            return kb * 1024
+    return 128 * 1024
 
 
 def copy_once(src: int, dst: int, n: int, at: int) -> int:
@@ -151,11 +169,15 @@ def copy_once(src: int, dst: int, n: int, at: int) -> int:
     return os.write(dst, os.pread(src, n, at))
 
 
-def copy_ranges(src: int, dst: int, ranges: list[tuple[int, int]], chunk: int = 1 << 26) -> None:
-    """Append byte ranges of file ``src`` to file ``dst`` (descriptors): in the kernel where it can.
-    The next ``PREFETCH_BYTES`` of the ranges are announced to the kernel (WILLNEED) ahead of the copy: its
-    own readahead restarts at every range and reads on into the experts between them (measured in
-    docs/results/full-size.md)."""
+def copy_ranges(src: int, dst: int, ranges: list[tuple[int, int]], chunk: int | None = None) -> None:
+    """Append byte ranges of file ``src`` to file ``dst`` (descriptors): in the kernel where it can, in pieces
+    of ``chunk`` bytes (default: ``willneed_bytes(src)`` on Linux, ``BUFFERED_CHUNK`` elsewhere).
+    The next ``PREFETCH_BYTES`` of pieces are announced to the kernel (WILLNEED, one call per piece: a larger
+    call would be cut) ahead of the copy, so the disk reads exactly the kept bytes, in large requests; without
+    it the kernel's own readahead restarts at every range and reads on into the dropped experts between them
+    (docs/results/full-size.md)."""
+    if chunk is None:
+        chunk = willneed_bytes(src) if LINUX_IO else BUFFERED_CHUNK
     pieces = [(o + d, min(chunk, n - d)) for o, n in ranges for d in range(0, n, chunk)]
     advised, ahead = 0, 0  # pieces[:advised] announced; bytes announced and not yet copied
     for i, (offset, length) in enumerate(pieces):

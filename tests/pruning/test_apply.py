@@ -1,6 +1,8 @@
 """Physical slicing: invariants on both families, the released MXFP4 layout, streaming, refusals."""
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -10,7 +12,14 @@ from transformers import AutoModelForCausalLM
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 from moe_specialists.models import apply as apply_module
 from moe_specialists.models.adapters import GPT_OSS, adapter_for
-from moe_specialists.models.apply import TensorCopy, apply_plan, copy_ranges, row_ranges, safetensors_header
+from moe_specialists.models.apply import (
+    TensorCopy,
+    apply_plan,
+    copy_ranges,
+    row_ranges,
+    safetensors_header,
+    willneed_bytes,
+)
 from moe_specialists.models.checkpoint import checkpoint_summary
 from moe_specialists.models.plan import Recipe
 from moe_specialists.models.plan import plan_from_kept as plan_for
@@ -236,6 +245,29 @@ def test_copy_ranges_by_hand(tmp_path, monkeypatch, linux_io, prefetch):
     assert dst.read_bytes() == b"H" + bytes([2, 3, 4, *range(10, 19), 30])
     with open(src, "rb") as fin, open(dst, "wb") as fout, pytest.raises(ValueError, match="end of the base"):
         copy_ranges(fin.fileno(), fout.fileno(), [(38, 5)], chunk=4)
+
+
+def test_willneed_bytes_reads_the_device_queue(tmp_path):
+    """max(read_ahead_kb, max_sectors_kb) of the file's device in a sysfs-like tree: a whole disk has its
+    queue/, a partition its parent's; 128 KiB where the device is unknown or says 0."""
+    src = tmp_path / "src"
+    src.write_bytes(b"x")
+    st = src.stat()
+    device = tmp_path / "sys" / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    with open(src, "rb") as f:
+        assert willneed_bytes(f.fileno(), tmp_path / "sys") == 128 * 1024  # no such device
+        for queue in (device / "queue", device / ".." / "queue"):
+            queue.mkdir(parents=True)
+            (queue / "read_ahead_kb").write_text("8192\n")
+            (queue / "max_sectors_kb").write_text("4096\n")
+            assert willneed_bytes(f.fileno(), tmp_path / "sys") == 8 * 1024 * 1024
+            (queue / "max_sectors_kb").write_text("16384\n")
+            assert willneed_bytes(f.fileno(), tmp_path / "sys") == 16 * 1024 * 1024
+            shutil.rmtree(queue)
+        (device / "queue").mkdir()
+        (device / "queue" / "read_ahead_kb").write_text("0")
+        (device / "queue" / "max_sectors_kb").write_text("0")
+        assert willneed_bytes(f.fileno(), tmp_path / "sys") == 128 * 1024
 
 
 @pytest.mark.parametrize(("dense", "step"), [([1], 1), ([], 2)])
