@@ -4,8 +4,9 @@ hidden 2048, per-expert bf16 tensors, ~4 GB shards; fewer layers than 48 to fit 
 
 Prints, per model and plan: peak RSS of `apply` above its interpreter's baseline (after imports) as a multiple of
 the largest tensor and of the largest shard; apply's time against `cp -r` of the same output bytes (same run,
-throughput ratio of medians; apply with and without its WILLNEED prefetch, ABBA, twice each, cp twice); output
-bytes against the kept-parameter fraction. Goals: peak RSS above baseline <= 2x the largest tensor; throughput
+throughput ratio of medians; apply with and without its WILLNEED prefetch, ABBA, twice each, cp twice) and the
+bytes the disk read for each (ideally the output's: the kept bytes only); output bytes against the kept-parameter
+fraction. Goals: peak RSS above baseline <= 2x the largest tensor; throughput
 >= 0.8x cp. apply and cp both start with their source out of the page cache (posix_fadvise DONTNEED) and end with
 os.sync().
 
@@ -186,10 +187,19 @@ def run_apply(plan_path: Path, out: Path, base: Path, verify: bool, prefetch: in
     evict(base)
     argv = [sys.executable, "-c", APPLY_CHILD, str(plan_path), str(out), str(base), "1" if verify else "0",
             str(PREFETCH_BYTES if prefetch is None else prefetch)]
+    before = disk_read_bytes(base)
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "read_bytes": disk_read_bytes(base) - before}
+
+
+def disk_read_bytes(path: Path) -> int:
+    """Bytes the block device holding ``path`` has read since boot: sectors read (the third field of
+    /sys/dev/block/MAJOR:MINOR/stat) x 512. Other readers of the disk count too."""
+    st_dev = path.stat().st_dev
+    stat = Path(f"/sys/dev/block/{os.major(st_dev)}:{os.minor(st_dev)}/stat").read_text()
+    return int(stat.split()[2]) * 512
 
 
 def evict(folder: Path) -> None:
@@ -204,15 +214,18 @@ def evict(folder: Path) -> None:
             os.close(fd)
 
 
-def run_cp(folder: Path) -> float:
-    """Seconds of ``cp -r`` of ``folder`` (evicted first) including the final sync; the copy is deleted."""
+def run_cp(folder: Path) -> dict:
+    """Seconds of ``cp -r`` of ``folder`` (evicted first) including the final sync, and the bytes the disk read;
+    the copy is deleted."""
     evict(folder)
+    before = disk_read_bytes(folder)
     t = time.perf_counter()
     subprocess.run(["cp", "-r", str(folder), str(folder) + "-cp"], check=True)
     os.sync()
     seconds = time.perf_counter() - t
+    read = disk_read_bytes(folder) - before
     shutil.rmtree(str(folder) + "-cp")
-    return seconds
+    return {"seconds": seconds, "read_bytes": read}
 
 
 def folder_bytes(folder: Path) -> int:
@@ -259,12 +272,13 @@ def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None
         checked = run_apply(plan_path, out, base, verify=True)
         apply_s = [r["seconds"] for r in runs["apply"]]
         plain_s = [r["seconds"] for r in runs["apply_no_prefetch"]]
-        cp_s = statistics.median(runs["cp"])
+        cp_s = statistics.median(r["seconds"] for r in runs["cp"])
         above = max(r["peak_rss"] - r["baseline_rss"] for r in runs["apply"] + runs["apply_no_prefetch"])
         row = {
             "model": name, "drop": drop, "kept_param_fraction": plan.parameters / plan.base.parameters,
             "output_bytes": out_bytes, "output_fraction": out_bytes / info["bytes"],
-            "apply_s": apply_s, "apply_no_prefetch_s": plain_s, "cp_s": runs["cp"],
+            "apply_s": apply_s, "apply_no_prefetch_s": plain_s, "cp_s": [r["seconds"] for r in runs["cp"]],
+            "read_bytes": {kind: [r["read_bytes"] for r in rs] for kind, rs in runs.items()},
             "apply_verify_s": checked["seconds"], "throughput_vs_cp": cp_s / statistics.median(apply_s),
             "throughput_no_prefetch_vs_cp": cp_s / statistics.median(plain_s),
             "throughput_verify_vs_cp": cp_s / checked["seconds"],
