@@ -22,7 +22,15 @@ from moe_specialists.models.plan_loading import (
     runs,
     view_of_plan,
 )
-from tests.models.test_vllm_serving import FAMILIES, PROMPTS, build_tiny, hf_greedy, vllm_engine, vllm_greedy
+from tests.models.test_vllm_serving import (
+    FAMILIES,
+    PROMPTS,
+    build_tiny,
+    hf_greedy,
+    require_vllm_mxfp4,
+    vllm_engine,
+    vllm_greedy,
+)
 
 KEPT = [[0, 3, 5, 7, 9, 11, 13, 15], [1, 2, 3, 4, 5, 6], list(range(12)), [2, 4, 6, 8]]
 
@@ -175,6 +183,7 @@ def test_mxfp4_from_plan_equals_the_sliced_copy(mxfp4_base_and_copy):
 
 
 def test_vllm_serves_an_mxfp4_plan_view_like_the_sliced_copy(mxfp4_base_and_copy, tmp_path):
+    require_vllm_mxfp4()
     _, plan, copy = mxfp4_base_and_copy
     view = view_of_plan(plan, tmp_path / "views")
     with vllm_engine(copy, dtype="bfloat16") as llm:  # vLLM's MXFP4 backend runs in bf16

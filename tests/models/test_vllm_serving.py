@@ -73,6 +73,16 @@ def vllm_engine(path: Path, in_process: bool = True, **kw: Any) -> contextlib.Ab
     return engine(path, in_process, **{**TINY_ENGINE, **kw})
 
 
+def require_vllm_mxfp4() -> None:
+    """Skip, saying why, where vLLM has no MXFP4 backend: on a CPU only its AMX kernel exists (vLLM 0.32
+    ``CPUExpertsMxfp4._supports_current_device``: ``torch.cpu._is_amx_tile_supported()``), so a CPU without
+    AMX tiles (before Sapphire Rapids; some CI machines) cannot serve an MXFP4 checkpoint at all."""
+    import torch
+
+    if not torch.cuda.is_available() and not torch.cpu._is_amx_tile_supported():
+        pytest.skip("vLLM's only CPU MXFP4 kernel needs AMX tiles, which this CPU lacks")
+
+
 def vllm_greedy(llm: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
