@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -175,6 +176,29 @@ class TransformersGenerator(Generator):
         return out  # type: ignore[return-value]
 
 
+def vllm_serving_problem(config: dict[str, Any], cuda: bool, amx: bool) -> str | None:
+    """Why vLLM cannot run a checkpoint with this config.json on a machine with (or without) a CUDA GPU and AMX
+    tiles, or None. vLLM 0.32 has one CPU kernel for MXFP4 experts, and it needs AMX tiles
+    (``CPUExpertsMxfp4._supports_current_device``); without them it fails in its backend selection."""
+    if (config.get("quantization_config") or {}).get("quant_method") == "mxfp4" and not cuda and not amx:
+        return ("its experts are MXFP4, and vLLM's only CPU kernel for MXFP4 experts needs AMX tiles (Intel Xeon "
+                "of the 4th generation, Sapphire Rapids, or newer), which this CPU lacks: serve it on a GPU or on "
+                "such a CPU")
+    return None
+
+
+def check_vllm_can_serve(model: str | Path) -> None:
+    """ValueError with ``vllm_serving_problem``'s reason for a local checkpoint folder on this machine (a hub id
+    is left to vLLM)."""
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return
+    problem = vllm_serving_problem(json.loads(config.read_text()), torch.cuda.is_available(),
+                                   torch.cpu._is_amx_tile_supported())
+    if problem:
+        raise ValueError(f"vLLM cannot serve {model} here: {problem}")
+
+
 @contextlib.contextmanager
 def vllm_engine(model: str | Path, in_process: bool | None = None, **engine: Any) -> Iterator[Any]:
     """A ``vllm.LLM`` on ``model``, shut down on exit whatever happens in the body.
@@ -186,6 +210,7 @@ def vllm_engine(model: str | Path, in_process: bool | None = None, **engine: Any
     import vllm.envs
     from vllm import LLM
 
+    check_vllm_can_serve(model)
     saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     if in_process is not None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"

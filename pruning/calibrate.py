@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 from moe_specialists.models.adapters import adapter_for
 from moe_specialists.models.checkpoint import read_config, resolve_model
-from moe_specialists.models.generation import Backend, require_vllm
+from moe_specialists.models.generation import Backend, check_vllm_can_serve, require_vllm
 from moe_specialists.models.plan import base_ref
 from moe_specialists.models.pruned import load_causal_lm
 from moe_specialists.pruning.collect import collect_transformers
@@ -111,6 +111,7 @@ def calibrate(config: CalibrationConfig) -> Path:
     check_calibration_request(c, model_dir)
     if c.backend == "vllm":
         require_vllm()
+        check_vllm_can_serve(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base = base_ref(model_dir, id=c.model, revision=revision).model_dump()
     sequences = calibration_sequences(tokenizer, c.data_dir, c.languages, c.direction, c.split, c.limit, c.pivot)

@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from moe_specialists.models.generation import check_vllm_can_serve
 from moe_specialists.models.prompts import render, translation_messages
 from moe_specialists.models.vllm_worker import PROBE
 from moe_specialists.service.metrics import GatewayMetrics
@@ -331,6 +332,7 @@ class LocalVllmEngine(Engine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        check_vllm_can_serve(self.spec.path)
         args = AsyncEngineArgs(
             model=self.spec.path,
             tokenizer=self.spec.tokenizer or self.spec.path,

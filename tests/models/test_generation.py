@@ -12,11 +12,15 @@ import torch
 from moe_specialists.models.generation import (
     TransformersGenerator,
     VllmGenerator,
+    check_vllm_can_serve,
     left_pad,
     length_sorted_batches,
     stop_token_ids,
     trim_at_end,
+    vllm_engine,
+    vllm_serving_problem,
 )
+from tests.released import save_released_gpt_oss
 from tests.tiny import build_model, save_tiny, tiny_tokenizer
 
 PAD, EOS = 0, 1  # tests.tiny: <pad> = 0, <eos> = 1
@@ -130,3 +134,38 @@ def test_vllm_generator_shuts_down_when_the_body_raises(tmp_path: Path) -> None:
     # multiprocessing's resource tracker belongs to this process (it lives as long as we do), not to the engine
     engine_left = {pid: cmd for pid, cmd in alive.items() if "resource_tracker" not in cmd}
     assert engine_left == {}, engine_left
+
+
+MXFP4 = {"quant_method": "mxfp4"}
+
+
+@pytest.mark.parametrize(("quantization", "cuda", "amx", "refused"), [
+    (MXFP4, False, False, True),  # vLLM's only CPU MXFP4 kernel needs AMX
+    (MXFP4, False, True, False),
+    (MXFP4, True, False, False),  # GPU kernels
+    (None, False, False, False),  # bf16 experts: vLLM's CPU MoE path
+    ({"quant_method": "fp8"}, False, False, False),  # not ours to judge: vLLM says
+])
+def test_vllm_serving_problem(quantization, cuda, amx, refused) -> None:
+    config = {"model_type": "gpt_oss"} | ({"quantization_config": quantization} if quantization else {})
+    problem = vllm_serving_problem(config, cuda, amx)
+    assert (problem is not None) == refused
+    assert not refused or "AMX tiles" in problem
+
+
+def test_an_mxfp4_checkpoint_on_a_cpu_without_amx_is_refused_before_vllm_starts(tmp_path: Path, monkeypatch) -> None:
+    """The released GPT-OSS layout, on a CPU made to answer "no AMX" (the hardware probe is the only fake): a
+    clear ValueError, no engine process left; a hub id is left to vLLM."""
+    import psutil
+
+    path = save_released_gpt_oss(tmp_path / "gpt-oss", layers=2, experts=4, top_k=2, shards=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(ValueError, match=r"vLLM cannot serve .*gpt-oss here: its experts are MXFP4.*AMX tiles"), \
+            vllm_engine(path, in_process=False, max_model_len=128):
+        pass
+    assert {p.pid for p in psutil.Process().children(recursive=True)} - before == set()
+    check_vllm_can_serve("openai/gpt-oss-20b")  # no local folder: nothing to read, vLLM decides
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    check_vllm_can_serve(path)

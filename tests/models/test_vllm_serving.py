@@ -74,13 +74,14 @@ def vllm_engine(path: Path, in_process: bool = True, **kw: Any) -> contextlib.Ab
 
 
 def require_vllm_mxfp4() -> None:
-    """Skip, saying why, where vLLM has no MXFP4 backend: on a CPU only its AMX kernel exists (vLLM 0.32
-    ``CPUExpertsMxfp4._supports_current_device``: ``torch.cpu._is_amx_tile_supported()``), so a CPU without
-    AMX tiles (before Sapphire Rapids; some CI machines) cannot serve an MXFP4 checkpoint at all."""
-    import torch
+    """Skip, saying why, where vLLM has no MXFP4 backend (``vllm_serving_problem``: a CPU without AMX tiles,
+    e.g. before Sapphire Rapids; some CI machines): the serving steps cannot run there at all."""
+    from moe_specialists.models.generation import vllm_serving_problem
 
-    if not torch.cuda.is_available() and not torch.cpu._is_amx_tile_supported():
-        pytest.skip("vLLM's only CPU MXFP4 kernel needs AMX tiles, which this CPU lacks")
+    problem = vllm_serving_problem({"quantization_config": {"quant_method": "mxfp4"}}, torch.cuda.is_available(),
+                                   torch.cpu._is_amx_tile_supported())
+    if problem:
+        pytest.skip(f"vLLM cannot serve MXFP4 here: {problem}")
 
 
 def vllm_greedy(llm: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:

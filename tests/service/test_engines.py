@@ -1,14 +1,21 @@
-"""Engine helpers that need no engine: the scheduler gauges read from a vLLM server's /metrics, and the stat
-logger an in-process engine gives vLLM (built by vLLM's own ``StatLoggerManager``, as ``AsyncLLM`` does)."""
+"""Engine helpers that need no engine: the scheduler gauges read from a vLLM server's /metrics, the stat
+logger an in-process engine gives vLLM (built by vLLM's own ``StatLoggerManager``, as ``AsyncLLM`` does), and
+the refusal of a specialist vLLM cannot run on this machine."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
+from fastapi.testclient import TestClient
 
+from moe_specialists.service.app import create_app
 from moe_specialists.service.engines import scheduler_gauges, scheduler_logger
 from moe_specialists.service.metrics import GatewayMetrics
+from moe_specialists.service.settings import Settings, SpecialistSpec
+from tests.released import save_released_gpt_oss
+from tests.service.conftest import wait_for
 
 # The shape of vLLM's exposition (names and labels as vLLM 0.32 writes them), two engines of one model and
 # another model on the same server.
@@ -87,3 +94,18 @@ def test_scheduler_logger_is_the_only_stat_logger_and_registers_nothing_global()
     assert sample("moe_engine_requests", {"specialist": "s3", "state": "waiting"}) == 5
     assert sample("moe_engine_kv_cache_usage_ratio", {"specialist": "s3"}) == 0.25
     assert sample("moe_engine_kv_cache_usage_ratio", {"specialist": "s4"}) is None
+
+
+def test_an_mxfp4_specialist_on_a_cpu_without_amx_is_given_up_with_the_reason(tmp_path, monkeypatch):
+    """The gateway's own vLLM engine, on a CPU made to answer "no AMX" (the hardware probe is the only fake):
+    the specialist is given up saying why, before vLLM loads anything, and the gateway still answers."""
+    path = save_released_gpt_oss(tmp_path / "gpt-oss", layers=2, experts=4, top_k=2, shards=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    settings = Settings(specialists=[SpecialistSpec(name="gpt-oss", path=str(path), directions=["en-de"])],
+                        max_model_len=256, health_interval_s=0.2, engine_max_restarts=0)
+    with TestClient(create_app(settings)) as client:
+        now = wait_for(client, lambda s: s["gpt-oss"]["state"] == "given_up", 60, "given up")
+        assert "its experts are MXFP4" in now["gpt-oss"]["error"] and "AMX tiles" in now["gpt-oss"]["error"]
+        r = client.post("/v1/translate", json={"text": "Hello", "source": "en", "target": "de"})
+        assert r.status_code == 503 and "AMX" in r.text, r.text
