@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from moe_specialists.models.checkpoint import read_config
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,9 @@ def vllm_serving_problem(config: dict[str, Any], cuda: bool, amx: bool) -> str |
 def check_vllm_can_serve(model: str | Path) -> None:
     """ValueError with ``vllm_serving_problem``'s reason for a local checkpoint folder on this machine (a hub id
     is left to vLLM)."""
-    config = Path(model) / "config.json"
-    if not config.is_file():
+    if not (Path(model) / "config.json").is_file():
         return
-    problem = vllm_serving_problem(json.loads(config.read_text()), torch.cuda.is_available(),
+    problem = vllm_serving_problem(read_config(Path(model)), torch.cuda.is_available(),
                                    torch.cpu._is_amx_tile_supported())
     if problem:
         raise ValueError(f"vLLM cannot serve {model} here: {problem}")
