@@ -16,3 +16,13 @@ def flores_dir() -> Path:
     if not (FLORES / "dev" / "en.txt").is_file():
         pytest.fail(f"FLORES data not found at {FLORES} (expected ../shared/data beside the checkout)")
     return FLORES
+
+
+@pytest.fixture
+def cpu_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine made to answer "no CUDA GPU, a CPU without AMX tiles", where vLLM has no MXFP4 kernel (the
+    hardware probes are the only fake: the same on every machine)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

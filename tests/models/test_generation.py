@@ -153,14 +153,14 @@ def test_vllm_serving_problem(quantization, cuda, amx, refused) -> None:
     assert not refused or "AMX tiles" in problem
 
 
-def test_an_mxfp4_checkpoint_on_a_cpu_without_amx_is_refused_before_vllm_starts(tmp_path: Path, monkeypatch) -> None:
-    """The released GPT-OSS layout, on a CPU made to answer "no AMX" (the hardware probe is the only fake): a
-    clear ValueError, no engine process left; a hub id is left to vLLM."""
+def test_an_mxfp4_checkpoint_on_a_cpu_without_amx_is_refused_before_vllm_starts(
+    tmp_path: Path, cpu_without_amx: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The released GPT-OSS layout on a CPU without AMX: a clear ValueError, no engine process left; a hub id is
+    left to vLLM; with AMX the same folder passes."""
     import psutil
 
     path = save_released_gpt_oss(tmp_path / "gpt-oss", layers=2, experts=4, top_k=2, shards=1)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(ValueError, match=r"vLLM cannot serve .*gpt-oss here: its experts are MXFP4.*AMX tiles"), \
             vllm_engine(path, in_process=False, max_model_len=128):

@@ -54,16 +54,11 @@ def test_vllm_takes_no_transformers_device_index(tmp_path: Path) -> None:
         CalibrationConfig(model="m", out="s", languages="de", generate=True)  # an old YAML config file
 
 
-def test_an_mxfp4_base_on_a_cpu_without_amx_is_refused_before_vllm_starts(tmp_path: Path, monkeypatch) -> None:
-    """The released GPT-OSS layout on a CPU made to answer "no AMX" (the hardware probe is the only fake): exit 2
-    with the reason, nothing written."""
-    import torch
-
+def test_an_mxfp4_base_on_a_cpu_without_amx_is_refused_before_vllm_starts(tmp_path: Path, cpu_without_amx) -> None:
+    """The released GPT-OSS layout on a CPU without AMX: exit 2 with the reason, nothing written."""
     from tests.released import save_released_gpt_oss
 
     base = save_released_gpt_oss(tmp_path / "gpt-oss", layers=2, experts=4, top_k=2, shards=1)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     r = runner.invoke(app, ["calibrate", str(base), "--out", str(tmp_path / "s"), "-l", "de", "--backend", "vllm"])
     assert r.exit_code == 2 and "its experts are MXFP4" in said(r) and "AMX tiles" in said(r), r.output
     assert not (tmp_path / "s").exists()

@@ -7,7 +7,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from moe_specialists.service.app import create_app
@@ -96,12 +95,10 @@ def test_scheduler_logger_is_the_only_stat_logger_and_registers_nothing_global()
     assert sample("moe_engine_kv_cache_usage_ratio", {"specialist": "s4"}) is None
 
 
-def test_an_mxfp4_specialist_on_a_cpu_without_amx_is_given_up_with_the_reason(tmp_path, monkeypatch):
-    """The gateway's own vLLM engine, on a CPU made to answer "no AMX" (the hardware probe is the only fake):
-    the specialist is given up saying why, before vLLM loads anything, and the gateway still answers."""
+def test_an_mxfp4_specialist_on_a_cpu_without_amx_is_given_up_with_the_reason(tmp_path, cpu_without_amx):
+    """The gateway's own vLLM engine on a CPU without AMX: the specialist is given up saying why, before vLLM
+    loads anything, and the gateway still answers."""
     path = save_released_gpt_oss(tmp_path / "gpt-oss", layers=2, experts=4, top_k=2, shards=1)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     settings = Settings(specialists=[SpecialistSpec(name="gpt-oss", path=str(path), directions=["en-de"])],
                         max_model_len=256, health_interval_s=0.2, engine_max_restarts=0)
     with TestClient(create_app(settings)) as client:
