@@ -32,6 +32,7 @@ from moe_specialists.models.checkpoint import (
     INDEX_NAME,
     building_dir,
     file_sha256,
+    is_mxfp4,
     read_config,
     read_header_and_start,
     resolve_model,
@@ -227,7 +228,7 @@ def check_plan_matches(plan: Plan, config: dict, adapter: FamilyAdapter) -> None
 def storage_format(config: dict, layouts: list[ShardLayout]) -> str:
     """"mxfp4" or "dense" (bf16/fp32 experts), refusing a checkpoint whose config and tensors disagree."""
     blocks = any(n.endswith("_blocks") for lay in layouts for n in lay.tensors)
-    says = (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
+    says = is_mxfp4(config)
     if blocks != says:
         raise ValueError(
             f"config.json {'says' if says else 'does not say'} quant_method mxfp4 but the tensors "

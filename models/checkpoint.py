@@ -61,6 +61,11 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def is_mxfp4(config: dict[str, Any]) -> bool:
+    """Whether config.json says the experts are MXFP4 (gpt-oss as released)."""
+    return (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
+
+
 def shard_files(model_dir: Path) -> list[Path]:
     """The safetensors files of a checkpoint (from the index when there is one)."""
     model_dir = Path(model_dir)

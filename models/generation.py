@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from moe_specialists.models.checkpoint import read_config
+from moe_specialists.models.checkpoint import is_mxfp4, read_config
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def vllm_serving_problem(config: dict[str, Any], cuda: bool, amx: bool) -> str |
     """Why vLLM cannot run a checkpoint with this config.json on a machine with (or without) a CUDA GPU and AMX
     tiles, or None. vLLM 0.32 has one CPU kernel for MXFP4 experts, and it needs AMX tiles
     (``CPUExpertsMxfp4._supports_current_device``); without them it fails in its backend selection."""
-    if (config.get("quantization_config") or {}).get("quant_method") == "mxfp4" and not cuda and not amx:
+    if is_mxfp4(config) and not cuda and not amx:
         return ("its experts are MXFP4, and vLLM's only CPU kernel for MXFP4 experts needs AMX tiles (Intel Xeon "
                 "of the 4th generation, Sapphire Rapids, or newer), which this CPU lacks: serve it on a GPU or on "
                 "such a CPU")

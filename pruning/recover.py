@@ -41,7 +41,14 @@ from transformers import AutoTokenizer
 
 import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
 from moe_specialists.models.adapters import adapter_for
-from moe_specialists.models.checkpoint import INDEX_NAME, building_dir, check_same_tensors, file_sha256, read_config
+from moe_specialists.models.checkpoint import (
+    INDEX_NAME,
+    building_dir,
+    check_same_tensors,
+    file_sha256,
+    is_mxfp4,
+    read_config,
+)
 from moe_specialists.models.mxfp4 import mxfp4_state_dict
 from moe_specialists.models.plan import Plan
 from moe_specialists.models.prompts import LANGUAGE_NAMES
@@ -331,10 +338,6 @@ def recover(config: RecoveryConfig) -> Path:
         assert adapter.experts_per_layer(saved) == adapter.experts_per_layer(hf_config)
         plan.model_copy(update={"lineage": lineage}).save(tmp / "plan.json")
     return out_dir
-
-
-def is_mxfp4(config: dict[str, Any]) -> bool:
-    return (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
 
 
 def save_trained(model: Any, config: dict[str, Any], folder: Path, dtype: str, keep_mxfp4: bool) -> bool:
