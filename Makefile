@@ -4,17 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-$(BIN)/.installed: pyproject.toml deploy/install.sh
+# serve: the gateway and the CPU build of vLLM; test: also the test and benchmark tools.
+$(BIN)/.installed-serve: pyproject.toml deploy/install.sh
+	bash deploy/check-host.sh $(PY)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	. $(BIN)/activate && bash deploy/install.sh cpu
+	. $(BIN)/activate && bash deploy/install.sh cpu serve
 	touch $@
 
-.PHONY: install serve test lint
-install: $(BIN)/.installed
+$(BIN)/.installed-test: $(BIN)/.installed-serve
+	. $(BIN)/activate && bash deploy/install.sh cpu serve,test,bench
+	touch $@
 
-serve: install
+.PHONY: install serve test
+install: $(BIN)/.installed-test
+
+serve: $(BIN)/.installed-serve
 	$(BIN)/moe-specialists serve
 
-test: install
+test: $(BIN)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q --durations=25

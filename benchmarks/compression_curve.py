@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "flores200"))
+    ap.add_argument("--data", default="flores+", help="parallel data: flores+, sample or a FLORES-style folder")
     ap.add_argument("--work", default="/tmp/compression-sweep")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"))
     ap.add_argument("--limit", type=int, default=100)
@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     config = SweepConfig(
         model=args.model,
-        data_dir=Path(args.data),
+        data_dir=args.data,
         work_dir=Path(args.work),
         out_dir=Path(args.out),
         languages=["de", "fr", "ru"],

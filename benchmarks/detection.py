@@ -4,7 +4,7 @@ this comparison). Per language: accuracy on whole sentences and on their first 2
 per second. Goals (issue 15): >= 99.5% on sentences, >= 97% on 20-character prefixes.
 
     python benchmarks/detection.py                       # first 300 lines of each of the 10 languages
-    python benchmarks/detection.py --data ../shared/data/flores200/devtest --lines 1012
+    python benchmarks/detection.py --data FLORES_DIR/devtest --lines 1012
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LANGS = ["en", "de", "fr", "cs", "ru", "es", "zh", "ja", "bn", "arz"]
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flores200" / "devtest"
 
 
 # ---- the old heuristic (service/detect.py before issue 15), verbatim but for its name ----
@@ -106,7 +105,7 @@ def speed(detect: Callable[[str, Collection[str]], tuple[str, float]], texts: di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, required=True, help="a folder of <lang>.txt files, e.g. FLORES devtest")
     parser.add_argument("--lines", type=int, default=300)
     parser.add_argument("--prefix", type=int, default=20)
     args = parser.parse_args()

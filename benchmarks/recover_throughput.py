@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("-l", "--languages", default="de")
-    p.add_argument("--data", type=Path, default=Path("../shared/data/flores200"))
+    p.add_argument("--data", default="flores+", help="parallel data: flores+, sample or a FLORES-style folder")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more options for both recover runs")
     args = p.parse_args()
 

@@ -7,7 +7,7 @@ and shared by every drop), learnt as they are (``distill``) or also reversed (``
 devtest, en->X and X->en, chrF and the degenerate-output rate.
 
     # here (CPU, seconds): slice the training corpus and FLORES into a few MB under .device/ (git-ignored)
-    python benchmarks/recovery.py prepare
+    python benchmarks/recovery.py prepare --corpus pairs.jsonl.gz --flores FLORES_DIR
     # on a GPU (repeatable: finished models in RESULTS are skipped, so a second run resumes the first)
     python benchmarks/recovery.py run --data .device/recovery --results RESULTS --device cuda --drops 24 28
     python benchmarks/recovery.py table RESULTS/results.json
@@ -42,7 +42,6 @@ from moe_specialists.pruning.recover import RecoveryConfig, recover
 from moe_specialists.pruning.stats import RoutingStats
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 LANGUAGES = ["de", "fr", "ru", "es", "cs"]  # the bundled translator's good languages (see its card)
 # distill: the recipe (en->X outputs of the parent); distill-both: also each pair reversed (X->en)
 DISTILL_DIRECTIONS = {"distill": "to", "distill-both": "both"}
@@ -194,8 +193,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="job", required=True)
     p = sub.add_parser("prepare", help="slice the corpus and FLORES (CPU)")
-    p.add_argument("--corpus", type=Path, default=SHARED / "train" / "pairs.jsonl.gz")
-    p.add_argument("--flores", type=Path, default=SHARED / "flores200")
+    p.add_argument("--corpus", type=Path, required=True, help="the training pairs (models/tiny_translator/corpus.py)")
+    p.add_argument("--flores", type=Path, required=True, help="a FLORES-style folder (<split>/<lang>.txt)")
     p.add_argument("--out", type=Path, default=ROOT / ".device" / "recovery")
     p.add_argument("--sft-per-language", type=int, default=6000)
     p.add_argument("--passages", type=int, default=30000)

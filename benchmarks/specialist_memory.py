@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--drops", type=int, nargs="+", default=[8, 16, 24], help="experts dropped per layer (of 32)")
     ap.add_argument("--stats", type=Path,
                     help="routing statistics: reused if the file exists, else calibrated and saved there")
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/flores200"))
+    ap.add_argument("--data", default="flores+", help="parallel data: flores+, sample or a FLORES-style folder")
     ap.add_argument("--languages", default="de,fr,ru,es,cs")
     ap.add_argument("--calib-limit", type=int, default=50, help="calibration passages per direction")
     ap.add_argument("--dtype", default="auto", help="vLLM dtype (auto: the checkpoint's bfloat16, as the gateway)")

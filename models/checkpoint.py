@@ -33,12 +33,20 @@ DTYPE_BYTES = {
 }
 
 
+# The bundled tiny translator by the id its plans record: found from any working directory (a folder of that
+# relative path, when there is one, comes first).
+BUNDLED_MODEL_ID = "models/tiny_translator"
+BUNDLED_MODEL_FOLDER = Path(__file__).resolve().parent / "tiny_translator"
+
+
 def resolve_model(ref: str | Path, revision: str | None = None) -> tuple[Path, str | None]:
-    """A local folder as it is, or a hub id downloaded (or found in the cache when HF_HUB_OFFLINE=1).
-    Returns (folder, revision) where revision is the hub commit for hub ids."""
+    """A local folder as it is, the bundled translator by ``BUNDLED_MODEL_ID``, or a hub id downloaded (or
+    found in the cache when HF_HUB_OFFLINE=1). Returns (folder, revision): the hub commit for hub ids."""
     path = Path(ref)
     if path.is_dir():
         return path, revision
+    if str(ref) == BUNDLED_MODEL_ID:
+        return BUNDLED_MODEL_FOLDER, revision
     if path.exists():
         raise ValueError(f"{ref} is a file; give a model folder or a hub id")
     from huggingface_hub import snapshot_download

@@ -43,6 +43,14 @@ def canonical(code: str) -> str:
 
 
 @cache
+def macro_canonical(code: str) -> str:
+    """``canonical``, with a language that CLDR counts as its macrolanguage's main member named by the
+    macrolanguage: cmn_Hans -> zh, arb_Arab -> ar, swh -> sw; other members stay (yue, arz). Data files are
+    matched by it, so ``-l zh`` finds FLORES+'s ``cmn_Hans``."""
+    return canonical(langcodes.standardize_tag(canonical(code), macro=True))
+
+
+@cache
 def default_script(language: str) -> str | None:
     """The script a language is written in when none is named (CLDR likely subtags): zh -> Hans."""
     return langcodes.Language.get(language).maximize().script

@@ -19,8 +19,8 @@ __all__ = ["DATA_LANGUAGES", "LANGUAGE_NAMES", "answer_span", "instruction", "la
 HARMONY_FINAL = "<|channel|>final<|message|>"
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
-# The languages of the data this project ships with and trains on (../shared/data/flores200 files, the bundled
-# translator's tokenizer). Names come from CLDR (``models.languages``); any code langcodes knows is accepted.
+# The languages whose prompts the bundled translator's tokenizer was trained on (its training pairs and the FLORES
+# languages measured with it). Names come from CLDR (``models.languages``); any code langcodes knows is accepted.
 DATA_LANGUAGES = ("en", "de", "fr", "cs", "ru", "es", "zh", "ja", "bn", "arz")
 LANGUAGE_NAMES: dict[str, str] = {code: language_name(code) for code in DATA_LANGUAGES}
 

@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,9 @@ from moe_specialists.models.checkpoint import file_sha256, read_header, shard_fi
 from moe_specialists.models.plan import Plan
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # no slashes, no '..' traversal, no leading dot
+# The one registry of `registry ...`, `prune --register` and `serve`: this variable, else the default folder.
+REGISTRY_ENV = "MOE_REGISTRY_DIR"
+RETIRED_REGISTRY_VARIABLES = ("MOE_SPECIALISTS_REGISTRY",)  # read by the registry CLI before 2026-12
 ENTRY_FILE = "specialist.json"  # the entry as it travels to the hub beside the weights
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -107,6 +110,24 @@ class CorruptEntryError(RegistryError, ValueError):
 
 class ChecksumError(RegistryError, ValueError):
     pass
+
+
+def default_registry_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$MOE_REGISTRY_DIR``, else ``$XDG_CACHE_HOME/moe-specialists/registry`` (``~/.cache/...``). A retired
+    variable is refused (ValueError naming the one to set), not silently ignored."""
+    environ = os.environ if environ is None else environ
+    check_registry_variables(environ)
+    if environ.get(REGISTRY_ENV):
+        return Path(environ[REGISTRY_ENV]).expanduser()
+    cache = Path(environ["XDG_CACHE_HOME"]) if environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return cache / "moe-specialists" / "registry"
+
+
+def check_registry_variables(environ: Mapping[str, str]) -> None:
+    for old in RETIRED_REGISTRY_VARIABLES:
+        if old in environ:
+            raise ValueError(f"{old} is no longer read: set {REGISTRY_ENV} instead (one registry folder for "
+                             "`registry ...`, `prune --register` and `serve`)")
 
 
 def validate_name(name: str) -> str:

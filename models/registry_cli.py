@@ -11,10 +11,12 @@ from typing import Annotated
 
 import typer
 
-from moe_specialists.models.registry import Registry, RegistryError, SpecialistEntry
+from moe_specialists.models.registry import REGISTRY_ENV, Registry, RegistryError, SpecialistEntry, default_registry_dir
 
-ROOT_ENV = "MOE_SPECIALISTS_REGISTRY"
-DEFAULT_ROOT = Path("~/.cache/moe-specialists/registry").expanduser()
+RegistryOption = Annotated[
+    Path | None,
+    typer.Option(help=f"Registry folder (default: ${REGISTRY_ENV}, else ~/.cache/moe-specialists/registry)."),
+]
 
 app = typer.Typer(
     name="registry", help="Register, materialise, list, show, remove, push and pull specialists.", no_args_is_help=True
@@ -22,11 +24,9 @@ app = typer.Typer(
 
 
 @app.callback()
-def main(
-    ctx: typer.Context,
-    root: Annotated[Path, typer.Option(envvar=ROOT_ENV, help="Registry folder.", show_default=True)] = DEFAULT_ROOT,
-) -> None:
-    ctx.obj = Registry(root)
+def main(ctx: typer.Context, root: RegistryOption = None) -> None:
+    with _errors():
+        ctx.obj = Registry(root if root is not None else default_registry_dir())
 
 
 @contextmanager

@@ -15,14 +15,15 @@ from moe_specialists.models.generation import Backend, check_vllm_can_serve, req
 from moe_specialists.models.plan import base_ref
 from moe_specialists.models.pruned import load_causal_lm
 from moe_specialists.pruning.collect import collect_transformers
-from moe_specialists.pruning.config import CommaList, Device, DType, JobConfig, ModelRef
+from moe_specialists.pruning.config import CommaList, DataRef, Device, DType, JobConfig, ModelRef
 from moe_specialists.pruning.data import (
+    DEFAULT_DATA,
     CalibrationSequence,
     Orientation,
     Routing,
-    available_languages,
     calibration_sequences,
     directions_for,
+    read_parallel,
 )
 from moe_specialists.pruning.stats import RoutingStats
 
@@ -31,7 +32,8 @@ DEFAULT_BATCH_SIZE: dict[str, int] = {"transformers": 8, "vllm": 256}
 
 
 class CalibrationConfig(JobConfig):
-    """Collect routing statistics of ``model`` translating FLORES-style ``data_dir/split`` passages between
+    """Collect routing statistics of ``model`` translating ``split`` passages of ``data_dir`` (``pruning.data``:
+    FLORES+ from the hub, the shipped sample or a folder) between
     ``pivot`` and each of ``languages`` (``direction`` to/from/both), plus plain passages for the divergence.
 
     ``backend``: "transformers" (forward hooks; every score, REAP included; on ``device``) or "vllm" (hooks
@@ -42,7 +44,7 @@ class CalibrationConfig(JobConfig):
     model: ModelRef
     out: Path  # the statistics (.safetensors)
     languages: CommaList = Field(min_length=1)
-    data_dir: Path = Path("../shared/data/flores200")
+    data_dir: DataRef = DEFAULT_DATA
     direction: Orientation = "to"
     split: str = "dev"
     limit: int | None = Field(None, ge=1)
@@ -93,22 +95,19 @@ class CalibrationConfig(JobConfig):
         return self
 
 
-def check_calibration_request(config: CalibrationConfig, model_dir: Path) -> None:
-    """Refuse what needs the model folder or the data before loading anything."""
-    adapter_for(read_config(model_dir))  # supported family
+def check_calibration_data(config: CalibrationConfig) -> None:
+    """Every language of every direction in the data's split, line-aligned: refused before any model loads."""
     pairs = directions_for(config.languages, config.direction, config.pivot)
-    have = available_languages(config.data_dir, config.split)
-    missing = sorted({lang for pair in pairs for lang in pair} - set(have))
-    if missing:
-        raise ValueError(f"no {config.split} data for {missing} in {config.data_dir}; available: {have}")
+    read_parallel(config.data_dir, config.split, sorted({lang for pair in pairs for lang in pair}), config.limit)
 
 
 def calibrate(config: CalibrationConfig) -> Path:
     """Collect the statistics of ``config`` (see ``CalibrationConfig``) and save them to ``config.out``; the
     statistics' header records the base, the split and the config (the same for both backends)."""
     c = config
+    check_calibration_data(c)
     model_dir, revision = resolve_model(c.model, c.revision)
-    check_calibration_request(c, model_dir)
+    adapter_for(read_config(model_dir))  # a supported family, before the tokenizer and the model load
     if c.backend == "vllm":
         require_vllm()
         check_vllm_can_serve(model_dir)

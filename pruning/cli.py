@@ -6,7 +6,7 @@ plan       rank experts and allocate per-layer counts from saved statistics -> p
 apply      slice the base checkpoint by a plan -> specialist folder (loads in transformers and vLLM)
 prune      all three in one go
 evaluate   translate a FLORES-style split: chrF, BLEU, degenerate-output rate (JSON)
-sweep      compression curves per method, kept-expert IoU, unseen-language comparison -> docs/results
+sweep      compression curves per method, kept-expert IoU, unseen-language comparison -> a report
 recover    recovery tuning: full fine-tuning of a specialist (SFT on pairs, or distillation from its parent)
 """
 
@@ -18,7 +18,8 @@ from typing import Annotated
 
 import typer
 
-from moe_specialists.models.registry_cli import DEFAULT_ROOT, ROOT_ENV
+from moe_specialists.models.registry_cli import RegistryOption
+from moe_specialists.pruning.data import DEFAULT_DATA
 
 app = typer.Typer(help="Prune experts: calibrate, plan, apply, evaluate, sweep, recover.", no_args_is_help=True)
 
@@ -26,7 +27,13 @@ Languages = Annotated[
     str | None, typer.Option("--languages", "-l", help="Comma-separated language codes, e.g. de or de,fr,ru.")
 ]
 OrientationOption = Annotated[str, typer.Option(help="to: en->L, from: L->en, both: both directions.")]
-DataDir = Annotated[Path, typer.Option(help="FLORES-style folder with <split>/<lang>.txt line-aligned files.")]
+DataDir = Annotated[
+    str,
+    typer.Option(
+        help="Parallel passages: flores+ (FLORES+ from the hub, gated: accept its terms and log in), sample (the "
+        "small sample shipped with the project) or a folder of <split>/<lang>.txt line-aligned files."
+    ),
+]
 Drop = Annotated[int, typer.Option(help="Experts dropped per MoE layer on average (0 <= drop <= E - top_k).")]
 Ranking = Annotated[str, typer.Option(help="routing-mass (default), reap, frequency or random.")]
 Allocation = Annotated[
@@ -107,7 +114,7 @@ def calibrate(
     model: Annotated[str | None, typer.Argument(help="Hub id or local folder of the base MoE model.")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to save the statistics (.safetensors).")] = None,
     languages: Languages = None,
-    data: DataDir = Path("../shared/data/flores200"),
+    data: DataDir = DEFAULT_DATA,
     direction: OrientationOption = "to",
     split: str = "dev",
     limit: Annotated[int | None, typer.Option(help="Use only the first N passages.")] = None,
@@ -227,12 +234,16 @@ def apply(
 
 @app.command()
 def prune(
-    model: Annotated[str, typer.Argument(help="Hub id or local folder of the base MoE model.")],
-    out: Annotated[Path, typer.Option(help="Folder of the specialist to write.")],
-    languages: Languages,
-    drop: Drop,
-    data: DataDir = Path("../shared/data/flores200"),
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Argument(help="Hub id or local folder of the base MoE model.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder of the specialist to write.")] = None,
+    languages: Languages = None,
+    drop: Annotated[
+        int | None, typer.Option(help="Experts dropped per MoE layer on average (0 <= drop <= E - top_k).")
+    ] = None,
+    data: DataDir = DEFAULT_DATA,
     direction: OrientationOption = "to",
+    split: str = "dev",
     ranking: Ranking = "routing-mass",
     allocation: Allocation = "dynamic",
     limit: Annotated[int | None, typer.Option(help="Use only the first N calibration passages.")] = None,
@@ -240,43 +251,32 @@ def prune(
     dtype: str = "float32",
     device: Device = "cpu",
     register: Annotated[str | None, typer.Option(help="Register the specialist under this name.")] = None,
-    registry: Annotated[Path, typer.Option(envvar=ROOT_ENV, help="Registry folder (with --register).")] = DEFAULT_ROOT,
+    registry: RegistryOption = None,
     plan_only: Annotated[
         bool, typer.Option(help="With --register: register the plan (served from the base), write no sliced copy.")
     ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT, its statistics and a registered NAME.")] = False,
+    config: ConfigFile = None,
 ) -> None:
-    """calibrate + plan + apply; statistics and plan are kept beside the specialist for reuse. With
-    --plan-only, OUT.plan.json is written and registered instead of a sliced copy."""
-    from moe_specialists.models.apply import apply_plan
-    from moe_specialists.models.registry import Registry, validate_name
-    from moe_specialists.pruning.calibrate import CalibrationConfig
-    from moe_specialists.pruning.calibrate import calibrate as run
+    """calibrate + plan + apply (the plan `plan STATS --drop D` makes: every calibrated direction); statistics
+    are kept beside the specialist (OUT.stats.safetensors) for other drop levels. With --plan-only,
+    OUT.plan.json is written and registered instead of a sliced copy. Existing outputs are refused before
+    calibrating, unless --overwrite."""
+    from moe_specialists.pruning.prune import PruneConfig
+    from moe_specialists.pruning.prune import prune as run
 
-    stats_path = out.with_name(out.name + ".stats.safetensors")
     try:
-        if plan_only and not register:
-            raise ValueError("--plan-only registers the plan: give --register NAME")
-        if register:
-            validate_name(register)  # before the slow part
-        job = CalibrationConfig(
-            model=model, out=stats_path, languages=languages, data_dir=data, direction=direction, limit=limit,
-            batch_size=batch_size, reap=ranking == "reap", dtype=dtype, device=device,
+        names = {"data": "data_dir", "register": "register_name"}
+        job = _job_config(
+            ctx, PruneConfig, config, names, model=model, out=out, languages=languages, drop=drop, data=data,
+            direction=direction, split=split, ranking=ranking, allocation=allocation, limit=limit,
+            batch_size=batch_size, dtype=dtype, device=device, register=register, registry=registry,
+            plan_only=plan_only, overwrite=overwrite,
         )  # fmt: skip
-        run(job)
-        p = _make_plan(stats_path, drop, ranking, allocation, None, False, 0)
-        if plan_only:
-            out = out.with_name(out.name + ".plan.json")
-            p.save(out)
-            Registry(registry).register_plan(register, out, directions=p.recipe.directions)
-        else:
-            apply_plan(p, out, base=model)
-            if register:
-                Registry(registry).register_dir(register, out, directions=p.recipe.directions)
+        result = run(job)
     except (ValueError, FileExistsError) as e:
         _fail(e)
-    typer.echo(
-        json.dumps({"specialist": str(out), "statistics": str(stats_path), "registered": register, **_sizes(p)})
-    )
+    typer.echo(result.model_dump_json())
 
 
 @app.command()
@@ -288,12 +288,13 @@ def recover(
         str, typer.Option(help="sft: train on parallel pairs; distill: on the parent's translations.")
     ] = "sft",
     data: Annotated[
-        Path,
+        str,
         typer.Option(
-            help="sft: FLORES-style folder or .jsonl(.gz) of {source,target,src,tgt} or {lang,en,xx} rows; "
-            "distill: English passages (FLORES-style folder, .txt lines or such a jsonl)."
+            help="sft: parallel data (flores+, sample or a FLORES-style folder) or .jsonl(.gz) of "
+            "{source,target,src,tgt} or {lang,en,xx} rows; "
+            "distill: English passages (parallel data, .txt lines or such a jsonl)."
         ),
-    ] = Path("../shared/data/flores200"),
+    ] = DEFAULT_DATA,
     languages: Annotated[
         str | None, typer.Option("--languages", "-l", help="Comma-separated codes (default: the plan's languages).")
     ] = None,
@@ -330,7 +331,9 @@ def recover(
         str, typer.Option(help="none, fsdp or deepspeed (ZeRO-3); launch with torchrun / accelerate launch.")
     ] = "none",
     sharding_config: Annotated[
-        Path | None, typer.Option(help="FSDP / DeepSpeed JSON (default: deploy/recipes/fsdp.json, zero3.json).")
+        Path | None,
+        typer.Option(help="FSDP / DeepSpeed JSON file, or a shipped recipe: fsdp (the default of --sharding fsdp), "
+                     "zero3 (of --sharding deepspeed), zero3-offload."),
     ] = None,
     memory_per_process_gib: Annotated[
         float | None, typer.Option(help="Refuse a run whose weights+gradients+AdamW state exceed this per process.")
@@ -339,7 +342,7 @@ def recover(
     save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps (resume, best model).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in the work dir.")] = False,
     eval_steps: Annotated[int | None, typer.Option(help="chrF on --eval-data every N steps; the best is kept.")] = None,
-    eval_data: Path = Path("../shared/data/flores200"),
+    eval_data: DataDir = DEFAULT_DATA,
     eval_split: str = "dev",
     eval_limit: Annotated[int, typer.Option(help="Pairs per direction for the periodic chrF.")] = 50,
     save_dtype: Annotated[
@@ -384,7 +387,7 @@ def evaluate(
     directions: Annotated[
         str | None, typer.Option("--directions", "-d", help="Comma-separated, e.g. en-de,de-en.")
     ] = None,
-    data: DataDir = Path("../shared/data/flores200"),
+    data: DataDir = DEFAULT_DATA,
     split: str = "devtest",
     limit: Annotated[int | None, typer.Option(help="Only the first N passages per direction.")] = None,
     backend: Annotated[str, typer.Option(help="transformers (always works) or vllm.")] = "transformers",
@@ -431,12 +434,14 @@ def sweep(
     work: Annotated[
         Path | None, typer.Option(help="Folder for statistics, cached evaluations, temporary specialists.")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Where the report (.md, .json, PNG) goes.")] = Path("docs/results"),
+    out: Annotated[
+        Path | None, typer.Option(help="Where the report (.md, .json, PNG) goes (default: WORK/report).")
+    ] = None,
     languages: Languages = "de,fr,ru",
     drops: Annotated[str, typer.Option(help="Drop levels for every method.")] = "0,8,16,24",
     default_drops: Annotated[str, typer.Option(help="Extra drop levels for the default method only.")] = "28",
     methods: Annotated[str | None, typer.Option(help="Comma-separated (default: all six).")] = None,
-    data: DataDir = Path("../shared/data/flores200"),
+    data: DataDir = DEFAULT_DATA,
     limit: Annotated[int | None, typer.Option(help="Evaluation passages per direction.")] = 100,
     calib_limit: Annotated[int | None, typer.Option(help="Calibration passages.")] = 200,
     unseen: Annotated[str | None, typer.Option(help="Language left out for per-language vs multilingual.")] = None,

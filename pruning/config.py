@@ -27,6 +27,7 @@ def _str_path(value: Any) -> Any:
 CommaList = Annotated[list[str], BeforeValidator(comma_list)]
 CommaInts = Annotated[list[int], BeforeValidator(comma_list)]
 ModelRef = Annotated[str, BeforeValidator(_str_path)]  # a local folder or a hub id
+DataRef = Annotated[str, BeforeValidator(_str_path)]  # parallel data: "flores+", "sample" or a folder (pruning.data)
 DType = Literal["float32", "bfloat16", "float16", "float64"]
 ExpertsImplementation = Literal["eager", "batched_mm", "grouped_mm"]
 

@@ -12,7 +12,8 @@ from transformers import AutoTokenizer
 from moe_specialists.models.checkpoint import resolve_model
 from moe_specialists.models.extract import extract_answer
 from moe_specialists.models.generation import Generator, TransformersGenerator, VllmGenerator
-from moe_specialists.models.prompts import LANGUAGE_NAMES, render
+from moe_specialists.models.prompts import render
+from moe_specialists.pruning.data import language_code
 from moe_specialists.pruning.pairs import Pair
 
 # The paper's distillation languages (German, Japanese, Russian, Spanish, Mandarin).
@@ -72,8 +73,8 @@ def distillation_pairs(
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)
     jobs = partition_languages(passages, languages)
     for lang, _ in jobs:
-        if lang not in LANGUAGE_NAMES or lang == pivot:
-            raise ValueError(f"cannot distil into {lang!r}; known targets: {sorted(set(LANGUAGE_NAMES) - {pivot})}")
+        if language_code(lang) == language_code(pivot):
+            raise ValueError(f"cannot distil into {lang!r}: it is the language of the passages ({pivot!r})")
     prompts = [
         tokenizer(render(tokenizer, pivot, lang, text), add_special_tokens=False)["input_ids"] for lang, text in jobs
     ]

@@ -1,6 +1,7 @@
-"""The `evaluate` job: translate a FLORES-style split with a model or specialist and score it.
+"""The `evaluate` job: translate a split of parallel data with a model or specialist and score it.
 
-Per direction S->T: the model translates the first ``limit`` passages of ``<data_dir>/<split>/S.txt`` (prompt:
+Per direction S->T: the model translates the first ``limit`` S passages of ``data_dir``'s ``split`` (``pruning.data``:
+FLORES+ from the hub, the shipped sample or a FLORES-style folder; prompt:
 ``models.prompts.render``), the translation is extracted from the generated text, and the corpus is scored
 against ``T.txt`` with sacrebleu (chrF, BLEU). A *degenerate* output (empty, looping, or carrying template
 residue such as role tags / special tokens) is scored as an EMPTY hypothesis (it contributes 0) and counted
@@ -27,26 +28,28 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moe_specialists.models.generation import Backend, Generator, open_generator
+from moe_specialists.models.languages import canonical, split_direction
 from moe_specialists.models.prompts import render
 from moe_specialists.pruning.comet import CometScorer
 from moe_specialists.pruning.config import (
     CommaInts,
     CommaList,
+    DataRef,
     Device,
     DType,
     ExpertsImplementation,
     JobConfig,
     ModelRef,
 )
-from moe_specialists.pruning.data import read_parallel
+from moe_specialists.pruning.data import DEFAULT_DATA, read_parallel
 from moe_specialists.pruning.quality import SegmentScorer, classify, corpus_scores, segment_mean
 
 
 def parse_directions(directions: Sequence[str | tuple[str, str]]) -> list[tuple[str, str]]:
-    """ "en-de" or ("en", "de") -> ("en", "de")."""
+    """ "en-de", "eng_Latn-deu_Latn" or ("en", "de") -> ("en", "de"): canonical codes (``models.languages``)."""
     pairs = []
     for d in directions:
-        pair = tuple(d.split("-")) if isinstance(d, str) else tuple(d)
+        pair = split_direction(d) if isinstance(d, str) else tuple(canonical(x) for x in d)
         if len(pair) != 2 or pair[0] == pair[1]:
             raise ValueError(f"a direction is 'src-tgt' with two different languages, e.g. 'en-de'; got {d!r}")
         pairs.append(pair)
@@ -158,7 +161,7 @@ class EvaluationConfig(JobConfig):
 
     model: ModelRef
     directions: CommaList = Field(min_length=1)  # pairs "en-de"
-    data_dir: Path = Path("../shared/data/flores200")
+    data_dir: DataRef = DEFAULT_DATA
     split: str = "devtest"
     limit: int | None = Field(None, ge=1)
     backend: Backend = "transformers"

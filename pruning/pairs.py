@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_specialists.models.prompts import LANGUAGE_NAMES
-from moe_specialists.pruning.data import Orientation, directions_for, read_parallel
+from moe_specialists.pruning.data import Orientation, directions_for, is_parallel, language_code, read_parallel
 
 # Rows of the training corpus whose "source" starts with these are independent captions of one image, not
 # translations of each other (Multi30k task 2): never train on them.
@@ -48,32 +47,34 @@ def read_pairs(
     limit: int | None = None,
     pivot: str = "en",
 ) -> list[Pair]:
-    """Translation pairs from a FLORES-style folder, a ``{"source","target","src","tgt"}`` jsonl or a
+    """Translation pairs from parallel data (``pruning.data``), a ``{"source","target","src","tgt"}`` jsonl or a
     ``{"lang","en","xx"}`` jsonl (optionally .gz). ``languages`` (non-pivot) and ``direction`` select the
     pairs of folders and ``{"lang","en","xx"}`` rows (``to``: pivot->L); ``{"source",...}`` rows are taken as
     they are, filtered to ``languages`` when given. ``limit``: the first N pairs of each direction."""
-    path = Path(data)
-    if path.is_dir():
+    if is_parallel(data):
         if not languages:
-            raise ValueError("a FLORES-style folder needs languages (e.g. -l de,fr)")
+            raise ValueError(f"parallel data ({data}) needs languages (e.g. -l de,fr)")
         pairs = directions_for(languages, direction, pivot)
-        texts = read_parallel(path, split, sorted({x for p in pairs for x in p}), limit)
+        texts = read_parallel(data, split, sorted({x for p in pairs for x in p}), limit)
         return [Pair(s, t, a, b) for s, t in pairs for a, b in zip(texts[s], texts[t], strict=True)]
+    path = Path(data)
     if not path.is_file():
-        raise ValueError(f"no training data at {path}: give a FLORES-style folder or a .jsonl(.gz) file")
-    wanted = set(languages or [])
+        raise ValueError(f"no training data at {path}: give parallel data (flores+, sample, a FLORES-style folder) "
+                         "or a .jsonl(.gz) file")
+    pivot = language_code(pivot)
+    wanted = {language_code(lang) for lang in languages or []}
     allowed = set(directions_for(sorted(wanted), direction, pivot)) if wanted else None
     out: list[Pair] = []
     per_direction: dict[tuple[str, str], int] = {}
     for row in _jsonl_rows(path):
         if {"source", "target", "src", "tgt"} <= row.keys():
-            candidates = [Pair(row["source"], row["target"], row["src"], row["tgt"])]
+            candidates = [Pair(_code(row["source"], path), _code(row["target"], path), row["src"], row["tgt"])]
             if wanted:
                 candidates = [p for p in candidates if {p.source, p.target} - {pivot} <= wanted]
         elif {"lang", "en", "xx"} <= row.keys():
             if str(row.get("source", "")).startswith(NOT_TRANSLATIONS):
                 continue
-            lang = row["lang"]
+            lang = _code(row["lang"], path)
             candidates = [Pair(pivot, lang, row["en"], row["xx"]), Pair(lang, pivot, row["xx"], row["en"])]
             candidates = [
                 p
@@ -87,8 +88,6 @@ def read_pairs(
             key = (p.source, p.target)
             if limit is not None and per_direction.get(key, 0) >= limit:
                 continue
-            if p.source not in LANGUAGE_NAMES or p.target not in LANGUAGE_NAMES:
-                raise ValueError(f"{path}: unknown language in {key}; known: {sorted(LANGUAGE_NAMES)}")
             if p.src.strip() and p.tgt.strip():
                 per_direction[key] = per_direction.get(key, 0) + 1
                 out.append(p)
@@ -97,13 +96,20 @@ def read_pairs(
     return out
 
 
+def _code(code: str, path: Path) -> str:
+    try:
+        return language_code(code)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def read_passages(data: str | Path, split: str = "dev", limit: int | None = None, pivot: str = "en") -> list[str]:
-    """English passages for distillation: ``<data>/<split>/en.txt`` of a FLORES-style folder, the ``en``
+    """English passages for distillation: the ``split`` of parallel data (``pruning.data``), the ``en``
     field of ``{"lang","en","xx"}`` rows (deduplicated, order kept), the ``src`` of pivot-source
     ``{"source",...}`` rows, or the lines of a text file."""
     path = Path(data)
-    if path.is_dir():
-        lines = read_parallel(path, split, [pivot])[pivot]
+    if is_parallel(data):
+        lines = read_parallel(data, split, [pivot])[language_code(pivot)]
     elif path.suffix == ".txt":
         lines = path.read_text(encoding="utf-8").splitlines()
     else:

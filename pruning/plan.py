@@ -4,6 +4,7 @@ experts). The plan's schema and its application to a checkpoint are in ``models.
 from __future__ import annotations
 
 from moe_specialists.models.adapters import adapter_for, find_config
+from moe_specialists.models.languages import canonical, split_direction
 from moe_specialists.models.plan import BaseRef, Plan, Recipe, pruned_parameters
 from moe_specialists.pruning.allocation import allocate, check_drop
 from moe_specialists.pruning.scores import importance, keep_top, routing_divergence
@@ -23,7 +24,7 @@ def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
     divergence = None
     if recipe.allocation != "uniform":
         langs = recipe.divergence_languages or sorted(
-            {lang for d in recipe.directions for lang in d.split("-")} - {recipe.pivot}
+            {lang for d in recipe.directions for lang in split_direction(d)} - {canonical(recipe.pivot)}
         )
         divergence = routing_divergence(stats.passages, langs, recipe.pivot).tolist()
         recipe = recipe.model_copy(update={"divergence_languages": langs})

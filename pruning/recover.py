@@ -25,6 +25,7 @@ so it registers like any specialist.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,12 +50,20 @@ from moe_specialists.models.checkpoint import (
     is_mxfp4,
     read_config,
 )
+from moe_specialists.models.languages import canonical, split_direction
 from moe_specialists.models.mxfp4 import mxfp4_state_dict
 from moe_specialists.models.plan import Plan
-from moe_specialists.models.prompts import LANGUAGE_NAMES
 from moe_specialists.models.pruned import load_causal_lm
-from moe_specialists.pruning.config import CommaList, Device, DType, ExpertsImplementation, JobConfig, ModelRef
-from moe_specialists.pruning.data import Orientation, directions_for
+from moe_specialists.pruning.config import (
+    CommaList,
+    DataRef,
+    Device,
+    DType,
+    ExpertsImplementation,
+    JobConfig,
+    ModelRef,
+)
+from moe_specialists.pruning.data import DEFAULT_DATA, Orientation, directions_for
 from moe_specialists.pruning.distill import PAPER_DISTILL_LANGUAGES, Backend, distillation_pairs
 from moe_specialists.pruning.pairs import pairs_fingerprint, read_pairs, read_passages, with_reversed, write_pairs
 from moe_specialists.pruning.trainer import (
@@ -85,8 +94,13 @@ def checkpoint_dtype(config: dict[str, Any]) -> str | None:
 
 
 def _default_languages(plan: Plan, pivot: str) -> list[str]:
-    langs = {x for d in plan.recipe.directions for x in d.split("-") if x in LANGUAGE_NAMES} - {pivot}
-    return sorted(langs)
+    """The languages of the plan's calibrated directions, less the pivot (groups that are no direction, as in a
+    hand-written plan, name none)."""
+    langs: set[str] = set()
+    for group in plan.recipe.directions:
+        with contextlib.suppress(ValueError):
+            langs |= set(split_direction(group))
+    return sorted(langs - {canonical(pivot)})
 
 
 class RecoveryConfig(JobConfig):
@@ -102,7 +116,7 @@ class RecoveryConfig(JobConfig):
     specialist: Path
     out: Path
     mode: Mode = "sft"
-    data: Path = Path("../shared/data/flores200")
+    data: DataRef = DEFAULT_DATA  # parallel data (pruning.data) or a .jsonl(.gz) / .txt file
     parent: ModelRef | None = None
     languages: CommaList | None = None
     direction: Orientation = "to"
@@ -117,13 +131,13 @@ class RecoveryConfig(JobConfig):
     weight_decay: float = Field(0.0, ge=0)
     bf16: bool = False  # bf16 autocast (mixed precision) on GPUs
     sharding: Sharding = "none"  # fsdp / deepspeed (ZeRO-3): launch with torchrun or accelerate launch
-    sharding_config: Path | None = None  # default: deploy/recipes/fsdp.json or zero3.json
+    sharding_config: Path | None = None  # a file or a shipped recipe's name; default: fsdp or zero3
     memory_per_process_gib: float | None = Field(None, gt=0)  # refuse a run whose training state exceeds it
     work_dir: Path | None = None  # checkpoints for resume / best model (default: OUT.checkpoints beside out)
     save_steps: int | None = Field(None, ge=1)
     resume: bool = False
     eval_steps: int | None = Field(None, ge=1)  # chrF on eval_data/eval_split every N steps; the best is kept
-    eval_data: Path = Path("../shared/data/flores200")
+    eval_data: DataRef = DEFAULT_DATA
     eval_split: str = "dev"
     eval_limit: int = Field(50, ge=1)
     max_len: int = Field(512, ge=2)
@@ -199,6 +213,8 @@ def recover(config: RecoveryConfig) -> Path:
         raise ValueError(f"{specialist_dir} has no plan.json: recover a folder written by `apply` or `prune`")
     plan = Plan.load(plan_path)
     languages = c.languages or _default_languages(plan, c.pivot)
+    if c.eval_steps:  # the periodic chrF's data, refused before any model loads (read again by _dev_chrf)
+        read_pairs(c.eval_data, languages, c.direction, c.eval_split, c.eval_limit, c.pivot)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     train_config = c.train_config()
     train_config.per_process_batch(processes)  # refused now, not after the data is built
@@ -265,10 +281,10 @@ def recover(config: RecoveryConfig) -> Path:
         raise ValueError(f"no pair fits max_len={c.max_len} tokens")
     total = train_config.total_steps(len(examples))
 
+    chrf = _dev_chrf(c, tokenizer, languages) if c.eval_steps else None
     model = load_causal_lm(specialist_dir, c.dtype, c.device, c.experts_implementation)
     counts_before = adapter.experts_per_layer(model.config)
     work_dir = c.work_dir or out_dir.with_name(out_dir.name + ".checkpoints")
-    chrf = _dev_chrf(c, tokenizer, languages) if c.eval_steps else None
     t0 = time.time()
     trainer, losses = train_recovery(model, examples, pad_id, train_config, work_dir, evaluate_chrf=chrf)
     seconds = time.time() - t0

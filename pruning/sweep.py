@@ -27,8 +27,8 @@ from moe_specialists.models.generation import Backend, open_generator
 from moe_specialists.models.plan import Plan, Recipe
 from moe_specialists.pruning.allocation import check_drop
 from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
-from moe_specialists.pruning.config import CommaInts, CommaList, ExpertsImplementation, JobConfig, ModelRef
-from moe_specialists.pruning.data import Orientation
+from moe_specialists.pruning.config import CommaInts, CommaList, DataRef, ExpertsImplementation, JobConfig, ModelRef
+from moe_specialists.pruning.data import DEFAULT_DATA, Orientation, language_code, read_parallel
 from moe_specialists.pruning.evaluate import EvalResults, EvaluationConfig, evaluate
 from moe_specialists.pruning.methods import DEFAULT_METHOD, METHODS
 from moe_specialists.pruning.overlap import excess_iou, expected_iou, pooled_iou
@@ -41,9 +41,9 @@ class SweepConfig(JobConfig):
     """What to measure. Checked against the model before anything runs (``check``)."""
 
     model: ModelRef
-    data_dir: Path = Path("../shared/data/flores200")
+    data_dir: DataRef = DEFAULT_DATA
     work_dir: Path  # statistics, cached evaluations, temporary specialists
-    out_dir: Path = Path("docs/results")
+    out_dir: Path | None = None  # the report (.md, .json, PNG); default: work_dir/report
     languages: CommaList = Field(default=["de", "fr", "ru"], min_length=1)
     pivot: str = "en"
     drops: CommaInts = [0, 8, 16, 24]  # every method
@@ -65,6 +65,12 @@ class SweepConfig(JobConfig):
 
     @model_validator(mode="after")
     def _valid(self) -> SweepConfig:
+        self.languages = [language_code(lang) for lang in self.languages]
+        self.pivot = language_code(self.pivot)
+        if self.unseen is not None:
+            self.unseen = language_code(self.unseen)
+        if self.out_dir is None:
+            self.out_dir = self.work_dir / "report"
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
@@ -93,6 +99,8 @@ class Sweep:
 
     def __init__(self, config: SweepConfig, log: Callable[[str], None] = print):
         self.config, self.log = config, log
+        for split, limit in ((config.calib_split, config.calib_limit), (config.split, config.limit)):
+            read_parallel(config.data_dir, split, [config.pivot, *config.languages], limit)  # before any model
         self.model_dir, _ = resolve_model(config.model)
         cfg = read_config(self.model_dir)
         adapter = adapter_for(cfg)

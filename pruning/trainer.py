@@ -1,6 +1,6 @@
 """Recovery training on ``transformers.Trainer``: the loop, schedule, gradient accumulation, mixed precision,
 gradient checkpointing, checkpoints and resume, logging and multi-process launch (``torchrun``, ``accelerate
-launch``; FSDP or DeepSpeed ZeRO-3 from the configs in deploy/recipes/) are the Trainer's, not ours.
+launch``; FSDP or DeepSpeed ZeRO-3 from the configs in pruning/recipes/) are the Trainer's, not ours.
 
 Why Trainer rather than TRL's SFTTrainer: our examples are already tokenised with the loss mask the project
 needs (labels -100 on the prompt, found with the one prompt renderer), so SFTTrainer's chat formatting and
@@ -28,7 +28,7 @@ from moe_specialists.pruning.pairs import Pair
 
 Example = tuple[list[int], list[int]]  # (input ids of the whole conversation, labels: -100 on the prompt)
 Sharding = Literal["none", "fsdp", "deepspeed"]
-RECIPES = Path(__file__).resolve().parents[1] / "deploy" / "recipes"
+RECIPES = Path(__file__).resolve().parent / "recipes"  # shipped in the wheel: fsdp, zero3, zero3-offload
 GIB = 2**30
 
 
@@ -54,7 +54,7 @@ class TrainConfig(BaseModel):
     resume: bool = False
     eval_steps: int | None = Field(None, gt=0, description="chrF on the dev slice every N steps")
     sharding: Sharding = "none"
-    sharding_config: Path | None = None
+    sharding_config: Path | None = None  # a JSON file, or the name of a shipped recipe (fsdp, zero3, zero3-offload)
     memory_per_process_gib: float | None = Field(None, gt=0)
     log_every: int = Field(10, gt=0)
 
@@ -69,8 +69,11 @@ class TrainConfig(BaseModel):
         if self.sharding_config is not None and self.sharding == "none":
             raise ValueError("a sharding config goes with sharding 'fsdp' or 'deepspeed'")
         if self.sharding_config is not None and not self.sharding_config.is_file():
-            raise ValueError(f"sharding config {self.sharding_config} not found; shipped: "
-                             f"{sorted(p.name for p in RECIPES.glob('*.json'))}")
+            shipped = RECIPES / f"{self.sharding_config}.json"
+            if not shipped.is_file():
+                raise ValueError(f"sharding config {self.sharding_config} not found: give a JSON file or a shipped "
+                                 f"recipe: {sorted(p.stem for p in RECIPES.glob('*.json'))}")
+            self.sharding_config = shipped
         return self
 
     def per_process_batch(self, processes: int) -> int:

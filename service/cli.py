@@ -1,8 +1,10 @@
 """``serve``: run the gateway with uvicorn (``serve_command`` is ``moe-specialists serve``).
 
-Specialists come from ``--specialist name=path:directions`` options, a registry folder, or MOE_* settings.
-With none of these it serves the specialists of the bundled tiny translator on the CPU, materialised from the
-bundled plans into a registry under ``~/.cache/moe-specialists/bundled`` (``BUNDLED_REGISTRY_ENV`` moves it).
+Specialists come from ``--specialist name=path:directions`` options, a registry folder (``--registry`` or
+``MOE_REGISTRY_DIR``), or MOE_* settings. With none of these it serves the default registry (the one
+``registry ...`` and ``prune --register`` fill: ``models.registry.default_registry_dir``) when it holds
+entries, else the specialists of the bundled tiny translator on the CPU, materialised from the bundled plans
+into a registry under ``~/.cache/moe-specialists/bundled`` (``BUNDLED_REGISTRY_ENV`` moves it); it logs which.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Annotated, Any
 
 import typer
 
+from moe_specialists.models.registry import Registry, default_registry_dir
 from moe_specialists.service.settings import Settings, SpecialistSpec, load_settings
 
 BUNDLED_REGISTRY_ENV = "MOE_BUNDLED_REGISTRY"
+log = logging.getLogger(__name__)
 
 
 def bundled_registry_dir() -> Path:
@@ -30,9 +34,21 @@ def bundled_registry_dir() -> Path:
 def zero_configuration(settings: Settings) -> Settings:
     """A CPU demo: the bundled specialists, a small KV cache, no torch.compile (start-up in seconds)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return settings.model_copy(
-        update={"registry_dir": bundled_registry_dir(), "enforce_eager": True, "max_model_len": 1024}
-    )
+    return settings.model_copy(update={"registry_dir": bundled_registry_dir(), "enforce_eager": True})
+
+
+def what_to_serve(settings: Settings) -> Settings:
+    """``settings`` when they name specialists or a registry; else the default registry when it holds entries,
+    else the bundled demo (``zero_configuration``). Logs which."""
+    if settings.specialists or settings.registry_dir is not None:
+        return settings
+    root = default_registry_dir()
+    names = Registry(root).names()
+    if names:
+        log.info("serving the default registry %s: %s", root, ", ".join(names))
+        return settings.model_copy(update={"registry_dir": root})
+    log.info("no specialists named and the default registry %s is empty: serving the bundled demo", root)
+    return zero_configuration(settings)
 
 
 def serve(
@@ -61,9 +77,7 @@ def serve(
         fields["port"] = port
     if api_keys:
         fields["api_keys"] = api_keys
-    settings = load_settings(**fields)
-    if not settings.specialists and settings.registry_dir is None:
-        settings = zero_configuration(settings)
+    settings = what_to_serve(load_settings(**fields))
     run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
         access_log=settings.access_log)
 
@@ -80,7 +94,10 @@ def serve_command(
         ),
     ] = None,
     registry: Annotated[
-        Path | None, typer.Option(help="Serve every specialist registered in this registry folder.")
+        Path | None,
+        typer.Option(help="Serve every specialist registered in this registry folder (default, when no "
+                     "specialist is named: $MOE_REGISTRY_DIR or ~/.cache/moe-specialists/registry if it holds "
+                     "entries, else the bundled demo)."),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1, MOE_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000, MOE_PORT).")] = None,
@@ -89,8 +106,8 @@ def serve_command(
     ] = None,
 ) -> None:
     """Serve translation specialists over HTTP (FastAPI + vLLM). With no specialist and no registry it serves
-    pruned specialists of the bundled tiny translator on the CPU. MOE_* environment variables set the rest
-    (see service/settings.py)."""
+    the default registry, or when that is empty pruned specialists of the bundled tiny translator on the CPU.
+    MOE_* environment variables set the rest (see service/settings.py)."""
     from pydantic import ValidationError
 
     try:

@@ -9,7 +9,8 @@ text decoded with special tokens, which ``service.extract`` cleans. Each engine 
 
 Supervision (``EnginePool``): every engine has one lifecycle, in-process or remote:
 ``starting -> ready -> failed -> starting -> ...`` and, for an in-process engine that fails
-``engine_max_restarts`` restarts in a row, ``given_up``; ``stopped`` after close. A failed engine is
+``engine_max_restarts`` restarts in a row or whose configuration cannot work (``EngineConfigError``),
+``given_up``; ``stopped`` after close. A failed engine is
 restarted (a remote one reconnected) after ``backoff_delay`` seconds; a remote one is never given up (the
 gateway cannot restart a server it does not run).
 
@@ -63,6 +64,11 @@ class EngineBusy(EngineError):
 
 class EngineInputError(EngineError):
     """The engine refused the input, e.g. longer than its context (400)."""
+
+
+class EngineConfigError(EngineError):
+    """A configuration the engine cannot run with (vLLM refused its arguments, no kernel for its weights on this
+    machine): no restart can heal it, so the specialist is given up at once, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ class Engine(ABC):
         self.tokenizer: Any = None
         self.max_model_len: int | None = None
         self.restarts = 0  # restarts (reconnects) attempted
+        self.incurable = False  # the last start failed with an EngineConfigError: given up, not restarted
         self.retry_at: float | None = None  # monotonic time of the next restart when failed
         self.start_began: float | None = None
         self.start_estimate: float | None = None  # seconds the last successful start took
@@ -332,23 +339,30 @@ class LocalVllmEngine(Engine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        check_vllm_can_serve(self.spec.path)
+        try:
+            check_vllm_can_serve(self.spec.path)
+        except ValueError as e:
+            raise EngineConfigError(str(e)) from None
         args = AsyncEngineArgs(
             model=self.spec.path,
             tokenizer=self.spec.tokenizer or self.spec.path,
             served_model_name=[self.spec.name],
             dtype=self.settings.dtype,
-            max_model_len=self.settings.max_model_len,
             max_num_seqs=self.settings.max_num_seqs,
             gpu_memory_utilization=self.memory_share,
             enforce_eager=self.settings.enforce_eager,
             disable_log_stats=True,  # vLLM's own loggers off; ours (scheduler_logger) replaces them
             worker_extension_cls=PROBE,
         )
+        try:
+            config = await asyncio.to_thread(engine_config, args, self.settings.max_model_len)
+        except (ValueError, TypeError) as e:  # vLLM's argument checks (pydantic's ValidationError is a ValueError)
+            raise EngineConfigError(f"vLLM refused the configuration: {e}") from None
         self.tokenizer = await asyncio.to_thread(_load_tokenizer, self.spec.tokenizer or self.spec.path)
         # The constructor blocks until the engine core is up (tens of seconds): keep the event loop free.
         self.llm = await asyncio.to_thread(
-            AsyncLLM.from_engine_args, args, stat_loggers=[scheduler_logger(self.metrics, self.name)]
+            AsyncLLM.from_vllm_config, config, stat_loggers=[scheduler_logger(self.metrics, self.name)],
+            disable_log_stats=True,
         )
         self.max_model_len = int(self.llm.model_config.max_model_len)
         for kind, nbytes in (await self.llm.collective_rpc("engine_memory"))[0].items():
@@ -418,6 +432,16 @@ class LocalVllmEngine(Engine):
             raise EngineInputError(f"specialist {self.name!r} refused the input: {e}") from e
         except Exception as e:  # EngineGenerateError and the like: the request failed, the engine lives on
             raise EngineUnavailable(f"specialist {self.name!r}: generation failed: {type(e).__name__}: {e}") from e
+
+
+def engine_config(args: Any, cap: int | None) -> Any:
+    """vLLM's config of ``args`` with the context ``min(cap, the model's own)`` (the model's own when ``cap`` is
+    None): the setting caps the context, it never asks for more than the model supports."""
+    from vllm.usage.usage_lib import UsageContext
+
+    if cap is not None:
+        args.max_model_len = min(cap, args.create_model_config().max_model_len)
+    return args.create_engine_config(UsageContext.ENGINE_CONTEXT)
 
 
 def prompt_may_not_fit(prompt: str, max_tokens: int, max_model_len: int | None) -> bool:
@@ -636,6 +660,16 @@ def vllm_engine(spec: SpecialistSpec, settings: Settings, metrics: GatewayMetric
     return LocalVllmEngine(spec, settings, metrics, memory_share)
 
 
+def give_up_reason(engine: Engine, failures: int, settings: Settings) -> str | None:
+    """Why a failed ``engine`` is not restarted again (None: it is restarted)."""
+    if engine.incurable:
+        return "a restart cannot heal its configuration"
+    if not engine.restartable_forever and failures >= settings.engine_max_restarts:
+        return (f"{failures} restarts in a row failed or did not stay up for "
+                f"{settings.engine_restart_max_delay_s:.0f} s")
+    return None
+
+
 class EnginePool:
     """The engines of every served model, each started and watched by its own supervisor task: health-checked
     every ``health_interval_s``, restarted with exponential backoff when it fails (see the module doc)."""
@@ -715,10 +749,11 @@ class EnginePool:
             if engine.state == "stopped":
                 return False
             log.warning("specialist %s failed to start: %s: %s", engine.name, type(e).__name__, e,
-                        exc_info=not isinstance(e, EngineUnavailable | PlanUnusable))
+                        exc_info=not isinstance(e, EngineUnavailable | PlanUnusable | EngineConfigError))
             with contextlib.suppress(Exception):
                 await engine.reset()
             engine.fail(f"start-up failed: {type(e).__name__}: {e}")
+            engine.incurable = isinstance(e, EngineConfigError)
             return False
         finally:
             self.refresh_metrics()
@@ -755,9 +790,9 @@ class EnginePool:
             log.warning("specialist %s failed: %s", engine.name, engine.error)
             if self.draining:  # shutting down (a killpg reaches the engine cores too): no restart
                 break
-            if not engine.restartable_forever and failures >= s.engine_max_restarts:
-                log.error("specialist %s: given up after %d restarts in a row that failed or did not stay up for "
-                          "%.0f s: %s", engine.name, failures, s.engine_restart_max_delay_s, engine.error)
+            why = give_up_reason(engine, failures, s)
+            if why is not None:
+                log.error("specialist %s: given up (%s): %s", engine.name, why, engine.error)
                 engine.retry_at = None
                 engine.state = "given_up"
                 with contextlib.suppress(Exception):

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from moe_specialists.models.languages import UnknownLanguage, canonical, split_direction
-from moe_specialists.models.registry import NAME_PATTERN, SpecialistEntry
+from moe_specialists.models.registry import NAME_PATTERN, REGISTRY_ENV, RETIRED_REGISTRY_VARIABLES, SpecialistEntry
 
 REMOTE_PREFIXES = ("http://", "https://")
 
@@ -133,13 +133,17 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     specialists: list[SpecialistSpec] = []
-    registry_dir: Path | None = None  # every entry of this registry is served too
+    # every entry of this registry is served too; `serve` with nothing to serve uses the default registry
+    # (models.registry.default_registry_dir) when it holds entries
+    registry_dir: Path | None = None
     # plan views (specialists served from their base and a plan, `-s name=PLAN.json:...`) are made here
     views_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe-specialists" / "views"
 
     # In-process vLLM engines.
     dtype: str = "auto"
-    max_model_len: int = Field(2048, ge=16)
+    # context of each in-process engine: its model's own (max_position_embeddings as vLLM derives it), capped by
+    # this when set (never more than the model supports)
+    max_model_len: int | None = Field(None, ge=16)
     max_num_seqs: int = Field(32, ge=1)
     gpu_memory_share: float = Field(0.85, gt=0, le=1)  # split evenly among the in-process engines
     enforce_eager: bool = False  # skip torch.compile (start-up in seconds instead of a minute on a CPU)
@@ -196,8 +200,8 @@ class Settings(BaseSettings):
 
 
 ENV_PREFIX = "MOE_"
-# MOE_* variables read elsewhere (not gateway settings): the bundled registry's cache, the registry CLI's root.
-OTHER_VARIABLES = frozenset({"MOE_BUNDLED_REGISTRY", "MOE_SPECIALISTS_REGISTRY"})
+# MOE_* variables read elsewhere (not gateway settings): the bundled registry's cache.
+OTHER_VARIABLES = frozenset({"MOE_BUNDLED_REGISTRY"})
 SPECIALISTS_EXAMPLE = '[{"name": "en-de", "path": "/models/en-de", "directions": ["en-de"]}]'
 
 
@@ -247,6 +251,9 @@ def variable(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+assert variable("registry_dir") == REGISTRY_ENV, "the registry CLI and the gateway read one variable"
+
+
 def explain(error: ValidationError, environ: Mapping[str, str]) -> str:
     """One line per invalid setting: the MOE_* variable (when it came from the environment), the value, what
     went wrong and what the setting accepts."""
@@ -272,7 +279,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     known = {variable(name) for name in Settings.model_fields} | OTHER_VARIABLES
     out = []
     for key in sorted(environ):
-        if key.startswith(ENV_PREFIX) and key not in known:
+        if key in RETIRED_REGISTRY_VARIABLES:
+            out.append(f"{key} is no longer read: set {REGISTRY_ENV}")
+        elif key.startswith(ENV_PREFIX) and key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             out.append(f"{key} is not a setting" + (f" (did you mean {close[0]}?)" if close else ""))
     return out

@@ -8,14 +8,13 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-FLORES = Path(__file__).resolve().parents[2] / "shared" / "data" / "flores200"
-
 
 @pytest.fixture(scope="session")
-def flores_dir() -> Path:
-    if not (FLORES / "dev" / "en.txt").is_file():
-        pytest.fail(f"FLORES data not found at {FLORES} (expected ../shared/data beside the checkout)")
-    return FLORES
+def sample_dir() -> Path:
+    """The parallel sample shipped with the project (``--data sample``), as a FLORES-style folder."""
+    from moe_specialists.pruning.data import SAMPLE_DIR
+
+    return SAMPLE_DIR
 
 
 @pytest.fixture

@@ -119,6 +119,8 @@ def test_wheel_holds_one_top_level_name_and_every_package_file(wheel):
         recorded = {line.split(",")[0] for line in whl.read(record).decode().splitlines() if line}
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         entry_points_text = whl.read(entry_points).decode()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        assert "License-Expression: Apache-2.0" in whl.read(metadata).decode().splitlines()
     assert recorded == names
     dist_info = record.split("/")[0]
     assert {n.split("/")[0] for n in names} == {NAMESPACE, dist_info}
@@ -126,6 +128,9 @@ def test_wheel_holds_one_top_level_name_and_every_package_file(wheel):
     expected = {f"{NAMESPACE}/{rel}" for rel in checkout_files() if rel.split("/")[0] in FOLDERS}
     assert f"{NAMESPACE}/models/tiny_translator/model.safetensors.index.json" in expected
     assert f"{NAMESPACE}/models/tiny_translator/plans/en-de.json" in expected
+    assert f"{NAMESPACE}/pruning/sample/dev/en.txt" in expected, "--data sample ships in the wheel"
+    assert f"{NAMESPACE}/pruning/recipes/fsdp.json" in expected, "the --sharding-config defaults ship in the wheel"
+    assert {f"{dist_info}/licenses/LICENSE", f"{dist_info}/licenses/NOTICE"} <= names
     missing = sorted(expected - names)
     assert not missing, f"files of the package folders missing from the wheel (package-data?): {missing}"
     extra = sorted(n for n in names - expected if not n.startswith(dist_info))

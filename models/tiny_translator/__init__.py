@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from moe_specialists.models.checkpoint import BUNDLED_MODEL_FOLDER
 from moe_specialists.models.registry import Quality, Registry
 
-BUNDLED_MODEL_DIR = Path(__file__).parent
+BUNDLED_MODEL_DIR = BUNDLED_MODEL_FOLDER
 PLANS_DIR = BUNDLED_MODEL_DIR / "plans"
 LANGUAGES = ["en", "de", "fr", "ru", "es", "cs"]  # trained on zh and ja too, but poor at them (see the card)
 

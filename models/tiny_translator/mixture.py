@@ -10,7 +10,7 @@ also serve code, arithmetic and chat, which is what the paper prunes away. ``bui
 Code is Python source of installed packages whose licence is permissive (MIT, BSD, Apache-2.0, ISC, PSF); a
 package without one is refused by name. Translation and continuation rows come from the shared English-X pairs.
 
-    python -m moe_specialists.models.tiny_translator.mixture --pairs ../shared/data/train/pairs.jsonl.gz --out M
+    python -m moe_specialists.models.tiny_translator.mixture --pairs pairs.jsonl.gz --out M
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Saved as a ``PreTrainedTokenizerFast`` (tokenizer.json + tokenizer_config.json) 
 
 ``<|end|>`` is the eos token: it closes every turn, so greedy decoding stops after the translation.
 
-    python -m models.tiny_translator.tokenizer --pairs ../shared/data/train/pairs.jsonl.gz --out models/tiny_translator
+    python -m moe_specialists.models.tiny_translator.tokenizer --pairs pairs.jsonl.gz --out models/tiny_translator
 """
 
 from __future__ import annotations

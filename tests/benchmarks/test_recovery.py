@@ -43,10 +43,10 @@ def _write_corpus(path):
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def test_prepare_slices_pairs_and_other_passages(tmp_path, flores_dir):
+def test_prepare_slices_pairs_and_other_passages(tmp_path, sample_dir):
     corpus = tmp_path / "pairs.jsonl.gz"
     _write_corpus(corpus)
-    prepare(corpus, flores_dir, tmp_path / "out", ["de", "fr"], sft_per_language=2, passages=10)
+    prepare(corpus, sample_dir, tmp_path / "out", ["de", "fr"], sft_per_language=2, passages=10)
     sft = read_pairs(tmp_path / "out" / "sft.jsonl.gz")
     assert [p.target for p in sft] == ["de", "de", "fr", "fr"] and {p.source for p in sft} == {"en"}
     passages = read_passages(tmp_path / "out" / "passages.jsonl.gz")
@@ -56,14 +56,14 @@ def test_prepare_slices_pairs_and_other_passages(tmp_path, flores_dir):
     for split in ("dev", "devtest"):
         for lang in ("en", "de", "fr"):
             copied = tmp_path / "out" / "flores200" / split / f"{lang}.txt"
-            assert copied.read_text() == (flores_dir / split / f"{lang}.txt").read_text()
-    prepare(corpus, flores_dir, tmp_path / "out", ["de", "fr"], sft_per_language=2, passages=10)  # rerun overwrites
+            assert copied.read_text() == (sample_dir / split / f"{lang}.txt").read_text()
+    prepare(corpus, sample_dir, tmp_path / "out", ["de", "fr"], sft_per_language=2, passages=10)  # rerun overwrites
 
 
-def test_run_resumes_and_shares_the_distilled_data(tmp_path, flores_dir):
+def test_run_resumes_and_shares_the_distilled_data(tmp_path, sample_dir):
     corpus = tmp_path / "pairs.jsonl.gz"
     _write_corpus(corpus)
-    prepare(corpus, flores_dir, tmp_path / "data", ["de"], sft_per_language=3, passages=2)
+    prepare(corpus, sample_dir, tmp_path / "data", ["de"], sft_per_language=3, passages=2)
     results = tmp_path / "results"
     args = [
         "run", "--data", str(tmp_path / "data"), "--results", str(results), "--work", str(tmp_path / "work"),

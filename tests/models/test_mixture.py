@@ -4,6 +4,8 @@ it for a few steps on the CPU."""
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import random
 
 import pytest
@@ -111,9 +113,16 @@ def test_bad_configs_are_refused_before_any_work(tmp_path, pairs_file):
 
 
 @pytest.fixture(scope="module")
-def pairs_file(flores_dir):
-    path = flores_dir.parent / "train" / "pairs.jsonl.gz"
-    assert path.is_file(), path
+def pairs_file(sample_dir, tmp_path_factory):
+    """English-X rows in the training corpus's shape, from the project's own sample sentences."""
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for split in ("dev", "devtest"):
+            english = (sample_dir / split / "en.txt").read_text(encoding="utf-8").splitlines()
+            for lang in ("de", "fr", "cs", "ru", "es", "zh", "ja"):
+                other = (sample_dir / split / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+                for en, xx in zip(english, other, strict=True):
+                    f.write(json.dumps({"lang": lang, "en": en, "xx": xx, "source": f"sample-{split}"}) + "\n")
     return path
 
 

@@ -11,7 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from moe_specialists.models.registry_cli import ROOT_ENV, app
+from moe_specialists.models.registry import REGISTRY_ENV
+from moe_specialists.models.registry_cli import app
 from tests.models.test_registry import PER_EXPERT, FakeHub, save_tiny, tiny_plan
 
 runner = CliRunner()
@@ -118,12 +119,25 @@ def test_root_from_environment_and_mounting(tmp_path: Path, tiny: tuple[Path, Pa
         pass
 
     parent.add_typer(app, name="registry")
-    env = {ROOT_ENV: str(tmp_path / "reg")}
+    env = {REGISTRY_ENV: str(tmp_path / "reg")}
     r = runner.invoke(parent, ["registry", "add", "tiny", str(tiny[0])], env=env)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "reg" / "entries" / "tiny.json").is_file()
     r = runner.invoke(parent, ["registry", "list"], env=env)
     assert r.exit_code == 0 and r.stdout.splitlines()[1].startswith("tiny ")
+
+
+def test_one_default_registry_and_the_retired_variable_named(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    """No --root and no MOE_REGISTRY_DIR: $XDG_CACHE_HOME/moe-specialists/registry, the folder `serve` serves;
+    the variable the registry CLI read before is refused, naming the one to set."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), REGISTRY_ENV: ""}
+    r = runner.invoke(app, ["add", "tiny", str(tiny[0])], env=env)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cache" / "moe-specialists" / "registry" / "entries" / "tiny.json").is_file()
+    r = runner.invoke(app, ["list"], env=env | {"MOE_SPECIALISTS_REGISTRY": str(tmp_path / "old")})
+    assert r.exit_code == 2
+    assert "MOE_SPECIALISTS_REGISTRY is no longer read: set MOE_REGISTRY_DIR" in r.output
+    assert not (tmp_path / "old").exists()
 
 
 def test_materialise(tmp_path: Path, tiny: tuple[Path, Path]) -> None:

@@ -166,14 +166,14 @@ def test_truncated_shard_is_refused_by_name_before_anything_is_written(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no output, no temp folder
 
 
-def test_norm_topk_prob_false_is_refused(tmp_path, flores_dir):
+def test_norm_topk_prob_false_is_refused(tmp_path, sample_dir):
     """Without renormalisation the top-k weights are a softmax over all experts: slicing changes every token."""
     good = save_released_qwen3_moe(tmp_path / "q")
     plan = plan_for(good, [list(range(8))] * 4)
     bad = save_released_qwen3_moe(tmp_path / "bad", norm_topk_prob=False)
     with pytest.raises(ValueError, match="norm_topk_prob is false .* would change every token's output"):
         plan_for(bad, [list(range(8))] * 4)
-    stats = calibrate(CalibrationConfig(model=bad, data_dir=flores_dir, languages=["de"],
+    stats = calibrate(CalibrationConfig(model=bad, data_dir=sample_dir, languages=["de"],
                                         out=tmp_path / "stats.safetensors", limit=2, reap=False))
     with pytest.raises(ValueError, match="norm_topk_prob is false"):
         make_plan(RoutingStats.load(stats), Recipe(drop=8, directions=["en-de"]))

@@ -59,21 +59,22 @@ def test_an_mxfp4_base_on_a_cpu_without_amx_is_refused_before_vllm_starts(tmp_pa
     from tests.released import save_released_gpt_oss
 
     base = save_released_gpt_oss(tmp_path / "gpt-oss", layers=2, experts=4, top_k=2, shards=1)
-    r = runner.invoke(app, ["calibrate", str(base), "--out", str(tmp_path / "s"), "-l", "de", "--backend", "vllm"])
+    r = runner.invoke(app, ["calibrate", str(base), "--out", str(tmp_path / "s"), "-l", "de", "--backend", "vllm",
+                           "--data", "sample"])
     assert r.exit_code == 2 and "its experts are MXFP4" in said(r) and "AMX tiles" in said(r), r.output
     assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("routing", ["reference", "generated"])
 def test_calibrate_in_vllm_agrees_with_transformers(
-    tmp_path: Path, flores_dir: Path, monkeypatch: pytest.MonkeyPatch, routing: str
+    tmp_path: Path, sample_dir: Path, monkeypatch: pytest.MonkeyPatch, routing: str
 ) -> None:
     """The same command on both backends; "generated" runs the engine core in child processes as users do,
     "reference" in this process (about 20 s faster to start)."""
     if routing == "reference":
         monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     base = save_tiny("qwen3_moe", tmp_path / "base")
-    common = [str(base), "-l", "de", "--direction", "both", "--data", str(flores_dir), "--limit", "3",
+    common = [str(base), "-l", "de", "--direction", "both", "--data", str(sample_dir), "--limit", "3",
               "--no-reap", "--routing", routing, "--max-new-tokens", "6"]  # fmt: skip
     stats = {}
     for backend in ("transformers", "vllm"):

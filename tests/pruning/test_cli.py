@@ -27,10 +27,10 @@ def test_help_explains_each_job():
     assert "Experts dropped per MoE layer" in cli("plan", "--help").output
 
 
-def test_calibrate_plan_apply_and_prune(tmp_path, flores_dir):
+def test_calibrate_plan_apply_and_prune(tmp_path, sample_dir):
     base = save_tiny("qwen3_moe", tmp_path / "base", max_shard_size="300KB")
     stats = tmp_path / "stats.safetensors"
-    cli("calibrate", base, "--out", stats, "-l", "de,fr", "--direction", "both", "--data", flores_dir,
+    cli("calibrate", base, "--out", stats, "-l", "de,fr", "--direction", "both", "--data", sample_dir,
         "--limit", 3, "--no-reap")
     # one calibration serves several plans: a German en->de specialist and a multilingual one
     for name, directions in (("de", "en-de"), ("multi", "en-de,de-en,en-fr,fr-en")):
@@ -44,7 +44,7 @@ def test_calibrate_plan_apply_and_prune(tmp_path, flores_dir):
 
     registry = tmp_path / "registry"
     r = cli("prune", base, "--out", tmp_path / "spec-fr", "-l", "fr", "--drop", 12, "--allocation", "uniform",
-            "--data", flores_dir, "--limit", 2, "--register", "tiny-fr", "--registry", registry)
+            "--data", sample_dir, "--limit", 2, "--register", "tiny-fr", "--registry", registry)
     assert json.loads(r.stdout)["experts_per_layer"] == [4, 4, 4, 4]
     entry = json.loads(cli("registry", "--root", registry, "show", "tiny-fr").stdout)
     assert entry["directions"] == ["en-fr"] and entry["experts_per_layer"] == [4, 4, 4, 4]
@@ -53,7 +53,7 @@ def test_calibrate_plan_apply_and_prune(tmp_path, flores_dir):
 
     # plan-only: the plan is registered (served from the base), no sliced copy is written
     r = cli("prune", base, "--out", tmp_path / "plan-fr", "-l", "fr", "--drop", 12, "--allocation", "uniform",
-            "--data", flores_dir, "--limit", 2, "--register", "tiny-fr-plan", "--registry", registry, "--plan-only")
+            "--data", sample_dir, "--limit", 2, "--register", "tiny-fr-plan", "--registry", registry, "--plan-only")
     assert json.loads(r.stdout)["specialist"] == str(tmp_path / "plan-fr.plan.json")
     assert not (tmp_path / "plan-fr").exists()
     plan_entry = json.loads(cli("registry", "--root", registry, "show", "tiny-fr-plan").stdout)
@@ -63,14 +63,14 @@ def test_calibrate_plan_apply_and_prune(tmp_path, flores_dir):
     assert r.exit_code == 2 and "--register NAME" in r.output
 
 
-def test_errors_are_one_clear_line(tmp_path, flores_dir):
+def test_errors_are_one_clear_line(tmp_path, sample_dir):
     base = save_tiny("qwen3_moe", tmp_path / "base")
-    r = cli("calibrate", base, "--out", tmp_path / "s", "-l", "xx", "--data", flores_dir, ok=False)
+    r = cli("calibrate", base, "--out", tmp_path / "s", "-l", "xx", "--data", sample_dir, ok=False)
     assert r.exit_code == 2 and "unknown language 'xx'" in r.output
     r = cli("calibrate", base, "--out", tmp_path / "s", "-l", "de", "--data", tmp_path, ok=False)
     assert r.exit_code == 2 and "no split 'dev'" in r.output
     stats = tmp_path / "stats.safetensors"
-    cli("calibrate", base, "--out", stats, "-l", "de", "--data", flores_dir, "--limit", 2, "--no-reap")
+    cli("calibrate", base, "--out", stats, "-l", "de", "--data", sample_dir, "--limit", 2, "--no-reap")
     r = cli("plan", stats, "--out", tmp_path / "p.json", "--drop", 13, ok=False)
     assert r.exit_code == 2 and "choose an integer drop from 0 to 12" in r.output
     r = cli("plan", stats, "--out", tmp_path / "p.json", "--drop", 4, "--ranking", "reap", ok=False)

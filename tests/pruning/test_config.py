@@ -48,11 +48,11 @@ def test_impossible_settings_are_refused(cls, fields, why):
     assert why in describe(e.value)
 
 
-def test_cli_config_file_under_the_options(tmp_path, flores_dir):
+def test_cli_config_file_under_the_options(tmp_path, sample_dir):
     """evaluate --config: the file's settings, with the options given on the command line winning."""
     model = save_tiny("qwen3_moe", tmp_path / "m")
     job = tmp_path / "eval.yaml"
-    job.write_text(f"model: {model}\ndirections: en-de\ndata_dir: {flores_dir}\nlimit: 3\nmax-new-tokens: 6\n")
+    job.write_text(f"model: {model}\ndirections: en-de\ndata_dir: {sample_dir}\nlimit: 3\nmax-new-tokens: 6\n")
     out = tmp_path / "r.json"
     r = CliRunner().invoke(app, ["evaluate", "--config", str(job), "--limit", "2", "--out", str(out)])
     assert r.exit_code == 0, r.output

@@ -137,12 +137,12 @@ def test_parse_directions():
             parse_directions(bad)
 
 
-def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, flores_dir):
+def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, sample_dir):
     model = save_tiny("qwen3_moe", tmp_path / "m")
     out = tmp_path / "res.json"
     res = evaluate(
         EvaluationConfig(
-            model=model, data_dir=flores_dir, directions=["en-de", "de-en"], limit=3, max_new_tokens=12, out=out
+            model=model, data_dir=sample_dir, directions=["en-de", "de-en"], limit=3, max_new_tokens=12, out=out
         )
     )
     assert set(res.directions) == {"en-de", "de-en"}
@@ -155,7 +155,7 @@ def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, flores_dir):
     # scores the same outputs, degenerate ones as 0
     constant = lambda sources, hyps, refs: [0.5] * len(hyps)  # noqa: E731
     again = evaluate(
-        EvaluationConfig(model=model, data_dir=flores_dir, directions=["en-de"], limit=3, max_new_tokens=12),
+        EvaluationConfig(model=model, data_dir=sample_dir, directions=["en-de"], limit=3, max_new_tokens=12),
         comet=constant,
     )
     assert again.directions["en-de"].chrf == r.chrf
@@ -163,7 +163,7 @@ def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, flores_dir):
     sampled = evaluate(
         EvaluationConfig(
             model=model,
-            data_dir=flores_dir,
+            data_dir=sample_dir,
             directions=["en-de"],
             limit=3,
             max_new_tokens=12,
@@ -176,16 +176,18 @@ def test_evaluate_tiny_model_greedy_and_sampled(tmp_path, flores_dir):
     assert s.chrf == pytest.approx(sum(x.chrf for x in s.seeds) / 3)
 
 
-def test_evaluate_refuses_bad_requests(tmp_path, flores_dir):
+def test_evaluate_refuses_bad_requests(tmp_path, sample_dir):
     with pytest.raises(ValueError, match="temperature"):
-        evaluate(EvaluationConfig(model=tmp_path, data_dir=flores_dir, directions=["en-de"], temperature=-1))
-    with pytest.raises(ValueError, match="available"):
-        evaluate(EvaluationConfig(model=tmp_path, data_dir=flores_dir, directions=["en-xx"]))
+        evaluate(EvaluationConfig(model=tmp_path, data_dir=sample_dir, directions=["en-de"], temperature=-1))
+    with pytest.raises(ValueError, match="unknown language 'xx' in 'en-xx'"):
+        evaluate(EvaluationConfig(model=tmp_path, data_dir=sample_dir, directions=["en-xx"]))
+    with pytest.raises(ValueError, match=r"no devtest passages for \['bn'\] in .*; it has \['cs', 'de'"):
+        evaluate(EvaluationConfig(model=tmp_path, data_dir=sample_dir, directions=["en-bn"]))
     with pytest.raises(ValueError, match="backend"):
         evaluate(
             EvaluationConfig(
                 model=save_tiny("qwen3_moe", tmp_path / "m"),
-                data_dir=flores_dir,
+                data_dir=sample_dir,
                 directions=["en-de"],
                 limit=1,
                 backend="onnx",
@@ -193,14 +195,14 @@ def test_evaluate_refuses_bad_requests(tmp_path, flores_dir):
         )
 
 
-def test_cli_evaluate(tmp_path, flores_dir):
+def test_cli_evaluate(tmp_path, sample_dir):
     from typer.testing import CliRunner
 
     from moe_specialists.cli import app
 
     model = save_tiny("qwen3_moe", tmp_path / "m")
     out = tmp_path / "r.json"
-    args = ["evaluate", str(model), "-d", "en-de", "--data", str(flores_dir), "--limit", "2", "--max-new-tokens", "6"]
+    args = ["evaluate", str(model), "-d", "en-de", "--data", str(sample_dir), "--limit", "2", "--max-new-tokens", "6"]
     r = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["directions"]["en-de"]["n"] == 2
@@ -211,4 +213,4 @@ def test_cli_evaluate(tmp_path, flores_dir):
     default, quick = (json.loads(f.read_text())["directions"]["en-de"] for f in (out, fast))
     assert quick["seeds"] == default["seeds"]  # chrF, BLEU, degenerate and truncated counts
     bad = CliRunner().invoke(app, [*args[:3], "en-xx", *args[4:]])
-    assert bad.exit_code == 2 and "available" in bad.output
+    assert bad.exit_code == 2 and "unknown language 'xx'" in bad.output

@@ -251,7 +251,7 @@ def test_trained_in_float32_saved_in_the_specialists_dtype_with_either_kernel(tm
     assert fast["loss_last"] == pytest.approx(eager["loss_last"], rel=1e-3)
 
 
-def test_read_pairs_formats(tmp_path, flores_dir):
+def test_read_pairs_formats(tmp_path, sample_dir):
     rows = [
         {"lang": "de", "en": "One dog.", "xx": "Ein Hund.", "source": "made_up"},
         {"lang": "de", "en": "A man.", "xx": "Eine Frau.", "source": "multi30k_task2_test"},  # not a translation
@@ -272,9 +272,9 @@ def test_read_pairs_formats(tmp_path, flores_dir):
         first = json.loads(f.readline())
     assert first == {"source": "en", "target": "de", "src": "Good morning.", "tgt": "Guten Morgen."}
     assert read_pairs(zipped) == PAIRS
-    flores = read_pairs(flores_dir, ["de", "fr"], limit=3)
+    flores = read_pairs(sample_dir, ["de", "fr"], limit=3)
     assert [(p.source, p.target) for p in flores] == [("en", "de")] * 3 + [("en", "fr")] * 3
-    assert len(read_passages(flores_dir, limit=4)) == 4
+    assert len(read_passages(sample_dir, limit=4)) == 4
     with pytest.raises(ValueError, match="source, target, src, tgt"):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"text": "x"}\n')
@@ -355,6 +355,6 @@ def test_the_cli_refuses_what_cannot_fit_or_launch_before_loading(specialists, t
     assert r.exit_code == 2 and "unsharded training only" in r.output
     r = runner.invoke(app, [*args, "--batch-size", "6", "--gradient-accumulation", "4"])
     assert r.exit_code == 2 and "not a multiple of processes (1) x gradient_accumulation (4)" in r.output
-    r = runner.invoke(app, [*args, "--eval-steps", "2", "--data", "../shared/data/flores200", "-l", "de"])
+    r = runner.invoke(app, [*args, "--eval-steps", "2", "--data", "sample", "--eval-data", "sample", "-l", "de"])
     assert r.exit_code == 2 and "is the SFT training data" in r.output
     assert not (tmp_path / "rec").exists()

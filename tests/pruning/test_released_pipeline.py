@@ -39,9 +39,9 @@ def hf_greedy(path: Path, max_new_tokens: int, dtype: str) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("family", ["gpt_oss", "qwen3_moe"])
-def test_calibrate_plan_apply_then_transformers_and_vllm_agree(tmp_path, family, flores_dir):
+def test_calibrate_plan_apply_then_transformers_and_vllm_agree(tmp_path, family, sample_dir):
     base = SAVE[family](tmp_path / "base")
-    stats = calibrate(CalibrationConfig(model=base, data_dir=flores_dir, languages=["de"],
+    stats = calibrate(CalibrationConfig(model=base, data_dir=sample_dir, languages=["de"],
                                         out=tmp_path / "stats.safetensors", limit=4, batch_size=4, reap=False))
     plan = make_plan(RoutingStats.load(stats), Recipe(drop=8, directions=["en-de"]))
     spec = apply_plan(plan, tmp_path / "spec")

@@ -57,21 +57,21 @@ def test_expected_iou_matches_monte_carlo():
     assert sum(single) / len(single) == pytest.approx(expected_pair_iou(8, 12, E), rel=0.02)
 
 
-def test_config_refuses_impossible_settings(tmp_path, flores_dir):
+def test_config_refuses_impossible_settings(tmp_path, sample_dir):
     with pytest.raises(ValidationError, match="unknown methods"):
-        SweepConfig(model="m", data_dir=flores_dir, work_dir=tmp_path, methods=["magic"])
+        SweepConfig(model="m", data_dir=sample_dir, work_dir=tmp_path, methods=["magic"])
     with pytest.raises(ValidationError, match="unseen"):
-        SweepConfig(model="m", data_dir=flores_dir, work_dir=tmp_path, languages=["de", "fr"], unseen="ru")
+        SweepConfig(model="m", data_dir=sample_dir, work_dir=tmp_path, languages=["de", "fr"], unseen="ru")
     model = save_tiny("qwen3_moe", tmp_path / "m", experts=8, layers=2)
     with pytest.raises(ValueError, match="drop"):
-        Sweep(SweepConfig(model=str(model), data_dir=flores_dir, work_dir=tmp_path / "w", drops=[0, 6]))
+        Sweep(SweepConfig(model=str(model), data_dir=sample_dir, work_dir=tmp_path / "w", drops=[0, 6]))
 
 
-def test_toy_sweep_end_to_end(tmp_path, flores_dir):
+def test_toy_sweep_end_to_end(tmp_path, sample_dir):
     model = save_tiny("qwen3_moe", tmp_path / "m", experts=8, layers=2)
     cfg = SweepConfig(
         model=str(model),
-        data_dir=flores_dir,
+        data_dir=sample_dir,
         work_dir=tmp_path / "work",
         out_dir=tmp_path / "out",
         languages=["de"],

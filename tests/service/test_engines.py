@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from moe_specialists.service.app import create_app
-from moe_specialists.service.engines import scheduler_gauges, scheduler_logger
+from moe_specialists.service.engines import engine_config, scheduler_gauges, scheduler_logger
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.settings import Settings, SpecialistSpec
 from tests.released import save_released_gpt_oss
@@ -95,14 +95,44 @@ def test_scheduler_logger_is_the_only_stat_logger_and_registers_nothing_global()
     assert sample("moe_engine_kv_cache_usage_ratio", {"specialist": "s4"}) is None
 
 
-def test_an_mxfp4_specialist_on_a_cpu_without_amx_is_given_up_with_the_reason(tmp_path, cpu_without_amx):
+def test_an_mxfp4_specialist_on_a_cpu_without_amx_is_given_up_at_once_with_the_reason(tmp_path, cpu_without_amx):
     """The gateway's own vLLM engine on a CPU without AMX: the specialist is given up saying why, before vLLM
-    loads anything, and the gateway still answers."""
+    loads anything and without a restart (none could heal it), and the gateway still answers."""
     path = save_released_gpt_oss(tmp_path / "gpt-oss", layers=2, experts=4, top_k=2, shards=1)
     settings = Settings(specialists=[SpecialistSpec(name="gpt-oss", path=str(path), directions=["en-de"])],
-                        max_model_len=256, health_interval_s=0.2, engine_max_restarts=0)
+                        max_model_len=256, health_interval_s=0.2, engine_max_restarts=5)
     with TestClient(create_app(settings)) as client:
         now = wait_for(client, lambda s: s["gpt-oss"]["state"] == "given_up", 60, "given up")
         assert "its experts are MXFP4" in now["gpt-oss"]["error"] and "AMX tiles" in now["gpt-oss"]["error"]
+        assert now["gpt-oss"]["restarts"] == 0
         r = client.post("/v1/translate", json={"text": "Hello", "source": "en", "target": "de"})
         assert r.status_code == 503 and "AMX" in r.text, r.text
+
+
+def test_the_context_is_the_models_own_and_the_setting_only_caps_it():
+    """The bundled translator supports 1024 tokens: no setting -> 1024, 2048 -> 1024 (never more), 512 -> 512."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
+
+    def context(cap: int | None) -> int:
+        args = AsyncEngineArgs(model=str(BUNDLED_MODEL_DIR), enforce_eager=True)
+        return engine_config(args, cap).model_config.max_model_len
+
+    assert [context(cap) for cap in (None, 2048, 512)] == [1024, 1024, 512]
+
+
+def test_a_configuration_vllm_refuses_is_given_up_at_once():
+    """vLLM's own argument checks refuse it before any engine process starts: restarting would fail the same
+    way, so the specialist is given up on the first failure with vLLM's reason (other specialists unaffected)."""
+    from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
+
+    spec = SpecialistSpec(name="tiny", path=str(BUNDLED_MODEL_DIR), directions=["en-de"])
+    settings = Settings(specialists=[spec], dtype="float8", health_interval_s=0.2, engine_max_restarts=5,
+                        engine_restart_initial_delay_s=0.1)
+    with TestClient(create_app(settings)) as client:
+        now = wait_for(client, lambda s: s["tiny"]["state"] == "given_up", 120, "given up")
+        assert now["tiny"]["restarts"] == 0
+        assert "vLLM refused the configuration" in now["tiny"]["error"] and "dtype" in now["tiny"]["error"]
+        r = client.post("/v1/translate", json={"text": "Hello", "source": "en", "target": "de"})
+        assert r.status_code == 503 and "dtype" in r.text, r.text

@@ -28,7 +28,9 @@ EN_DE = [
 def gateway(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("main-command")
     port = free_port()
-    env = os.environ | {"MOE_BUNDLED_REGISTRY": str(tmp / "bundled"), "MOE_ACCESS_LOG": "false"}
+    env = {k: v for k, v in os.environ.items() if k != "MOE_REGISTRY_DIR"}
+    env |= {"MOE_BUNDLED_REGISTRY": str(tmp / "bundled"), "MOE_ACCESS_LOG": "false",
+            "XDG_CACHE_HOME": str(tmp / "cache")}  # an empty default registry: the bundled demo is served
     log = tmp / "serve.log"
     cli = Path(sys.executable).parent / "moe-specialists"
     with log.open("wb") as out:

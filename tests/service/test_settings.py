@@ -72,6 +72,28 @@ def test_create_app_needs_something_to_serve():
         create_app(Settings())
 
 
+def test_serve_without_options_serves_the_default_registry_when_it_holds_entries(tmp_path, monkeypatch, caplog):
+    """The registry `registry ...` and `prune --register` fill ($XDG_CACHE_HOME/moe-specialists/registry here):
+    served when it holds entries, else the bundled demo; the log says which."""
+    import logging
+
+    from moe_specialists.models.registry import Registry
+
+    monkeypatch.delenv("MOE_REGISTRY_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(cli.BUNDLED_REGISTRY_ENV, str(tmp_path / "bundled"))
+    default = tmp_path / "cache" / "moe-specialists" / "registry"
+    caplog.set_level(logging.INFO, logger=cli.__name__)
+    demo = cli.what_to_serve(Settings())
+    assert demo.registry_dir == tmp_path / "bundled" and "is empty: serving the bundled demo" in caplog.text
+    Registry(default).add(SpecialistEntry(name="de-50", base="b", path="/p", family="qwen3_moe",
+                                          directions=["en-de"]))
+    assert cli.what_to_serve(Settings()).registry_dir == default
+    assert f"serving the default registry {default}: de-50" in caplog.text
+    named = Settings(registry_dir=tmp_path / "other")
+    assert cli.what_to_serve(named) is named
+
+
 def test_zero_configuration_materialises_the_bundled_specialists(tmp_path, monkeypatch):
     """No settings: the bundled plans are applied once into a cached registry (the second call reuses the
     folders) and the settings point at it; entries carry the savings the metrics report."""

@@ -55,9 +55,14 @@ def test_several_bad_variables_are_all_listed(monkeypatch):
     assert "MOE_PORT='-1'" in str(e.value) and "MOE_MAX_BATCH_SIZE='0'" in str(e.value)
 
 
+def test_the_retired_registry_variable_names_the_one_to_set(monkeypatch):
+    monkeypatch.setenv("MOE_SPECIALISTS_REGISTRY", "/tmp/y")
+    with pytest.raises(SettingsInputError, match="MOE_SPECIALISTS_REGISTRY is no longer read: set MOE_REGISTRY_DIR"):
+        load_settings()
+
+
 def test_other_moe_variables_and_overrides_pass(monkeypatch):
     monkeypatch.setenv("MOE_BUNDLED_REGISTRY", "/tmp/x")
-    monkeypatch.setenv("MOE_SPECIALISTS_REGISTRY", "/tmp/y")
     monkeypatch.setenv("MOE_ENGINE_MAX_RESTARTS", "3")
     s = load_settings(port=9000)
     assert s.engine_max_restarts == 3 and s.port == 9000
