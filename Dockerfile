@@ -27,9 +27,9 @@ WORKDIR /app
 FROM base AS deps
 COPY pyproject.toml README.md ./
 COPY deploy/install.sh deploy/install.sh
-RUN mkdir -p cli pruning models/tiny_translator service/routers \
- && touch cli/__init__.py pruning/__init__.py models/__init__.py models/tiny_translator/__init__.py \
-    service/__init__.py service/routers/__init__.py \
+RUN mkdir -p cli pruning models/registry models/tiny_translator service/engines service/routers \
+ && touch cli/__init__.py pruning/__init__.py models/__init__.py models/registry/__init__.py \
+    models/tiny_translator/__init__.py service/__init__.py service/engines/__init__.py service/routers/__init__.py \
  && python -m venv /opt/venv
 
 FROM deps AS deps-cpu

@@ -1,5 +1,6 @@
 """``registry`` commands (mounted by the main CLI as ``moe-specialists registry ...``): a thin layer over
-``models.registry.Registry``. Errors print one line on stderr and exit with code 2."""
+``models.registry`` (the store's ``Registry``, ``materialise``, the hub's ``push`` / ``pull``). Errors print one
+line on stderr and exit with code 2."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from typing import Annotated
 
 import typer
 
-from moe_specialists.models.registry import REGISTRY_ENV, Registry, RegistryError, SpecialistEntry, default_registry_dir
+from moe_specialists.models.registry import hub
+from moe_specialists.models.registry.entries import SpecialistEntry
+from moe_specialists.models.registry.errors import RegistryError
+from moe_specialists.models.registry.materialise import materialise as materialise_plan
+from moe_specialists.models.registry.store import REGISTRY_ENV, Registry, default_registry_dir
 
 RegistryOption = Annotated[
     Path | None,
@@ -131,7 +136,9 @@ def materialise(
 ) -> None:
     """Apply a plan to its base (cached by plan hash) and register the result."""
     with _errors():
-        e = _reg(ctx).materialise(name, plan, base=base, directions=direction, languages=language, overwrite=overwrite)
+        e = materialise_plan(
+            _reg(ctx), name, plan, base=base, directions=direction, languages=language, overwrite=overwrite
+        )
     typer.echo(f"materialised {e.name}: {_count(e.parameters)} parameters, {_human(e.weight_bytes)} at {e.path}")
 
 
@@ -162,7 +169,7 @@ def remove(ctx: typer.Context, name: str) -> None:
 def push(ctx: typer.Context, name: str, repo_id: str, private: bool = False) -> None:
     """Upload a specialist and its entry to a hub repo."""
     with _errors():
-        where = _reg(ctx).push(name, repo_id, private=private)
+        where = hub.push(_reg(ctx), name, repo_id, private=private)
     typer.echo(f"pushed {name} to {repo_id}: {where}")
 
 
@@ -176,7 +183,7 @@ def pull(
 ) -> None:
     """Download a specialist from a hub repo and register it."""
     with _errors():
-        e = _reg(ctx).pull(repo_id, name, revision=revision, overwrite=overwrite)
+        e = hub.pull(_reg(ctx), repo_id, name, revision=revision, overwrite=overwrite)
     typer.echo(f"pulled {repo_id} as {e.name} into {e.path}")
 
 

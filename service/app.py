@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from moe_specialists.models.registry import Registry
-from moe_specialists.service.engines import EngineFactory, EnginePool, vllm_engine
+from moe_specialists.models.registry.store import Registry
+from moe_specialists.service.engines.pool import EngineFactory, EnginePool, vllm_engine
 from moe_specialists.service.errors import install_error_handlers
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.routers import (

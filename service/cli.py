@@ -2,7 +2,7 @@
 
 Specialists come from ``--specialist name=path:directions`` options, a registry folder (``--registry`` or
 ``MOE_REGISTRY_DIR``), or MOE_* settings. With none of these it serves the default registry (the one
-``registry ...`` and ``prune --register`` fill: ``models.registry.default_registry_dir``) when it holds
+``registry ...`` and ``prune --register`` fill: ``models.registry.store.default_registry_dir``) when it holds
 entries, else the specialists of the bundled tiny translator on the CPU, materialised from the bundled plans
 into a registry under ``~/.cache/moe-specialists/bundled`` (``BUNDLED_REGISTRY_ENV`` moves it); it logs which.
 """
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from moe_specialists.models.registry import Registry, default_registry_dir
+from moe_specialists.models.registry.store import Registry, default_registry_dir
 from moe_specialists.service.settings import Settings, SpecialistSpec, load_settings
 
 BUNDLED_REGISTRY_ENV = "MOE_BUNDLED_REGISTRY"

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from moe_specialists.service.engines import EnginePool
+from moe_specialists.service.engines.pool import EnginePool
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.quotas import QuotaExceeded, Quotas

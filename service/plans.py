@@ -11,7 +11,7 @@ from pathlib import Path
 
 from moe_specialists.models.plan import Plan
 from moe_specialists.models.plan_loading import plan_file_of, view_of_plan
-from moe_specialists.models.registry import weight_stats
+from moe_specialists.models.registry.entries import weight_stats
 from moe_specialists.service.settings import SpecialistSpec
 
 

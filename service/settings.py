@@ -19,7 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from moe_specialists.models.languages import UnknownLanguage, canonical, split_direction
-from moe_specialists.models.registry import NAME_PATTERN, REGISTRY_ENV, RETIRED_REGISTRY_VARIABLES, SpecialistEntry
+from moe_specialists.models.registry.entries import NAME_PATTERN, SpecialistEntry
+from moe_specialists.models.registry.store import REGISTRY_ENV, RETIRED_REGISTRY_VARIABLES
 
 REMOTE_PREFIXES = ("http://", "https://")
 
@@ -134,7 +135,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     specialists: list[SpecialistSpec] = []
     # every entry of this registry is served too; `serve` with nothing to serve uses the default registry
-    # (models.registry.default_registry_dir) when it holds entries
+    # (models.registry.store.default_registry_dir) when it holds entries
     registry_dir: Path | None = None
     # plan views (specialists served from their base and a plan, `-s name=PLAN.json:...`) are made here
     views_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe-specialists" / "views"

@@ -64,10 +64,29 @@ def test_prompts_import_no_torch() -> None:
     assert "torch" not in loaded and "transformers" not in loaded
 
 
-def test_registry_imports_no_pruning_or_service() -> None:
-    loaded = loaded_after("moe_specialists.models.registry")
+@pytest.mark.parametrize("module", ["entries", "store", "materialise", "hub"])
+def test_registry_imports_no_pruning_or_service(module: str) -> None:
+    loaded = loaded_after(f"moe_specialists.models.registry.{module}")
     assert _under(loaded, "moe_specialists.pruning") == [] and _under(loaded, "moe_specialists.service") == []
     assert "torch" not in loaded  # checkpoint, plan and registry read JSON and headers only
+
+
+REGISTRY_ORDER = ["errors", "entries", "store", "materialise", "hub"]  # each imports only those before it
+
+
+def test_registry_modules_import_downward() -> None:
+    for i, module in enumerate(REGISTRY_ORDER):
+        later = tuple(f"moe_specialists.models.registry.{m}" for m in REGISTRY_ORDER[i + 1 :])
+        names = imported_names(ROOT / "models" / "registry" / f"{module}.py")
+        assert [n for n in names if n.startswith(later)] == [], module
+
+
+def test_modeling_pruned_is_self_contained() -> None:
+    """It is copied alone into every specialist folder (trust_remote_code): torch, transformers, safetensors
+    and the standard library only."""
+    allowed = {"torch", "transformers", "safetensors", "__future__", *sys.stdlib_module_names}
+    names = imported_names(ROOT / "models" / "modeling_pruned.py")
+    assert sorted(n for n in names if n.split(".")[0] not in allowed) == []
 
 
 def test_models_import_neither_pruning_nor_service() -> None:

@@ -8,16 +8,14 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.service.conftest import READY_TIMEOUT_S, free_port
+from tests.service.conftest import serve_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +46,7 @@ def user_env(tmp_path: Path) -> dict[str, str]:
                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
 
 
+@pytest.mark.slow
 def test_the_walkthrough_runs_and_its_specialist_translates(tmp_path: Path, user_env: dict[str, str]):
     work = tmp_path / "anywhere"
     work.mkdir()
@@ -60,32 +59,11 @@ def test_the_walkthrough_runs_and_its_specialist_translates(tmp_path: Path, user
     registry = Path(user_env["HOME"]) / ".cache" / "moe-specialists" / "registry"
     assert (registry / "entries" / "de-50.json").is_file()
 
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as f:
-        proc = subprocess.Popen(["bash", "-c", f"exec {serve} --port {port}"], cwd=work, env=user_env,
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, f"serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).json()["status"] == "ready":
-                    break
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
-            assert time.monotonic() < deadline, f"not ready in {READY_TIMEOUT_S} s:\n{log.read_text()[-4000:]}"
-            time.sleep(1)
+    home = user_env["HOME"]  # the shell's tilde expansion, for this user
+    args = [home + a[1:] if a.startswith("~/") else a for a in shlex.split(serve)[2:]]
+    with serve_command(args, user_env, tmp_path / "serve.log", cwd=work) as url:
         r = httpx.post(f"{url}/v1/translate", timeout=120,
                        json={"text": "The children are playing in the garden.", "source": "en", "target": "de"})
-        assert r.status_code == 200, r.text
-        (item,) = r.json()["translations"]
-        assert item["specialist"] == "de-50" and item["route"] == "exact" and item["text"].strip()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["translations"]
+    assert item["specialist"] == "de-50" and item["route"] == "exact" and item["text"].strip()

@@ -11,9 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from moe_specialists.models.registry import REGISTRY_ENV
+from moe_specialists.models.registry.store import REGISTRY_ENV
 from moe_specialists.models.registry_cli import app
-from tests.models.test_registry import PER_EXPERT, FakeHub, save_tiny, tiny_plan
+from tests.models.registry.fake_hub import FakeHub
+from tests.models.registry.tiny import PER_EXPERT, save_tiny, tiny_plan
 
 runner = CliRunner()
 

@@ -3,6 +3,7 @@ specialists of it with the gateway settings that serve them, and app and server 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from moe_specialists.models.registry import Registry  # noqa: E402
+from moe_specialists.models.registry.store import Registry  # noqa: E402
 from moe_specialists.service.settings import Settings, SpecialistSpec  # noqa: E402
 from tests.tiny import save_tiny  # noqa: E402
 
@@ -208,3 +210,37 @@ class VllmServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def serve_command(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> Iterator[str]:
+    """`moe-specialists serve ARGS --port P` as users start it (the console script of this environment), in its
+    own process group; yields its URL once /readyz says ready (fails with the log's tail otherwise) and kills
+    the group on exit."""
+    port = free_port()
+    cli = Path(sys.executable).parent / "moe-specialists"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(cli), "serve", *args, "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).json()["status"] == "ready":
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

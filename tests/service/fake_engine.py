@@ -14,13 +14,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from moe_specialists.service.engines import (
-    Engine,
-    EngineFactory,
-    EngineUnavailable,
-    Generation,
-    GenerationParams,
-)
+from moe_specialists.service.engines.base import Engine, EngineUnavailable, Generation, GenerationParams
+from moe_specialists.service.engines.pool import EngineFactory
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.settings import Settings, SpecialistSpec
 

@@ -12,7 +12,7 @@ import httpx
 
 from moe_specialists.models.apply import apply_plan
 from moe_specialists.models.plan import plan_from_kept
-from moe_specialists.models.registry import Registry
+from moe_specialists.models.registry.store import Registry
 from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings
 from tests.service.conftest import ServerThread, free_port, wait_ready

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from moe_specialists.service.engines import (
-    backoff_delay,
-    expected_wait,
-    failure_reason,
-    prompt_may_not_fit,
-    retry_after_header,
-)
+from moe_specialists.service.engines.base import backoff_delay, expected_wait, failure_reason, retry_after_header
+from moe_specialists.service.engines.remote import prompt_may_not_fit
 
 
 @pytest.mark.parametrize(("failures", "expected"), [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0),

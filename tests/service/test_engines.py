@@ -1,16 +1,20 @@
 """Engine helpers that need no engine: the scheduler gauges read from a vLLM server's /metrics, the stat
 logger an in-process engine gives vLLM (built by vLLM's own ``StatLoggerManager``, as ``AsyncLLM`` does), and
-the refusal of a specialist vLLM cannot run on this machine."""
+the refusal of a specialist vLLM cannot run on this machine, and the ending of an engine core's processes."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 
 from moe_specialists.service.app import create_app
-from moe_specialists.service.engines import engine_config, scheduler_gauges, scheduler_logger
+from moe_specialists.service.engines.local import end_processes, engine_config, process_tree, scheduler_logger
+from moe_specialists.service.engines.remote import scheduler_gauges
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.settings import Settings, SpecialistSpec
 from tests.released import save_released_gpt_oss
@@ -136,3 +140,26 @@ def test_a_configuration_vllm_refuses_is_given_up_at_once():
         assert "vLLM refused the configuration" in now["tiny"]["error"] and "dtype" in now["tiny"]["error"]
         r = client.post("/v1/translate", json={"text": "Hello", "source": "en", "target": "de"})
         assert r.status_code == 503 and "dtype" in r.text, r.text
+
+
+def test_end_processes_kills_a_tree_whose_root_is_gone_and_frozen_children():
+    """A stand-in engine core (a shell) with two children: the tree noted, the children frozen (as a hung
+    worker), the root killed; ending what was noted leaves none of them, the orphans included."""
+    root = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(psutil.Process(root.pid).children()) < 2:
+            assert time.monotonic() < deadline, "the shell did not start its children"
+            time.sleep(0.05)
+        tree = process_tree([root.pid, 2**22 + 1])  # a pid that does not exist is left out
+        assert len(tree) == 3, tree
+        for child in tree[1:]:
+            child.suspend()
+        root.kill()
+        root.wait(10)
+        assert all(child.is_running() for child in tree[1:])  # orphans: nothing else ends them
+        assert end_processes(tree, timeout=10) == []
+        assert not any(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE for proc in tree)
+    finally:
+        root.kill()
+        root.wait(10)

@@ -10,7 +10,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from moe_specialists.models.registry import Registry
+from moe_specialists.models.registry.store import Registry
 from moe_specialists.service.app import create_app
 from tests.service.conftest import AUTH, gateway_settings, wait_ready
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from moe_specialists.models.registry import Registry
+from moe_specialists.models.registry.store import Registry
 from moe_specialists.service.app import create_app
 from tests.service.conftest import AUTH, KEY, gateway_settings, wait_ready
 from tests.service.fake_engine import fake_engines

@@ -4,16 +4,11 @@ pruned specialists of the bundled tiny translator in real vLLM (CPU) and transla
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.service.conftest import READY_TIMEOUT_S, free_port
+from tests.service.conftest import serve_command
 
 # Our own sentences with our own reference translations (no evaluation data in the repository).
 EN_DE = [
@@ -27,37 +22,11 @@ EN_DE = [
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("main-command")
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MOE_REGISTRY_DIR"}
     env |= {"MOE_BUNDLED_REGISTRY": str(tmp / "bundled"), "MOE_ACCESS_LOG": "false",
             "XDG_CACHE_HOME": str(tmp / "cache")}  # an empty default registry: the bundled demo is served
-    log = tmp / "serve.log"
-    cli = Path(sys.executable).parent / "moe-specialists"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(cli), "serve", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).json()["status"] == "ready":
-                    break
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
-        with httpx.Client(base_url=url, timeout=120) as client:
-            yield client
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    with serve_command([], env, tmp / "serve.log") as url, httpx.Client(base_url=url, timeout=120) as client:
+        yield client
 
 
 def test_translates_en_de_with_the_pair_specialist(gateway):

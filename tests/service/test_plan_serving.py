@@ -23,7 +23,7 @@ from moe_specialists.models.extract import extract_answer
 from moe_specialists.models.plan import Plan
 from moe_specialists.models.plan_loading import view_of_plan
 from moe_specialists.models.prompts import render
-from moe_specialists.models.registry import weight_stats
+from moe_specialists.models.registry.entries import weight_stats
 from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR, PLANS_DIR
 from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings, SpecialistSpec

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from moe_specialists.models import plan_loading
 from moe_specialists.models.apply import apply_plan
 from moe_specialists.models.plan import Plan, plan_from_kept
-from moe_specialists.models.registry import weight_stats
+from moe_specialists.models.registry.entries import weight_stats
 from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
 from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings, SpecialistSpec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from moe_specialists.models.registry import SpecialistEntry
+from moe_specialists.models.registry.entries import SpecialistEntry
 from moe_specialists.service import cli
 from moe_specialists.service.app import create_app, specialist_specs
 from moe_specialists.service.settings import Settings, SpecialistSpec
@@ -77,7 +77,7 @@ def test_serve_without_options_serves_the_default_registry_when_it_holds_entries
     served when it holds entries, else the bundled demo; the log says which."""
     import logging
 
-    from moe_specialists.models.registry import Registry
+    from moe_specialists.models.registry.store import Registry
 
     monkeypatch.delenv("MOE_REGISTRY_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

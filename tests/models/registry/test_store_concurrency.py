@@ -1,7 +1,7 @@
 """Registry writes under crashes and contention, with real processes.
 
-The worker processes load models/registry.py by file path (it imports only the standard library and
-pydantic at module level), so each starts in well under a second instead of importing torch via ``models``.
+The worker processes import only the registry's modules (the standard library and pydantic; no torch), so
+each starts in well under a second.
 """
 
 from __future__ import annotations
@@ -16,20 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from moe_specialists.models.registry import Registry, SpecialistEntry, UnknownSpecialistError
+from moe_specialists.models.registry.entries import SpecialistEntry
+from moe_specialists.models.registry.errors import UnknownSpecialistError
+from moe_specialists.models.registry.store import Registry
 
-REGISTRY_PY = Path(__file__).resolve().parents[2] / "models" / "registry.py"
-
-PRELUDE = f"""
-import importlib.util, json, os, sys, time
-spec = importlib.util.spec_from_file_location("registry_under_test", {str(REGISTRY_PY)!r})
-r = importlib.util.module_from_spec(spec)
-sys.modules["registry_under_test"] = r
-spec.loader.exec_module(r)
+PRELUDE = """
+import json, os, sys, time
+from moe_specialists.models.registry.entries import Quality, SpecialistEntry
+from moe_specialists.models.registry.errors import DuplicateSpecialistError
+from moe_specialists.models.registry.store import Registry
 
 def entry(name, n_quality=0, base="org/base"):
-    q = [r.Quality(metric="chrF", direction="en-de", score=float(i)) for i in range(n_quality)]
-    return r.SpecialistEntry(name=name, base=base, path="/w/" + name, family="qwen3_moe", quality=q)
+    q = [Quality(metric="chrF", direction="en-de", score=float(i)) for i in range(n_quality)]
+    return SpecialistEntry(name=name, base=base, path="/w/" + name, family="qwen3_moe", quality=q)
 """
 
 # Stalls the first entry write half-way through (after the first half of the bytes is on disk), says so in
@@ -43,13 +42,13 @@ def half_write(fd, data):
     time.sleep(120)
     return n
 os.write = half_write
-r.Registry(root).add(entry(name, n_quality=200, base="new"), overwrite=overwrite)
+Registry(root).add(entry(name, n_quality=200, base="new"), overwrite=overwrite)
 """
 
 # Writes as fast as it can: overwrites "hot" with entries of changing size and adds fresh names.
 HAMMER = """
 root, marker = sys.argv[1], sys.argv[2]
-reg = r.Registry(root)
+reg = Registry(root)
 for i in range(100000):
     reg.add(entry("hot", n_quality=(i * 37) % 300, base=f"v{i}"), overwrite=True)
     reg.add(entry(f"n{os.getpid()}-{i}"))
@@ -60,7 +59,7 @@ for i in range(100000):
 # Waits for the start signal, then adds its own names and races the others for "shared".
 CONCURRENT_ADDER = """
 root, go, worker, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-reg = r.Registry(root)
+reg = Registry(root)
 while not os.path.exists(go):
     time.sleep(0.001)
 won = []
@@ -70,7 +69,7 @@ for i in range(count):
         try:
             reg.add(entry("shared", base=f"worker{worker}"))
             won.append(worker)
-        except r.DuplicateSpecialistError:
+        except DuplicateSpecialistError:
             pass
 print(json.dumps({"worker": worker, "won": won}))
 """
