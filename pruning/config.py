@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from moe_specialists.models.errors import describe_validation
+
 
 def comma_list(value: Any) -> Any:
     """"de, fr" -> ["de", "fr"]; lists pass through."""
@@ -67,5 +69,5 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def describe(e: ValidationError) -> str:
-    """One line: every problem as ``field: message``."""
-    return "; ".join(f"{'.'.join(map(str, x['loc'])) or 'config'}: {x['msg']}" for x in e.errors())
+    """One line: every problem as ``field: message`` (``describe_validation``, the whole config ``config``)."""
+    return describe_validation(e, where="config")

@@ -1,6 +1,7 @@
 """Error answers: every error body is ``{"error": "<what is wrong and what is accepted>", "code": ..., ...}``
 (``error`` is a string, as LibreTranslate clients expect). Input problems are 4xx, engine problems 503 with
-Retry-After; nothing escapes as a bare 500."""
+Retry-After; nothing escapes as a bare 500. The translation flow's domain errors
+(``service.translation_errors``) get their status and headers here, once: ``api_error``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from moe_specialists.service.translation_errors import (
+    InvalidInput,
+    Overloaded,
+    ShuttingDown,
+    TimedOut,
+    TooLarge,
+    TranslationError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +38,26 @@ class ApiError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": self.message, "code": self.code, **self.extra}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+# The status of each kind of translation refusal (a subclass answers as its nearest listed ancestor).
+STATUS: dict[type[TranslationError], int] = {
+    InvalidInput: 400, TooLarge: 413, Overloaded: 429, Unavailable: 503, TimedOut: 504,
+}
+
+
+def api_error(e: ApiError | TranslationError) -> ApiError:
+    """The HTTP answer to an error: a translation refusal gets its kind's status, Retry-After when it says
+    when to retry, and ``Connection: close`` while the gateway shuts down; an ``ApiError`` is one already."""
+    if isinstance(e, ApiError):
+        return e
+    status = next(STATUS[kind] for kind in type(e).__mro__ if kind in STATUS)
+    headers = {}
+    if isinstance(e, (Overloaded, Unavailable)) and e.retry_after_s is not None:
+        headers["Retry-After"] = str(e.retry_after_s)
+    if isinstance(e, ShuttingDown):
+        headers["Connection"] = "close"
+    return ApiError(status, e.code, e.message, headers=headers, **e.details)
 
 
 def _loc(loc: tuple | list) -> str:
@@ -46,6 +77,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(TranslationError)
+    async def _translation_error(request: Request, exc: TranslationError) -> JSONResponse:
+        return api_error(exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

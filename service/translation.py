@@ -14,21 +14,31 @@ from dataclasses import dataclass, field
 from moe_specialists.models.languages import UnknownLanguage, canonical, flores200, resolve
 from moe_specialists.service.detect import METHOD, Detector
 from moe_specialists.service.documents import chunks
-from moe_specialists.service.engines import (
+from moe_specialists.service.engines.base import (
     Engine,
     EngineBusy,
     EngineInputError,
-    EnginePool,
     EngineUnavailable,
     Generation,
     GenerationParams,
 )
-from moe_specialists.service.errors import ApiError
+from moe_specialists.service.engines.pool import EnginePool
 from moe_specialists.service.extract import extract_translation
+from moe_specialists.service.limits import check_limits
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.routing import NoRoute, Route, Tier, candidates, choose, languages, served, sources_for
 from moe_specialists.service.schemas import DetectedLanguage, Sampling, TranslationItem
 from moe_specialists.service.settings import Settings
+from moe_specialists.service.translation_errors import (
+    InvalidInput,
+    Overloaded,
+    ShuttingDown,
+    TimedOut,
+    TranslationError,
+    Unavailable,
+    UnservedLanguage,
+    UnsupportedPair,
+)
 
 
 @dataclass
@@ -76,8 +86,8 @@ class Translator:
         return languages(self.pool.routes() if routes is None else routes, self.base_languages())
 
     def language(self, field: str, code: str, accepted: list[str], allow_auto: bool = False) -> str:
-        """The canonical code of ``code`` (``auto`` kept) when a served language answers it, else 400 listing
-        the accepted codes."""
+        """The canonical code of ``code`` (``auto`` kept) when a served language answers it, else
+        ``UnservedLanguage`` listing the accepted codes."""
         if allow_auto and code.strip().lower() == "auto":
             return "auto"
         try:
@@ -89,14 +99,14 @@ class Translator:
         except UnknownLanguage as e:
             why = str(e)
         listed = (["auto"] if allow_auto else []) + accepted
-        raise ApiError(
-            400, "unknown_language", f"unknown {field} language {code[:40]!r}: {why}; accepted: {', '.join(listed)}",
+        raise UnservedLanguage(
+            "unknown_language", f"unknown {field} language {code[:40]!r}: {why}; accepted: {', '.join(listed)}",
             accepted=listed, served=served(self.pool.routes()),
         )
 
     def pair(self, source: str, target: str) -> tuple[str, str, bool]:
-        """(canonical source or "auto", canonical target, same): 400 for a code no served language answers;
-        ``same`` when both resolve to one served language (the text needs no translation)."""
+        """(canonical source or "auto", canonical target, same): ``UnservedLanguage`` for a code no served
+        language answers; ``same`` when both resolve to one served language (the text needs no translation)."""
         accepted = self.accepted()
         source = self.language("source", source, accepted, allow_auto=True)
         target = self.language("target", target, accepted)
@@ -105,7 +115,7 @@ class Translator:
 
     def detect_for(self, texts: list[str], target: str | None) -> list[DetectedLanguage]:
         """Detection for raw codes: ``target`` None (any served language) or a code (its served sources);
-        400 for an unknown target."""
+        ``UnservedLanguage`` for an unknown target."""
         if target is None:
             return self.detect(texts)
         accepted = self.accepted()
@@ -132,52 +142,13 @@ class Translator:
                 for code, confidence in self.detector.detect_batch(texts, candidates)]
 
     # ---- validation and routing (no engine work) ----
-    def _check_limits(self, job: Job) -> None:
-        s = self.settings
-        if not job.texts:
-            raise ApiError(400, "empty_batch", "no text to translate: send a string or a non-empty list")
-        if len(job.texts) > s.max_batch_size:
-            raise ApiError(
-                413, "batch_too_large", f"{len(job.texts)} texts in one request; the limit is {s.max_batch_size}",
-                limit=s.max_batch_size,
-            )
-        for i, text in enumerate(job.texts):
-            if len(text) > s.max_chars_per_text:
-                raise ApiError(
-                    413, "text_too_long",
-                    f"text {i} has {len(text)} characters; the limit is {s.max_chars_per_text} per text",
-                    limit=s.max_chars_per_text, index=i,
-                )
-            if not text.strip():
-                raise ApiError(400, "empty_text", f"text {i} is empty or only whitespace: nothing to translate",
-                               index=i)
-            try:
-                text.encode()
-            except UnicodeEncodeError as e:  # a lone surrogate (JSON can escape one): no tokenizer takes it
-                raise ApiError(
-                    400, "invalid_text", f"text {i} has a lone surrogate {text[e.start]!r} at character {e.start}: "
-                    "it is not valid Unicode; send UTF-8 text", index=i,
-                ) from None
-        total = sum(len(t) for t in job.texts)
-        if total > s.max_chars_per_batch:
-            raise ApiError(
-                413, "batch_too_long",
-                f"the texts have {total} characters together; the limit is {s.max_chars_per_batch} per request",
-                limit=s.max_chars_per_batch,
-            )
-        if job.max_tokens is not None and job.max_tokens > s.max_tokens_limit:
-            raise ApiError(
-                400, "max_tokens_too_large", f"max_tokens {job.max_tokens} is above the limit {s.max_tokens_limit}",
-                limit=s.max_tokens_limit,
-            )
-
-    def _no_route(self, e: NoRoute) -> ApiError:
-        return ApiError(400, "unsupported_direction", str(e), served=e.served)
+    def _no_route(self, e: NoRoute) -> UnsupportedPair:
+        return UnsupportedPair("unsupported_direction", str(e), served=e.served)
 
     def plan(self, job: Job) -> list[Planned]:
         """Check limits and languages (``job.source`` / ``job.target`` become canonical codes: what the prompt
         names), detect sources, route each text by the served languages its codes resolve to."""
-        self._check_limits(job)
+        check_limits(job.texts, job.max_tokens, self.settings)
         routes = self.pool.routes()
         accepted = self.accepted(routes)
         job.source = self.language("source", job.source, accepted, allow_auto=True)
@@ -185,12 +156,12 @@ class Translator:
         target = resolve(job.target, accepted)
         assert target is not None
         if job.source == job.target or (job.source != "auto" and resolve(job.source, accepted) == target):
-            raise ApiError(400, "same_language", f"source and target are both {job.target!r}")
+            raise InvalidInput("same_language", f"source and target are both {job.target!r}")
         if job.specialist is not None:
             engine = self.pool.get(job.specialist)
             if engine is None:
-                raise ApiError(
-                    400, "unknown_specialist", f"no specialist {job.specialist!r}; served: {sorted(self.pool.engines)}",
+                raise InvalidInput(
+                    "unknown_specialist", f"no specialist {job.specialist!r}; served: {sorted(self.pool.engines)}",
                     accepted=sorted(self.pool.engines),
                 )
         detected: list[DetectedLanguage | None] = [None] * len(job.texts)
@@ -227,20 +198,20 @@ class Translator:
         )
 
     # ---- admission ----
-    def _retry(self, planned: list[Planned]) -> dict[str, str]:
-        """Retry-After for texts none of whose engines can serve them now: the soonest expected recovery among
-        their options (1 s when one is ready again); no header when none of them will ever serve again."""
+    def _retry(self, planned: list[Planned]) -> int | None:
+        """Seconds to wait for texts none of whose engines can serve them now: the soonest expected recovery
+        among their options (1 s when one is ready again); None when none of them will ever serve again."""
         names = sorted({e.name for p in planned for e, _ in p.options} or {p.engine.name for p in planned})
         after = self.pool.retry_after(names)
-        return {} if after is None else {"Retry-After": after}
+        return None if after is None else int(after)
 
     def admit(self, planned: list[Planned], target: str, stack: contextlib.ExitStack) -> None:
-        """Reserve queue slots for every text (all or nothing) or raise 429/503. The texts of one engine (and
-        source) go together to its first option with room: the chosen engine, else the next capable one
-        (overflow), else 429 (some option is ready but full) or 503 (none is ready)."""
+        """Reserve queue slots for every text (all or nothing) or raise. The texts of one engine (and source)
+        go together to its first option with room: the chosen engine, else the next capable one (overflow),
+        else ``Overloaded`` (some option is ready but full) or ``Unavailable`` (none is ready)."""
         if self.pool.draining:
-            raise ApiError(503, "shutting_down", "the gateway is shutting down; retry on another instance",
-                           headers={"Retry-After": str(self.settings.retry_after_s), "Connection": "close"})
+            raise ShuttingDown("shutting_down", "the gateway is shutting down; retry on another instance",
+                               retry_after_s=self.settings.retry_after_s)
         groups: dict[tuple[str, str], list[Planned]] = {}
         for p in planned:
             groups.setdefault((p.engine.name, p.source), []).append(p)
@@ -265,17 +236,17 @@ class Translator:
             else:
                 if busy is not None:
                     self.metrics.rejections.labels(name, direction, "queue_full").inc()
-                    retry = {"Retry-After": str(self.settings.retry_after_s)}  # room comes as texts finish
-                    raise ApiError(429, "queue_full", f"{busy}, and no other specialist serving {direction} has room;"
-                                   " retry later", headers=retry, specialist=name) from None
+                    raise Overloaded("queue_full", f"{busy}, and no other specialist serving {direction} has room;"
+                                     " retry later", retry_after_s=self.settings.retry_after_s,
+                                     specialist=name) from None
                 self.metrics.rejections.labels(name, direction, "unavailable").inc()
                 engine = self.pool.engines[name]
                 why = f": {engine.error}" if engine.error else ""
                 message = f"specialist {name!r} is {engine.state.replace('_', ' ')}{why}"
                 if len(options) > 1:
                     message += f"; no other specialist serving {direction} is ready either"
-                raise ApiError(503, "engine_unavailable", message, headers=self._retry(group),
-                               specialist=name) from None
+                raise Unavailable("engine_unavailable", message, retry_after_s=self._retry(group),
+                                  specialist=name) from None
         texts = Counter((p.engine.name, f"{p.source}-{target}") for p in planned)  # (specialist, direction) -> n
         for labels, n in texts.items():
             self.metrics.inflight.labels(*labels).inc(n)
@@ -303,10 +274,10 @@ class Translator:
                 yield g
         except EngineUnavailable as e:
             status = "503"
-            raise ApiError(503, "engine_unavailable", str(e), headers=self._retry([p])) from None
+            raise Unavailable("engine_unavailable", str(e), retry_after_s=self._retry([p])) from None
         except EngineInputError as e:
             status = "400"
-            raise ApiError(400, "input_refused", str(e)) from None
+            raise InvalidInput("input_refused", str(e)) from None
         except (TimeoutError, asyncio.CancelledError, GeneratorExit):
             status = "499"  # cut off: the request timed out (see rejections{reason="timeout"}) or the client left
             raise
@@ -334,11 +305,11 @@ class Translator:
             detected_language=p.detected,
         )
 
-    def _timeout(self, planned: list[Planned], target: str) -> ApiError:
+    def _timeout(self, planned: list[Planned], target: str) -> TimedOut:
         for p in planned:
             self.metrics.rejections.labels(p.engine.name, f"{p.source}-{target}", "timeout").inc()
-        return ApiError(
-            504, "timeout", f"no answer within {self.settings.request_timeout_s} s; send less text or retry later",
+        return TimedOut(
+            "timeout", f"no answer within {self.settings.request_timeout_s} s; send less text or retry later",
             limit_seconds=self.settings.request_timeout_s,
         )
 
@@ -354,12 +325,12 @@ class Translator:
                 raise self._timeout(planned, job.target) from None
 
     async def stream(self, job: Job) -> tuple[Planned, AsyncIterator[str], contextlib.ExitStack]:
-        """Route and admit one text now (errors are plain HTTP answers); the iterator yields SSE events:
-        ``meta``, then ``data: {"delta": ...}`` pieces of clean text, then ``done`` (or ``error``). The
-        returned stack holds the queue slot: the iterator closes it, and so must the response when the
+        """Route and admit one text now (refusals are raised before the stream starts); the iterator yields
+        SSE events: ``meta``, then ``data: {"delta": ...}`` pieces of clean text, then ``done`` (or ``error``).
+        The returned stack holds the queue slot: the iterator closes it, and so must the response when the
         iterator never runs (closing twice is harmless)."""
         if len(job.texts) != 1:
-            raise ApiError(400, "stream_batch", "streaming takes one text; send a batch without stream")
+            raise InvalidInput("stream_batch", "streaming takes one text; send a batch without stream")
         (p,) = self.plan(job)
         params = self.params(job)
         stack = contextlib.ExitStack()
@@ -385,7 +356,7 @@ class Translator:
                 except TimeoutError:
                     yield _sse({"error": self._timeout([p], job.target).message, "code": "timeout"}, "error")
                     return
-                except ApiError as e:
+                except TranslationError as e:
                     yield _sse({"error": e.message, "code": e.code}, "error")
                     return
                 text = extract_translation(last.text, p.engine.end_markers)

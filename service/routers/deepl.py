@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -24,13 +23,16 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from moe_specialists.models.errors import describe_validation
 from moe_specialists.models.languages import base_language
 from moe_specialists.models.languages import language_name as lang_name
+from moe_specialists.service.bodies import read_body
 from moe_specialists.service.deps import charge, check_api_key, quotas_of
-from moe_specialists.service.errors import ApiError
+from moe_specialists.service.errors import ApiError, api_error
 from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
 from moe_specialists.service.translation import Job, Translator
+from moe_specialists.service.translation_errors import TranslationError
 
 DEEPL_STATUS = {401: 403, 403: 403, 404: 404, 413: 413, 422: 400, 503: 503, 504: 503}
 # Target spellings DeepL lists for a language that has variants (its clients refuse plain EN and PT).
@@ -50,12 +52,12 @@ class DeepLRoute(APIRoute):
         async def deepl_handler(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ApiError as e:
+            except (ApiError, TranslationError) as error:
+                e = api_error(error)
                 status = 456 if e.code == "quota_characters" else DEEPL_STATUS.get(e.status, e.status)
                 return deepl_error(status, e.message, e.headers)
             except RequestValidationError as e:
-                problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
-                return deepl_error(400, f"Bad request: {problems}")
+                return deepl_error(400, f"Bad request: {describe_validation(e, most=5)}")
 
         return deepl_handler
 
@@ -83,22 +85,8 @@ def deepl_targets(code: str) -> list[str]:
 
 async def _body(request: Request) -> dict[str, Any]:
     """JSON, or a form (``text`` repeated), or the query string of a GET."""
-    content_type = request.headers.get("content-type", "")
-    data: dict[str, Any] = dict(request.query_params)
-    if "json" in content_type:
-        try:
-            loaded = json.loads(await request.body() or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "invalid_json", "Bad request: the body is not valid JSON") from None
-        if not isinstance(loaded, dict):
-            raise ApiError(400, "invalid_request", "Bad request: the body must be a JSON object")
-        return data | loaded
-    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        form = await request.form()
-        data |= {k: v for k, v in form.items() if isinstance(v, str)}
-        if "text" in form:
-            data["text"] = [t for t in form.getlist("text") if isinstance(t, str)]
-    return data
+    fields, _ = await read_body(request, required=False, query=True, repeatable=["text"], prefix="Bad request: ")
+    return fields
 
 
 def _key(request: Request, data: dict[str, Any]) -> str | None:
@@ -128,9 +116,9 @@ async def translate(request: Request) -> JSONResponse:
     try:
         body = DeepLTranslateRequest.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:5])
-        raise ApiError(400, "invalid_request", f"Bad request: {problems} (text, target_lang, source_lang, "
-                       "tag_handling)") from None
+        why = describe_validation(e, most=5)
+        fields = "text, target_lang, source_lang, tag_handling"
+        raise ApiError(400, "invalid_request", f"Bad request: {why} ({fields})") from None
     if body.tag_handling not in (None, "", "html", "xml"):
         raise ApiError(400, "invalid_request", f"Bad request: tag_handling {body.tag_handling!r}; accepted: html, xml")
     translator: Translator = request.app.state.translator

@@ -14,16 +14,16 @@ it: bodies as JSON, form or multipart; ``api_key`` in the body (or our headers);
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from moe_specialists.models.errors import describe_validation
 from moe_specialists.models.languages import language_name
+from moe_specialists.service.bodies import read_body
 from moe_specialists.service.deps import HeaderKeyDep, QuotasDep, SettingsDep, TranslatorDep, charge, check_api_key
 from moe_specialists.service.documents import FILE_TYPES, FileStore, translate_file
 from moe_specialists.service.errors import ApiError
@@ -45,31 +45,12 @@ def lt_code(code: str) -> str:
     return "zh-Hans" if code == "zh" else code
 
 
-async def _form_or_json(request: Request) -> tuple[dict[str, Any], dict[str, UploadFile]]:
-    """(fields, files) of a JSON, urlencoded or multipart body; 400 when it is none of them."""
-    content_type = request.headers.get("content-type", "")
-    try:
-        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-            form = await request.form()
-            data: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
-            files = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
-            if len(qs := [q for q in form.getlist("q") if isinstance(q, str)]) > 1:
-                data["q"] = qs
-            return data, files
-        data = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_request", "the body must be a JSON object (or a form) with q, source, target")
-    return data, {}
-
-
 def _validate(model: type[BaseModel], data: dict, fields: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:5])
-        raise ApiError(400, "invalid_request", f"invalid request: {problems} (fields: {fields})") from None
+        why = describe_validation(e, most=5)
+        raise ApiError(400, "invalid_request", f"invalid request: {why} (fields: {fields})") from None
 
 
 def _detected(d: DetectedLanguage | None) -> dict:
@@ -95,7 +76,7 @@ async def _translate_html(translator: Translator, doc: str, source: str, target:
 async def translate(
     request: Request, translator: TranslatorDep, settings: SettingsDep, key: HeaderKeyDep, quotas: QuotasDep
 ) -> JSONResponse:
-    data, _ = await _form_or_json(request)
+    data, _ = await read_body(request, repeatable=["q"], expects="q, source, target")
     body: LibreTranslateRequest = _validate(LibreTranslateRequest, data, "q, source, target, format, alternatives")
     check_api_key(settings, body.api_key or key)
     texts = [body.q] if isinstance(body.q, str) else body.q
@@ -132,7 +113,7 @@ async def translate(
 async def detect(
     request: Request, translator: TranslatorDep, settings: SettingsDep, key: HeaderKeyDep, quotas: QuotasDep
 ) -> list:
-    data, _ = await _form_or_json(request)
+    data, _ = await read_body(request, repeatable=["q"], expects="q, source, target")
     body: LibreTranslateDetectRequest = _validate(LibreTranslateDetectRequest, data, "q")
     check_api_key(settings, body.api_key or key)
     texts = [body.q] if isinstance(body.q, str) else body.q
@@ -164,7 +145,7 @@ def _file_store(request: Request) -> FileStore:
 async def translate_file_route(
     request: Request, translator: TranslatorDep, settings: SettingsDep, key: HeaderKeyDep, quotas: QuotasDep
 ) -> dict:
-    data, files = await _form_or_json(request)
+    data, files = await read_body(request, repeatable=["q"], expects="q, source, target")
     check_api_key(settings, data.get("api_key") or key)
     upload = files.get("file")
     if upload is None or not upload.filename:

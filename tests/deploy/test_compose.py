@@ -1,15 +1,19 @@
-"""docker-compose.yml, without a Docker engine: interpolated the way Compose does it, validated against the
-Compose Specification's JSON schema (vendored by PyPI ``check-jsonschema``), and cross-checked against the
-Dockerfile (targets, port), the gateway settings (MOE_* variables), the Prometheus config (promtool) and the
-files it mounts from deploy/."""
+"""docker-compose.yml, without a Docker engine: rendered by Compose itself (``docker compose config``, the
+Compose v2 CLI plugin, which interpolates, merges and normalises without a daemon; .ci/run installs it), with
+the variables each test sets and nothing else; validated against the Compose Specification's JSON schema
+(vendored by PyPI ``check-jsonschema``) and cross-checked against the Dockerfile (targets, port), the gateway
+settings (MOE_* variables), the Prometheus config (promtool) and the files it mounts from deploy/."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import subprocess
 import tomllib
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,58 +37,52 @@ GATEWAYS = {"gateway": "cpu", "gateway-gpu": "gpu"}  # service -> Dockerfile tar
 REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "secret"}
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
-_VAR = re.compile(r"\$(?:\$|\{(?P<braced>[^}]+)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+
+@functools.cache
+def docker_compose() -> str:
+    """The docker CLI with its Compose v2 plugin: skip when missing, but fail in CI (as ``need_tool``)."""
+    docker = need_tool("docker", "the Docker CLI; `docker compose` is its Compose v2 plugin, see .ci/run")
+    version = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
+    if version.returncode != 0:
+        message = f"`docker compose` is not installed (the Compose v2 CLI plugin, see .ci/run): {version.stderr}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return docker
 
 
-class MissingVariable(ValueError):
-    pass
+def render(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``docker compose config`` of the file, every profile, with exactly ``env`` for interpolation (no .env
+    file, none of this process's variables but what the CLI needs to run)."""
+    docker = docker_compose()
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DOCKER_CONFIG")}
+    return subprocess.run(
+        [docker, "compose", "--file", str(COMPOSE), "--project-directory", str(ROOT), "--env-file", os.devnull,
+         "--profile", "*", "config", "--format", "json"],
+        capture_output=True, text=True, env=keep | env, cwd=ROOT,
+    )
 
 
-def interpolate_str(text: str, env: dict[str, str]) -> str:
-    """Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err},
-    ${VAR:+alt}, ${VAR+alt}."""
-
-    def one(m: re.Match) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        if m.group("plain"):
-            return env.get(m.group("plain"), "")
-        spec = m.group("braced")
-        mm = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?+])(.*))?", spec, flags=re.S)
-        assert mm, f"invalid interpolation ${{{spec}}}"
-        name, colon, op, arg = mm.groups()
-        value = env.get(name)
-        is_set = value is not None and (value != "" or not colon)
-        if op is None:
-            return value or ""
-        if op == "-":
-            return value if is_set else interpolate_str(arg, env)
-        if op == "+":
-            return interpolate_str(arg, env) if is_set else ""
-        if not is_set:
-            raise MissingVariable(f"required variable {name} is missing a value: {arg}")
-        return value
-
-    return _VAR.sub(one, text)
-
-
-def interpolate(node: Any, env: dict[str, str]) -> Any:
-    if isinstance(node, str):
-        return interpolate_str(node, env)
-    if isinstance(node, list):
-        return [interpolate(v, env) for v in node]
-    if isinstance(node, dict):
-        return {k: interpolate(v, env) for k, v in node.items()}
-    return node
+@functools.cache
+def _compose(env: tuple[tuple[str, str], ...]) -> str:
+    out = render(dict(env))
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
-    raw = yaml.safe_load(COMPOSE.read_text())  # YAML anchors and merge keys resolved here
-    return interpolate(raw, REQUIRED_ENV | (env or {}))
+    """The file as Compose runs it (long syntax everywhere, paths absolute, sizes in bytes), with the required
+    variables set and ``env``."""
+    return json.loads(_compose(tuple(sorted((REQUIRED_ENV | (env or {})).items()))))
 
 
 def required_variables() -> set[str]:
     return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", COMPOSE.read_text()))
+
+
+def volume(svc: dict[str, Any], target: str) -> dict[str, Any]:
+    (found,) = [v for v in svc["volumes"] if v["target"] == target]
+    return found
 
 
 @pytest.mark.parametrize(
@@ -107,33 +105,40 @@ def test_valid_against_the_compose_specification(env):
     assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
 
 
+def test_variables_reach_the_services():
+    env = {"GATEWAY_PORT": "8080", "MOE_API_KEYS": '["k1"]', "HF_HUB_OFFLINE": "0", "MOE_REGISTRY_DIR": "/data/r"}
+    services = compose(env)["services"]
+    for name in GATEWAYS:
+        assert [(p["published"], p["target"]) for p in services[name]["ports"]] == [("8080", 8000)]
+        assert services[name]["environment"]["MOE_API_KEYS"] == '["k1"]'
+        assert services[name]["environment"]["HF_HUB_OFFLINE"] == "0"
+    assert services["gateway-gpu"]["environment"]["MOE_REGISTRY_DIR"] == "/data/r"
+    defaults = compose()["services"]
+    assert defaults["gateway"]["environment"]["HF_HUB_OFFLINE"] == "1"  # the cpu demo is offline by default
+    assert defaults["gateway-gpu"]["environment"]["HF_HUB_OFFLINE"] == "0"  # the gpu one fetches from the hub
+    assert defaults["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED_ENV["GRAFANA_ADMIN_PASSWORD"]
+
+
 def test_required_variables_fail_loudly_and_are_documented():
     required = required_variables()
     assert required == set(REQUIRED_ENV)
     readme = (ROOT / "deploy" / "README.md").read_text()
     for name in required:
-        with pytest.raises(MissingVariable, match=name):
-            interpolate(yaml.safe_load(COMPOSE.read_text()), {k: v for k, v in REQUIRED_ENV.items() if k != name})
-        with pytest.raises(MissingVariable):
-            interpolate(yaml.safe_load(COMPOSE.read_text()), REQUIRED_ENV | {name: ""})  # `:?`: empty is missing
+        others = {k: v for k, v in REQUIRED_ENV.items() if k != name}
+        for env in (others, others | {name: ""}):  # `:?`: empty is missing too
+            out = render(env)
+            assert out.returncode != 0 and f"required variable {name} is missing a value" in out.stderr, out
         assert name in readme, f"{name} is not explained in deploy/README.md"
-
-
-def test_interpolation_follows_compose_rules():
-    env = {"A": "a", "E": ""}
-    assert interpolate_str("${A:-x} ${E:-x} ${E-x} ${U-x} $$A ${A:+y} ${U:+y}", env) == "a x  x $A y "
-    with pytest.raises(MissingVariable, match="U is missing a value: say so"):
-        interpolate_str("${U:?say so}", env)
 
 
 @pytest.mark.parametrize(("service", "target"), GATEWAYS.items())
 def test_gateway_services_build_the_dockerfile_targets(service, target):
     svc = compose()["services"][service]
-    assert svc["build"] == {"context": ".", "target": target}
+    assert svc["build"] == {"context": str(ROOT), "dockerfile": "Dockerfile", "target": target}
     assert target in [s.name for s in parse()[1]]
     assert svc["image"] == f"moe-specialists:{VERSION}-{target}"
     assert svc["profiles"] == [target]
-    container_ports = {int(p.rsplit(":", 1)[1]) for p in svc["ports"]}
+    container_ports = {p["target"] for p in svc["ports"]}
     assert container_ports == {int(svc["environment"]["MOE_PORT"])} == {int(env_of(target)["MOE_PORT"])}
     assert svc["networks"]["default"]["aliases"] == ["gateway"]
 
@@ -157,8 +162,9 @@ def test_gpu_profile_reserves_an_nvidia_gpu_for_the_gateway():
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and device["count"] == 1
     assert "deploy" not in services["gateway"]
     registry = "/data/registry"
-    volumes = compose({"MOE_REGISTRY_DIR": registry})["services"]["gateway-gpu"]["volumes"]
-    assert f"{registry}:{registry}:ro" in volumes, "registry entries hold absolute paths: same path inside"
+    mount = volume(compose({"MOE_REGISTRY_DIR": registry})["services"]["gateway-gpu"], registry)
+    assert mount["type"] == "bind" and mount["source"] == registry and mount["read_only"], (
+        "registry entries hold absolute paths: the same path inside, read-only")
 
 
 def test_compose_byte_values():
@@ -198,10 +204,9 @@ def test_gateway_stop_grace_outlasts_its_drain(service, monkeypatch):
 
 def test_bind_mounts_exist():
     for name, svc in compose()["services"].items():
-        for volume in svc.get("volumes", []):
-            source = volume.split(":")[0]
-            if source.startswith("./"):
-                assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+        for mount in svc.get("volumes", []):
+            if mount["type"] == "bind" and Path(mount["source"]).is_relative_to(ROOT):
+                assert Path(mount["source"]).exists(), f"{name}: {mount['source']} does not exist"
 
 
 def test_images_are_pinned():
@@ -212,25 +217,27 @@ def test_images_are_pinned():
 
 def test_prometheus_scrapes_the_gateway_and_its_config_is_valid():
     services = compose()["services"]
-    config_mount = next(v for v in services["prometheus"]["volumes"] if "prometheus.yml" in v)
-    host_path, container_path = config_mount.split(":")[:2]
+    config_mount = next(v for v in services["prometheus"]["volumes"] if v["target"].endswith("prometheus.yml"))
+    host_path, container_path = Path(config_mount["source"]), config_mount["target"]
+    assert host_path.is_relative_to(ROOT), f"{host_path}: not a file of this repository"
     assert f"--config.file={container_path}" in services["prometheus"]["command"]
-    config = yaml.safe_load((ROOT / host_path).read_text())
+    config = yaml.safe_load(host_path.read_text())
     (gateway_job,) = [j for j in config["scrape_configs"] if j["job_name"] == "gateway"]
     (target,) = gateway_job["static_configs"][0]["targets"]
     host, port = target.split(":")
     assert host == "gateway" and int(port) == int(services["gateway"]["environment"]["MOE_PORT"])
     promtool = need_tool("promtool", "Debian package `prometheus`")
-    out = subprocess.run([promtool, "check", "config", str(ROOT / host_path)], capture_output=True, text=True)
+    out = subprocess.run([promtool, "check", "config", str(host_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_grafana_gets_the_datasource_and_dashboards():
     services = compose()["services"]
-    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"] if v.startswith("./"))
+    mounts = {v["source"]: v["target"] for v in services["grafana"]["volumes"] if v["type"] == "bind"}
     provisioning = ROOT / "deploy" / "grafana" / "provisioning"
-    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert mounts[str(provisioning)] == "/etc/grafana/provisioning"
     assert sorted(p.name for p in provisioning.iterdir()) == ["dashboards", "datasources"]
-    assert services["grafana"]["depends_on"] == ["prometheus"]
+    assert list(services["grafana"]["depends_on"]) == ["prometheus"]
     (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
-    assert source["url"] == "http://prometheus:9090" and "9090" in services["prometheus"]["ports"][0]
+    assert source["url"] == "http://prometheus:9090"
+    assert [p["target"] for p in services["prometheus"]["ports"]] == [9090]

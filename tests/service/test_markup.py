@@ -72,7 +72,16 @@ def test_texts_of():
     assert texts_of(DOC)[:4] == ["My page", "Hello  world", "The", "cat"]
 
 
-@pytest.mark.parametrize("bad", ["<p>unclosed", "<<<>>>", "</p></div>", "<p a='1>x</p>"])
-def test_broken_html_does_not_raise(bad):
-    out, _ = run(bad, str.upper)
-    assert isinstance(out, str)
+@pytest.mark.parametrize(
+    ("bad", "sent", "expected"),
+    [
+        ("<p>unclosed", ["unclosed"], "<p>UNCLOSED</p>"),  # the element is closed where the document ends
+        ("<<<>>>", ["<<<>>>"], "&lt;&lt;&lt;&gt;&gt;&gt;"),  # no tag: text, translated and written escaped
+        ("</p></div>", [], ""),  # end tags with no start: dropped, nothing to translate
+        # an unterminated attribute value: the would-be start tag is text (escaped), the stray </p> is dropped
+        ("<p a='1>x</p>", ["<p a='1>x"], "&lt;P A='1&gt;X"),
+    ],
+)
+def test_broken_html_is_read_as_the_parser_reads_it(bad, sent, expected):
+    out, calls = run(bad, str.upper)
+    assert out == expected and calls == ([sent] if sent else [])

@@ -1,25 +1,26 @@
-"""Graceful shutdown of a real gateway process (``python -m moe_specialists.service.cli``: uvicorn and an
-in-process vLLM CPU engine of a tiny model that never stops before max_tokens). On SIGTERM mid-stream:
-/readyz turns 503 at once, new requests get 503, the stream in flight finishes, then the process and its
-engine core exit."""
+"""Graceful shutdown of a real gateway process, started as users start it (``moe-specialists serve -s ...``, the
+console script of this environment: typer, uvicorn and an in-process vLLM CPU engine of a tiny model that never
+stops before max_tokens). On SIGTERM mid-stream: /readyz turns 503 at once, new requests get 503, the stream in
+flight finishes, then the process and its engine core exit."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.service.conftest import READY_TIMEOUT_S, free_port
 from tests.tiny import save_endless
 
-pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(READY_TIMEOUT_S + 180)]
 
 LONG = 4000  # tokens: about 10 s of generation here (the model never ends early), so the checks made while
 # it runs still find it running when this process is slowed down by a busy machine
@@ -32,17 +33,19 @@ def model_dir(tmp_path_factory):
 
 
 def start_gateway(model_dir, log, **env) -> tuple[subprocess.Popen, str]:
+    """``moe-specialists serve -s en-de=MODEL:en-de --port P`` (the rest as MOE_* variables: settings the command
+    has no option for), once /readyz says ready."""
     port = free_port()
-    spec = {"name": "en-de", "path": str(model_dir), "directions": ["en-de"]}
     variables = {
-        "MOE_SPECIALISTS": json.dumps([spec]), "MOE_PORT": str(port), "MOE_DTYPE": "float32",
-        "MOE_MAX_MODEL_LEN": str(MAX_MODEL_LEN), "MOE_ENFORCE_EAGER": "true", "MOE_MAX_TOKENS_LIMIT": str(LONG),
-        "MOE_ACCESS_LOG": "false", "MOE_GPU_MEMORY_SHARE": "0.5", **env,
+        "MOE_DTYPE": "float32", "MOE_MAX_MODEL_LEN": str(MAX_MODEL_LEN), "MOE_ENFORCE_EAGER": "true",
+        "MOE_MAX_TOKENS_LIMIT": str(LONG), "MOE_ACCESS_LOG": "false", "MOE_GPU_MEMORY_SHARE": "0.5", **env,
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
+    command = [str(Path(sys.executable).parent / "moe-specialists"), "serve", "-s", f"en-de={model_dir}:en-de",
+               "--port", str(port)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moe_specialists.service.cli"], stdout=out,
-                                stderr=subprocess.STDOUT, env={**base, **variables}, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**base, **variables},
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
@@ -57,11 +60,15 @@ def start_gateway(model_dir, log, **env) -> tuple[subprocess.Popen, str]:
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a process of the group still runs. A zombie has exited: it waits for its reaper (this test
+    session, a subreaper, for the gateway's orphaned engine processes), so it does not count."""
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 def test_sigterm_drains_in_flight_then_exits(model_dir, tmp_path):
@@ -99,7 +106,7 @@ def test_sigterm_drains_in_flight_then_exits(model_dir, tmp_path):
         exited = time.monotonic() - signalled
         deadline = time.monotonic() + 15
         while group_alive(proc.pid):  # the engine core and its worker exit too
-            assert time.monotonic() < deadline, subprocess.run(["ps", "-g", str(proc.pid), "-o", "pid,cmd"],
+            assert time.monotonic() < deadline, subprocess.run(["ps", "-g", str(proc.pid), "-o", "pid,stat,cmd"],
                                                                 capture_output=True, text=True).stdout
             time.sleep(0.2)
         print(f"stream finished {streamed_for:.2f} s after SIGTERM; process exited after {exited:.2f} s")
