@@ -48,19 +48,22 @@ MIB = 2**20
 def checkpoint_parameters(path: Path) -> dict[str, int]:
     """Parameters of a checkpoint folder: all, expert tensors, router rows, and experts kept (over all layers)."""
     from moe_specialists.models.adapters import adapter_for
-    from moe_specialists.models.checkpoint import read_config, read_header, shard_files, stored_parameters
+    from moe_specialists.models.checkpoint import header_entries, read_config, weight_totals
 
     config = read_config(path)
     adapter = adapter_for(config)
-    out = {"parameters": 0, "expert": 0, "router": 0, "experts_kept": sum(adapter.experts_per_layer(config))}
-    for shard in shard_files(path):
-        for name, info in read_header(shard).items():
-            n = stored_parameters(name, info["shape"])
-            out["parameters"] += n
-            role = adapter.tensor_role(name)
-            if role is not None:
-                out["router" if role.kind == "router" else "expert"] += n
-    return out
+    entries = list(header_entries(path))
+
+    def kind(name: str) -> str | None:
+        role = adapter.tensor_role(name)
+        return None if role is None else "router" if role.kind == "router" else "expert"
+
+    return {
+        "parameters": weight_totals(entries)[0],
+        "expert": weight_totals(entries, lambda name, _: kind(name) == "expert")[0],
+        "router": weight_totals(entries, lambda name, _: kind(name) == "router")[0],
+        "experts_kept": sum(adapter.experts_per_layer(config)),
+    }
 
 
 def build_specialists(tmp: Path, drops: list[int], stats_path: Path | None, data: Path, languages: list[str],

@@ -16,7 +16,6 @@ Per family, prints:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
 import time
@@ -25,8 +24,7 @@ from pathlib import Path
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from safetensors import safe_open  # noqa: E402
-
+from moe_specialists.models.checkpoint import header_entries, weight_totals  # noqa: E402
 from moe_specialists.models.generation import vllm_engine  # noqa: E402
 from moe_specialists.models.random_tiny import TINY_ENGINE, build_tiny  # noqa: E402
 from moe_specialists.pruning.collect_vllm import WORKER_EXTENSION, stats_engine_args  # noqa: E402
@@ -35,12 +33,7 @@ SPECIALIST = [12, 6, 8, 6]  # 32 of 4 x 16 experts: 50% pruned, non-uniform
 
 
 def checkpoint_parameters(path: Path) -> int:
-    total = 0
-    for file in path.glob("*.safetensors"):
-        with safe_open(file, "pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                total += math.prod(f.get_slice(name).get_shape())
-    return total
+    return weight_totals(header_entries(path))[0]
 
 
 def start_and_measure(path: Path, eager: bool) -> dict[str, float]:

@@ -13,13 +13,14 @@ A third family (Mixtral, OLMoE, ...) is one more ``FamilyAdapter`` instance.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from moe_specialists.models.checkpoint import read_config
 
 # config.json key holding the per-layer expert counts of a pruned specialist (one entry per decoder layer,
 # 0 for dense layers).
@@ -191,16 +192,15 @@ ADAPTERS: dict[str, FamilyAdapter] = {a.model_type: a for a in (QWEN3_MOE, GPT_O
 def find_config(ref: str, revision: str | None = None) -> dict[str, Any] | None:
     """config.json of a local model folder, or of a hub id found in the local hub cache (nothing is
     downloaded); None when it is neither."""
-    path = Path(ref) / "config.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    if (Path(ref) / "config.json").is_file():
+        return read_config(Path(ref))
     try:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(str(ref), "config.json", revision=revision)
     except Exception:  # not a valid hub id (e.g. a local path that is gone)
         return None
-    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+    return read_config(Path(cached).parent) if isinstance(cached, str) else None
 
 
 def adapter_for(config: Any) -> FamilyAdapter:

@@ -37,7 +37,7 @@ from moe_specialists.models.checkpoint import (
     read_header_and_start,
     resolve_model,
     shard_files,
-    stored_parameters,
+    weight_totals,
 )
 from moe_specialists.models.plan import Plan
 
@@ -327,8 +327,7 @@ def apply_plan(
     kept_by_layer = dict(zip(plan.layers, plan.kept, strict=True))
     layouts = [read_shard_layout(s) for s in shard_files(base_dir)]  # truncated files refused here
     fmt = storage_format(config, layouts)
-    base_bytes = sum(i["data_offsets"][1] - i["data_offsets"][0] for lay in layouts for i in lay.tensors.values())
-    base_params = sum(stored_parameters(n, i["shape"]) for lay in layouts for n, i in lay.tensors.items())
+    base_params, base_bytes = weight_totals(entry for lay in layouts for entry in lay.tensors.items())
     check_same_storage(plan, base_bytes, base_params, fmt, verify)
     if verify:
         for lay in layouts:

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,15 +62,21 @@ def resolve_model(ref: str | Path, revision: str | None = None) -> tuple[Path, s
     return folder, folder.name
 
 
-def read_config(model_dir: Path) -> dict[str, Any]:
+class NoConfigError(FileNotFoundError, ValueError):
+    """A folder without config.json: a missing file, and a model argument that is not a model."""
+
+
+def read_config(model_dir: Path, hint: str = "not a transformers model folder") -> dict[str, Any]:
+    """config.json of a model folder; NoConfigError ``<folder> has no config.json: <hint>`` without one."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise ValueError(f"{model_dir} has no config.json: not a transformers model folder")
+        raise NoConfigError(f"{model_dir} has no config.json: {hint}")
     return json.loads(path.read_text())
 
 
-def is_mxfp4(config: dict[str, Any]) -> bool:
-    """Whether config.json says the experts are MXFP4 (gpt-oss as released)."""
+def is_mxfp4(config: Mapping[str, Any]) -> bool:
+    """Whether a config says the experts are MXFP4 (gpt-oss as released): config.json, or a transformers
+    config's ``to_dict()`` (which turns its quantization config object into a dict)."""
     return (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
 
 
@@ -130,6 +136,29 @@ def stored_parameters(name: str, shape: list[int]) -> int:
     return n
 
 
+def header_entries(model_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, header entry) of every tensor of a checkpoint, shard by shard; no tensor data is read."""
+    for shard in shard_files(model_dir):
+        yield from read_header(shard).items()
+
+
+def weight_totals(
+    entries: Iterable[tuple[str, dict[str, Any]]], share: Callable[[str, dict[str, Any]], float] | None = None
+) -> tuple[int, int]:
+    """(parameters, weight bytes) of safetensors header entries: parameters = sum of ``stored_parameters``,
+    bytes = sum of ``data_offsets[1] - data_offsets[0]`` (headers and padding excluded). ``share(name, entry)``
+    weighs each tensor (a fraction kept, or 0/1 to select; each term rounded); None counts all of each."""
+    params = nbytes = 0
+    for name, info in entries:
+        p, (start, end) = stored_parameters(name, info["shape"]), info["data_offsets"]
+        if share is None:
+            params, nbytes = params + p, nbytes + end - start
+        else:
+            s = share(name, info)
+            params, nbytes = params + round(p * s), nbytes + round((end - start) * s)
+    return params, nbytes
+
+
 def checkpoint_summary(model_dir: Path, adapter: FamilyAdapter | None = None, hashes: bool = True) -> dict[str, Any]:
     """Parameters and bytes of a checkpoint, per-expert parameters of each MoE layer, and file hashes."""
     from moe_specialists.models.adapters import adapter_for  # torch: only when a checkpoint is summarised
@@ -137,16 +166,12 @@ def checkpoint_summary(model_dir: Path, adapter: FamilyAdapter | None = None, ha
     config = read_config(model_dir)
     adapter = adapter or adapter_for(config)
     counts = adapter.experts_per_layer(config)
-    total = weight_bytes = 0
+    entries = list(header_entries(model_dir))
+    total, weight_bytes = weight_totals(entries)
     expert_params = [0] * len(counts)  # parameters of all experts (+ router rows) of each decoder layer
-    for shard in shard_files(model_dir):
-        for name, info in read_header(shard).items():
-            p = stored_parameters(name, info["shape"])
-            total += p
-            weight_bytes += info["data_offsets"][1] - info["data_offsets"][0]
-            role = adapter.tensor_role(name)
-            if role is not None:
-                expert_params[role.layer] += p
+    for name, info in entries:
+        if (role := adapter.tensor_role(name)) is not None:
+            expert_params[role.layer] += stored_parameters(name, info["shape"])
     per_expert = [expert_params[i] // counts[i] if counts[i] else 0 for i in range(len(counts))]
     files = sorted(p for p in Path(model_dir).iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
     return {
@@ -185,7 +210,7 @@ def check_same_tensors(saved: Path, reference: Path, same_storage: bool = True) 
     its shape too; otherwise MXFP4 ``*_blocks``/``*_scales`` and plain tensors count as one name, with the
     same size on dim 0: the expert count). The error names what is missing or wrong."""
     def tensors(folder: Path) -> dict[str, list[int]]:
-        return {k: v["shape"] for f in shard_files(folder) for k, v in read_header(f).items()}
+        return {k: v["shape"] for k, v in header_entries(folder)}
 
     got, want = tensors(saved), tensors(reference)
     if not same_storage:

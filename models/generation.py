@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from moe_specialists.models.checkpoint import is_mxfp4, read_config
+from moe_specialists.models.checkpoint import is_mxfp4, read_config, resolve_model
 
 
 @dataclass(frozen=True)
@@ -188,15 +188,19 @@ def vllm_serving_problem(config: dict[str, Any], cuda: bool, amx: bool) -> str |
     return None
 
 
+class VllmCannotServe(ValueError):
+    """vLLM has no way to run this checkpoint on this machine (``vllm_serving_problem``): no retry can help."""
+
+
 def check_vllm_can_serve(model: str | Path) -> None:
-    """ValueError with ``vllm_serving_problem``'s reason for a local checkpoint folder on this machine (a hub id
-    is left to vLLM)."""
+    """``VllmCannotServe`` with ``vllm_serving_problem``'s reason for a local checkpoint folder on this machine (a
+    hub id is left to vLLM; an unreadable config.json raises its own error)."""
     if not (Path(model) / "config.json").is_file():
         return
     problem = vllm_serving_problem(read_config(Path(model)), torch.cuda.is_available(),
                                    torch.cpu._is_amx_tile_supported())
     if problem:
-        raise ValueError(f"vLLM cannot serve {model} here: {problem}")
+        raise VllmCannotServe(f"vLLM cannot serve {model} here: {problem}")
 
 
 @contextlib.contextmanager
@@ -307,11 +311,13 @@ def open_generator(
     experts_implementation: str | None = None,
     device: str = "cpu",
 ) -> Generator:
-    """The generator of ``backend`` on ``model_dir`` (``experts_implementation`` and ``device``: transformers
-    only). Close it (or use it as a context manager) when done."""
+    """The generator of ``backend`` on ``model_dir`` (a folder, the bundled translator's id or a hub id:
+    ``resolve_model``; ``experts_implementation`` and ``device``: transformers only). Close it (or use it as a
+    context manager) when done."""
+    if backend not in ("transformers", "vllm"):
+        raise ValueError(f"unknown backend {backend!r}; choose 'transformers' or 'vllm'")
+    model_dir, _ = resolve_model(model_dir)
     if backend == "transformers":
         return TransformersGenerator.load(model_dir, dtype, device, batch_size, experts_implementation)
-    if backend == "vllm":
-        require_vllm()
-        return VllmGenerator(model_dir, dtype=dtype)
-    raise ValueError(f"unknown backend {backend!r}; choose 'transformers' or 'vllm'")
+    require_vllm()
+    return VllmGenerator(model_dir, dtype=dtype)

@@ -1,15 +1,15 @@
 """transformers classes for pruned MoE specialists (per-layer expert counts): Qwen3-MoE and GPT-OSS.
 
-SELF-CONTAINED on purpose (it imports only torch and transformers): ``apply`` copies this file into every
-specialist folder and config.json's ``auto_map`` names it, so
+SELF-CONTAINED on purpose (it imports only torch, transformers and safetensors): ``apply`` copies this file into
+every specialist folder and config.json's ``auto_map`` names it, so
 ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` works where moe-specialists is not
 installed. Inside the project, ``models.pruned`` registers the same classes with the Auto classes.
 
 Each class is the family's own causal LM with every MoE block rebuilt from a copy of the config whose scalar
 expert count is that layer's count (config.json ``num_experts_per_layer[l]``, 0 for dense layers). Nothing
 else changes, so transformers' standard loading (on-disk -> fused experts conversion, MXFP4 dequantization)
-loads the sliced weights. Loading from a local folder first compares the safetensors headers with the
-per-layer counts and refuses a disagreement, naming the layer, the numbers and the tensor.
+loads the sliced weights. Loading from a local folder first compares the tensor shapes (safetensors' own reader)
+with the per-layer counts and refuses a disagreement, naming the layer, the numbers and the tensor.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import copy
 import json
 import os
 import re
-import struct
 from typing import Any
 
+from safetensors import safe_open
 from torch import nn
 from transformers import GptOssConfig, GptOssForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
@@ -32,22 +32,6 @@ _PACKED = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.experts\.(?:gate_up_proj|down
 _PER_EXPERT = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.experts\.(\d+)\.")
 
 
-def moe_layers(config: Any) -> list[int]:
-    """Decoder layers holding an MoE block (Qwen3: not in mlp_only_layers and (i+1) % decoder_sparse_step == 0)."""
-    n = int(config.num_hidden_layers)
-    if config.model_type == "qwen3_moe":
-        dense = set(getattr(config, "mlp_only_layers", None) or [])
-        step = int(getattr(config, "decoder_sparse_step", None) or 1)
-        return [i for i in range(n) if i not in dense and (i + 1) % step == 0]
-    return list(range(n))
-
-
-def num_experts(config: Any) -> int:
-    """The scalar expert count (the max of the per-layer counts in a specialist)."""
-    value = getattr(config, "num_local_experts", None)
-    return int(value if value is not None else config.num_experts)
-
-
 def layer_config(config: Any, count: int) -> Any:
     """A copy of ``config`` whose scalar expert count is ``count``."""
     out = copy.deepcopy(config)
@@ -55,27 +39,28 @@ def layer_config(config: Any, count: int) -> Any:
     return out
 
 
-def check_expert_counts(config: Any) -> list[int]:
-    """Validate ``num_experts_per_layer`` against the config; return it (uniform when absent)."""
-    n_layers, k = config.num_hidden_layers, config.num_experts_per_tok
-    full, moe = num_experts(config), moe_layers(config)
+def expert_counts(config: Any) -> list[int] | None:
+    """``num_experts_per_layer`` checked against the config (one entry per decoder layer, each 0 for a dense
+    layer or top-k <= count <= ``num_local_experts``), None when the config has none. ``num_local_experts``
+    is transformers' own name of the scalar count in both families (Qwen3-MoE maps num_experts to it)."""
     counts = getattr(config, EXPERTS_PER_LAYER_KEY, None)
     if counts is None:
-        return [full if i in moe else 0 for i in range(n_layers)]
+        return None
     counts = [int(c) for c in counts]
+    n_layers, k, full = config.num_hidden_layers, config.num_experts_per_tok, config.num_local_experts
     if len(counts) != n_layers:
         raise ValueError(f"{EXPERTS_PER_LAYER_KEY} has {len(counts)} entries, the model has {n_layers} layers")
-    for i in moe:
-        if not k <= counts[i] <= full:
+    for i, c in enumerate(counts):
+        if c and not k <= c <= full:
             raise ValueError(
-                f"layer {i} keeps {counts[i]} experts; each MoE layer needs top-k={k} <= count <= "
+                f"layer {i} keeps {c} experts; each MoE layer needs top-k={k} <= count <= "
                 f"{full} (the scalar expert count, the max of {EXPERTS_PER_LAYER_KEY})"
             )
     return counts
 
 
-def _headers(folder: str) -> dict[str, list[int]]:
-    """Tensor name -> shape, from the safetensors headers of a local checkpoint (no tensor data read)."""
+def _shapes(folder: str) -> dict[str, list[int]]:
+    """Tensor name -> shape of a local checkpoint, from safetensors' own reader (no tensor data read)."""
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index) as f:
@@ -84,18 +69,15 @@ def _headers(folder: str) -> dict[str, list[int]]:
         files = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
     shapes: dict[str, list[int]] = {}
     for name in files:
-        with open(os.path.join(folder, name), "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        shapes.update({k: v["shape"] for k, v in header.items()})
+        with safe_open(os.path.join(folder, name), "pt") as f:
+            shapes.update({k: list(f.get_slice(k).get_shape()) for k in f.keys()})  # noqa: SIM118 (not a dict)
     return shapes
 
 
 def check_tensors(shapes: dict[str, list[int]], config: Any) -> None:
     """Refuse tensors that disagree with ``num_experts_per_layer``: router rows and expert stacks must hold
     c_l experts on dim 0, per-expert tensors must be numbered exactly 0..c_l-1."""
-    counts = check_expert_counts(config)
+    counts = expert_counts(config) or [config.num_local_experts] * config.num_hidden_layers
     seen: dict[int, set[int]] = {}
 
     def mismatch(layer: int, what: str) -> ValueError:
@@ -120,12 +102,21 @@ def check_tensors(shapes: dict[str, list[int]], config: Any) -> None:
 
 
 def rebuild_moe_blocks(model: nn.Module, block_cls: type[nn.Module]) -> None:
-    """Replace every MoE block whose layer keeps fewer experts than the scalar count."""
+    """Replace every MoE block whose layer keeps fewer experts than the scalar count. Which layers are MoE
+    layers is transformers' own choice: those its decoder layers built a ``block_cls`` for."""
     config = model.config
-    counts, full = check_expert_counts(config), num_experts(config)
-    for i in moe_layers(config):
-        if counts[i] != full:
-            model.model.layers[i].mlp = block_cls(layer_config(config, counts[i]))
+    counts = expert_counts(config)
+    if counts is None:
+        return
+    for i, layer in enumerate(model.model.layers):
+        moe = isinstance(layer.mlp, block_cls)
+        if moe != (counts[i] > 0):
+            raise ValueError(
+                f"{EXPERTS_PER_LAYER_KEY}[{i}] = {counts[i]}, but layer {i} is "
+                f"{'an MoE layer (it needs top-k or more experts)' if moe else 'dense in this config (0 experts)'}"
+            )
+        if moe and counts[i] != config.num_local_experts:
+            layer.mlp = block_cls(layer_config(config, counts[i]))
 
 
 class _ChecksTensors:
@@ -138,7 +129,7 @@ class _ChecksTensors:
             config = kwargs.get("config")
             if not isinstance(config, cls.config_class):
                 config = cls.config_class.from_pretrained(path)
-            check_tensors(_headers(path), config)
+            check_tensors(_shapes(path), config)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 

@@ -29,7 +29,14 @@ from safetensors import safe_open
 
 from moe_specialists.models.adapters import FamilyAdapter, adapter_for
 from moe_specialists.models.apply import check_plan_matches
-from moe_specialists.models.checkpoint import file_sha256, read_config, resolve_model, shard_files
+from moe_specialists.models.checkpoint import (
+    file_sha256,
+    header_entries,
+    read_config,
+    resolve_model,
+    shard_files,
+    weight_totals,
+)
 from moe_specialists.models.plan import Plan
 
 PLAN_KEPT_KEY = "plan_kept_experts"  # config.json of a plan view: {"<layer>": [original expert ids]}
@@ -184,22 +191,16 @@ def kept_weight_stats(base_dir: Path, kept_by_layer: dict[int, list[int]]) -> tu
     """(parameters, weight bytes) of the specialist that ``kept_by_layer`` cuts from ``base_dir``, from the
     base's safetensors headers alone: a stacked expert tensor or router counts len(kept) / E of its size, a
     per-expert tensor counts when its expert is kept: the numbers of the sliced copy."""
-    from moe_specialists.models.checkpoint import read_header, stored_parameters
-
     adapter = adapter_for(read_config(base_dir))
-    params = nbytes = 0
-    for shard in shard_files(base_dir):
-        for name, info in read_header(shard).items():
-            role = adapter.tensor_role(name)
-            share = 1.0
-            if role is not None and role.layer in kept_by_layer:
-                kept = kept_by_layer[role.layer]
-                stacked = role.kind in ("router", "packed")
-                share = len(kept) / info["shape"][0] if stacked else float(role.expert in kept)
-            start, end = info["data_offsets"]
-            params += round(stored_parameters(name, info["shape"]) * share)
-            nbytes += round((end - start) * share)
-    return params, nbytes
+
+    def share(name: str, info: dict[str, Any]) -> float:
+        role = adapter.tensor_role(name)
+        if role is None or role.layer not in kept_by_layer:
+            return 1.0
+        kept = kept_by_layer[role.layer]
+        return len(kept) / info["shape"][0] if role.kind in ("router", "packed") else float(role.expert in kept)
+
+    return weight_totals(header_entries(base_dir), share)
 
 
 def plan_file_of(path: Path) -> Path | None:
@@ -210,7 +211,7 @@ def plan_file_of(path: Path) -> Path | None:
     if not (path / "plan.json").is_file() or not (path / "config.json").is_file():
         return None
     try:
-        config = json.loads((path / "config.json").read_text())
+        config = read_config(path)
     except (OSError, ValueError):  # a broken folder is the engine's to report (/readyz), not a plan
         return None
     return path / "plan.json" if PLAN_KEPT_KEY in config else None

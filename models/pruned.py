@@ -23,7 +23,8 @@ from transformers import (
 )
 
 from moe_specialists.models import modeling_pruned
-from moe_specialists.models.adapters import GPT_OSS, QWEN3_MOE, FamilyAdapter
+from moe_specialists.models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter
+from moe_specialists.models.checkpoint import is_mxfp4
 from moe_specialists.models.modeling_pruned import PrunedGptOssForCausalLM, PrunedQwen3MoeForCausalLM
 
 # The classes live in modeling_pruned.py, which imports nothing of this project: `apply` copies it into
@@ -37,9 +38,17 @@ def layer_config(config, adapter: FamilyAdapter, num_experts: int):
 
 
 def check_expert_counts(config, adapter: FamilyAdapter) -> list[int]:
-    """Validate ``num_experts_per_layer`` against the config; return it."""
-    counts = modeling_pruned.check_expert_counts(config)
-    assert counts == adapter.experts_per_layer(config)
+    """``num_experts_per_layer`` validated (``modeling_pruned.expert_counts``: one per layer, 0 or top-k..E),
+    each MoE layer of the family keeping experts and each dense layer none; uniform when absent."""
+    counts = modeling_pruned.expert_counts(config)
+    if counts is None:
+        return adapter.experts_per_layer(config)
+    moe = set(adapter.moe_layers(config))
+    if wrong := [i for i, c in enumerate(counts) if (i in moe) != (c > 0)]:
+        raise ValueError(
+            f"{EXPERTS_PER_LAYER_KEY} {counts} disagrees with the config's MoE layers {sorted(moe)} in layers "
+            f"{wrong}: an MoE layer keeps top-k or more experts, a dense layer 0"
+        )
     return counts
 
 
@@ -94,10 +103,7 @@ def loading_policy(config: Any, experts_implementation: str | None = None) -> di
     from transformers import Mxfp4Config
 
     extra: dict[str, Any] = {"experts_implementation": experts_implementation} if experts_implementation else {}
-    quantization = getattr(config, "quantization_config", None) or {}
-    if not isinstance(quantization, dict):
-        quantization = quantization.to_dict()
-    if quantization.get("quant_method") == "mxfp4":
+    if is_mxfp4(config.to_dict()):
         extra["quantization_config"] = Mxfp4Config(dequantize=True)
     return extra
 

@@ -145,7 +145,8 @@ def test_vllm_serves_a_plan_view_like_the_sliced_copy(base_and_copy, tmp_path):
 
 def test_bytes_and_parameters_are_the_sliced_copys(base_and_copy, tmp_path):
     from moe_specialists.models.plan_loading import kept_weight_stats
-    from moe_specialists.models.registry import Registry, weight_stats
+    from moe_specialists.models.registry.entries import weight_stats
+    from moe_specialists.models.registry.store import Registry
 
     base, plan, copy = base_and_copy
     assert kept_weight_stats(base, _kept(plan)) == weight_stats(copy)

@@ -63,3 +63,38 @@ def test_pruned_classes_take_the_fast_expert_kernels(tmp_path, family, kernel):
     (logits, grad), (fast_logits, fast_grad) = results
     torch.testing.assert_close(fast_logits, logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast_grad, grad, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_layers_keep_no_experts():
+    """Which layers are MoE layers: transformers' decoder layers decide (modeling_pruned), the family adapter
+    says the same to vLLM (``check_expert_counts``); a count for a dense layer, or none for an MoE layer, is
+    refused naming the layer."""
+    from moe_specialists.models.adapters import QWEN3_MOE
+    from moe_specialists.models.pruned import check_expert_counts
+
+    model = build_model("qwen3_moe", counts=[16, 0, 11, 4], mlp_only_layers=[1])
+    assert [model.model.layers[i].mlp.experts.num_experts for i in (0, 2, 3)] == [16, 11, 4]
+    assert not hasattr(model.model.layers[1].mlp, "experts")
+    assert check_expert_counts(model.config, QWEN3_MOE) == [16, 0, 11, 4]
+    with pytest.raises(ValueError, match=r"num_experts_per_layer\[1\] = 6, but layer 1 is dense"):
+        build_model("qwen3_moe", counts=[16, 6, 11, 4], mlp_only_layers=[1])
+    with pytest.raises(ValueError, match=r"num_experts_per_layer\[2\] = 0, but layer 2 is an MoE layer"):
+        build_model("qwen3_moe", counts=[16, 6, 0, 4])
+    wrong = tiny_config("qwen3_moe", counts=[16, 6, 11, 4], mlp_only_layers=[1])
+    with pytest.raises(ValueError, match=r"disagrees with the config's MoE layers \[0, 2, 3\] in layers \[1\]"):
+        check_expert_counts(wrong, QWEN3_MOE)
+    assert check_expert_counts(tiny_config("qwen3_moe", mlp_only_layers=[1]), QWEN3_MOE) == [16, 0, 16, 16]
+
+
+def test_mxfp4_checkpoints_are_loaded_dequantized():
+    from transformers import GptOssConfig, Mxfp4Config, Qwen3MoeConfig
+
+    from moe_specialists.models.pruned import loading_policy
+
+    policy = loading_policy(GptOssConfig(quantization_config={"quant_method": "mxfp4"}), "grouped_mm")
+    assert isinstance(policy["quantization_config"], Mxfp4Config) and policy["quantization_config"].dequantize
+    assert policy["experts_implementation"] == "grouped_mm"
+    config = GptOssConfig()
+    config.quantization_config = Mxfp4Config()  # an object, as transformers keeps it once loaded
+    assert "quantization_config" in loading_policy(config)
+    assert loading_policy(Qwen3MoeConfig()) == {}
