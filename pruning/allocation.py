@@ -9,9 +9,8 @@ N MoE layers of E experts, top-k = k, average drop d: the budget is B = N * (E -
 
 from __future__ import annotations
 
-import math
-
 from moe_specialists.models.plan import Allocation
+from moe_specialists.models.rounding import hamilton_round
 
 ALLOCATIONS: tuple[str, ...] = ("uniform", "dynamic", "inverse-dynamic")
 
@@ -46,18 +45,6 @@ def capped_proportional(weights: list[float], budget: float, low: float, high: f
         remaining = overflow
         active = [i for i in active if caps[i] < high]
     return caps
-
-
-def hamilton_round(values: list[float], total: int) -> list[int]:
-    """Largest-remainder rounding: floor each value, then give the leftover units to the largest fractional
-    parts (ties to the lower index). The result sums to ``total`` (= round(sum(values)))."""
-    floors = [math.floor(v + 1e-9) for v in values]
-    leftover = total - sum(floors)
-    assert 0 <= leftover <= len(values), (values, total)
-    order = sorted(range(len(values)), key=lambda i: (-(values[i] - floors[i]), i))
-    for i in order[:leftover]:
-        floors[i] += 1
-    return floors
 
 
 def allocate(

@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from moe_specialists.pruning.config import (
     ModelRef,
 )
 from moe_specialists.pruning.data import DEFAULT_DATA, read_parallel
-from moe_specialists.pruning.quality import SegmentScorer, classify, corpus_scores, segment_mean
+from moe_specialists.pruning.quality import Degeneracy, SegmentScorer, classify, corpus_scores, segment_mean
 
 
 def parse_directions(directions: Sequence[str | tuple[str, str]]) -> list[tuple[str, str]]:
@@ -103,6 +104,51 @@ class EvalResults(BaseModel):
         rows = [self.directions[d] for d in (directions or list(self.directions))]
         return statistics.fmean(getattr(r, key) for r in rows)
 
+@dataclass(frozen=True)
+class Scored:
+    """One pass of ``translate_and_score``: the hypotheses as scored ("" for a degenerate output), why each
+    output is degenerate (None: usable), how many hit their token budget without an end marker, and the
+    corpus scores."""
+
+    hypotheses: list[str]
+    kinds: list[Degeneracy | None]
+    truncated: int
+    chrf: float
+    bleu: float
+
+    @property
+    def degenerate(self) -> dict[str, int]:
+        """kind -> count, every kind present."""
+        return {kind: self.kinds.count(kind) for kind in ("empty", "loop", "residue")}
+
+
+def translate_and_score(
+    generator: Generator,
+    source: str,
+    target: str,
+    sources: list[str],
+    references: list[str],
+    temperature: float = 0.0,
+    seed: int = 0,
+    max_new_tokens: int = 256,
+    length_ratio: float = 2.0,
+) -> Scored:
+    """THE translate-and-score step of evaluation, recovery's dev chrF and the tiny translator's training job:
+    ``sources`` rendered with ``models.prompts.render``, generated (greedy at temperature 0) with at most
+    ``min(max_new_tokens, length_ratio * source tokens + 16)`` new tokens each, every output read with the
+    gateway's extractor and classified (``quality.classify``: a degenerate one is scored as an EMPTY
+    hypothesis), and the corpus scored against ``references`` (``quality.corpus_scores``: chrF, BLEU)."""
+    tokenizer = generator.tokenizer
+    prompts = [render(tokenizer, source, target, s) for s in sources]
+    lengths = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in sources]
+    budgets = [min(max_new_tokens, int(length_ratio * n) + 16) for n in lengths]
+    outputs = generator.generate(prompts, budgets, temperature, seed)
+    classified = [classify(g.text, generator.end_markers) for g in outputs]
+    hyps = [text if kind is None else "" for text, kind in classified]
+    chrf, bleu = corpus_scores(hyps, references, target)
+    return Scored(hyps, [kind for _, kind in classified], sum(not g.finished for g in outputs), chrf, bleu)
+
+
 def evaluate_direction(
     generator: Generator,
     source: str,
@@ -115,30 +161,18 @@ def evaluate_direction(
     length_ratio: float = 2.0,
     comet: SegmentScorer | None = None,
 ) -> PairResult:
-    """Translate and score one direction. Each output gets at most
-    ``min(max_new_tokens, length_ratio * source tokens + 16)`` new tokens (loops stop early)."""
+    """Translate and score one direction (``translate_and_score``) once per seed when sampling, once when
+    greedy; COMET scores the same hypotheses, degenerate ones as 0."""
     started = time.perf_counter()
-    tokenizer = generator.tokenizer
-    prompts = [render(tokenizer, source, target, s) for s in sources]
-    lengths = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in sources]
-    budgets = [min(max_new_tokens, int(length_ratio * n) + 16) for n in lengths]
     per_seed = []
     for seed in seeds if temperature > 0 else list(seeds)[:1] or [0]:
-        outputs = generator.generate(prompts, budgets, temperature, seed)
-        hyps, counts, truncated, degenerate = [], {"empty": 0, "loop": 0, "residue": 0}, 0, []
-        for g in outputs:
-            text, kind = classify(g.text, generator.end_markers)
-            truncated += not g.finished
-            if kind is not None:
-                counts[kind] += 1
-                text = ""
-            hyps.append(text)
-            degenerate.append(kind is not None)
-        chrf, bleu = corpus_scores(hyps, references, target)
-        neural = None if comet is None else segment_mean(comet, sources, hyps, references, degenerate)
-        per_seed.append(
-            SeedScore(seed=seed, chrf=chrf, bleu=bleu, comet=neural, degenerate=counts, truncated=truncated)
+        scored = translate_and_score(
+            generator, source, target, sources, references, temperature, seed, max_new_tokens, length_ratio
         )
+        degenerate = [kind is not None for kind in scored.kinds]
+        neural = None if comet is None else segment_mean(comet, sources, scored.hypotheses, references, degenerate)
+        per_seed.append(SeedScore(seed=seed, chrf=scored.chrf, bleu=scored.bleu, comet=neural,
+                                  degenerate=scored.degenerate, truncated=scored.truncated))
     n = len(sources)
     std = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     return PairResult(

@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from moe_specialists.models.apply import apply_plan
 from moe_specialists.models.plan import Allocation, Plan, Ranking, Recipe
-from moe_specialists.models.registry import Registry, default_registry_dir, validate_name
+from moe_specialists.models.registry.entries import validate_name
+from moe_specialists.models.registry.store import Registry, default_registry_dir
 from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
 from moe_specialists.pruning.config import CommaList, DataRef, Device, DType, JobConfig, ModelRef
 from moe_specialists.pruning.data import DEFAULT_DATA, Orientation
@@ -41,7 +42,7 @@ class PruneConfig(JobConfig):
     dtype: DType = "float32"
     device: Device = "cpu"
     register_name: str | None = None  # register the result under this name (`--register NAME`)
-    registry: Path | None = None  # default: models.registry.default_registry_dir()
+    registry: Path | None = None  # default: models.registry.store.default_registry_dir()
     plan_only: bool = False  # register the plan (served from the base), write no sliced copy
     overwrite: bool = False
 

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,7 @@ from moe_specialists.models.checkpoint import (
     is_mxfp4,
     read_config,
 )
+from moe_specialists.models.generation import TransformersGenerator
 from moe_specialists.models.languages import canonical, split_direction
 from moe_specialists.models.mxfp4 import mxfp4_state_dict
 from moe_specialists.models.plan import Plan
@@ -65,7 +67,8 @@ from moe_specialists.pruning.config import (
 )
 from moe_specialists.pruning.data import DEFAULT_DATA, Orientation, directions_for
 from moe_specialists.pruning.distill import PAPER_DISTILL_LANGUAGES, Backend, distillation_pairs
-from moe_specialists.pruning.pairs import pairs_fingerprint, read_pairs, read_passages, with_reversed, write_pairs
+from moe_specialists.pruning.evaluate import translate_and_score
+from moe_specialists.pruning.pairs import Pair, pairs_fingerprint, read_pairs, read_passages, with_reversed, write_pairs
 from moe_specialists.pruning.trainer import (
     Sharding,
     TrainConfig,
@@ -181,21 +184,20 @@ class RecoveryConfig(JobConfig):
 
 
 def _dev_chrf(c: RecoveryConfig, tokenizer: Any, languages: list[str]):
-    """chrF (sacrebleu) of greedy translations of the first ``eval_limit`` pairs of each direction of
-    ``eval_data/eval_split``: the metric that picks the best checkpoint."""
-    import sacrebleu
-
-    from moe_specialists.models.extract import extract_answer
-    from moe_specialists.models.generation import TransformersGenerator
-    from moe_specialists.models.prompts import render
-
-    pairs = read_pairs(c.eval_data, languages, c.direction, c.eval_split, c.eval_limit, c.pivot)
-    prompts = [render(tokenizer, p.source, p.target, p.src) for p in pairs]
+    """The metric that picks the best checkpoint: the mean over directions of chrF of greedy translations of
+    the first ``eval_limit`` pairs of each direction of ``eval_data/eval_split``, scored as ``evaluate`` scores
+    (``translate_and_score``: the gateway's extraction, degenerate outputs as empty hypotheses)."""
+    directions: dict[tuple[str, str], list[Pair]] = {}
+    for p in read_pairs(c.eval_data, languages, c.direction, c.eval_split, c.eval_limit, c.pivot):
+        directions.setdefault((p.source, p.target), []).append(p)
 
     def score(model: Any) -> float:
-        outputs = TransformersGenerator(model, tokenizer, batch_size=16).generate(prompts, c.max_new_tokens)
-        hyps = [extract_answer(o.text)[0].strip() for o in outputs]
-        return sacrebleu.corpus_chrf(hyps, [[p.tgt for p in pairs]]).score
+        generator = TransformersGenerator(model, tokenizer, batch_size=c.generate_batch_size)
+        return statistics.fmean(
+            translate_and_score(generator, s, t, [p.src for p in ps], [p.tgt for p in ps],
+                                max_new_tokens=c.max_new_tokens).chrf
+            for (s, t), ps in directions.items()
+        )
 
     return score
 

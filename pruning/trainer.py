@@ -197,8 +197,11 @@ class LossHistory(TrainerCallback):
             self.losses.append(float(logs["loss"]))
 
 
-def training_arguments(config: TrainConfig, work_dir: Path, steps: int, processes: int) -> TrainingArguments:
-    """The Trainer's arguments for a recipe: AdamW(0.9, 0.98), linear warm-up then cosine to lr/10, clipping."""
+def training_arguments(
+    config: TrainConfig, work_dir: Path, steps: int, processes: int, **overrides: Any
+) -> TrainingArguments:
+    """The Trainer's arguments for a recipe: AdamW(0.9, 0.98), linear warm-up then cosine to lr/10, clipping.
+    ``overrides``: other ``TrainingArguments`` fields, or these replaced (e.g. ``logging_steps``, ``optim``)."""
     sharding_file = config.default_sharding_config()
     extra: dict[str, Any] = {}
     if config.sharding == "fsdp":
@@ -208,7 +211,7 @@ def training_arguments(config: TrainConfig, work_dir: Path, steps: int, processe
     if config.eval_steps:
         extra.update(eval_strategy="steps", eval_steps=config.eval_steps, load_best_model_at_end=True,
                      metric_for_best_model="chrf", greater_is_better=True)
-    return TrainingArguments(
+    arguments: dict[str, Any] = dict(
         output_dir=str(work_dir),
         max_steps=steps,
         per_device_train_batch_size=config.per_process_batch(processes),
@@ -238,6 +241,7 @@ def training_arguments(config: TrainConfig, work_dir: Path, steps: int, processe
         ddp_find_unused_parameters=False,
         **extra,
     )
+    return TrainingArguments(**(arguments | overrides))
 
 
 def last_checkpoint(work_dir: Path) -> Path | None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from moe_specialists.models.checkpoint import BUNDLED_MODEL_FOLDER
-from moe_specialists.models.registry import Quality, Registry
+from moe_specialists.models.registry.entries import Quality
+from moe_specialists.models.registry.materialise import materialise
+from moe_specialists.models.registry.store import Registry
 
 BUNDLED_MODEL_DIR = BUNDLED_MODEL_FOLDER
 PLANS_DIR = BUNDLED_MODEL_DIR / "plans"
@@ -38,6 +40,6 @@ def bundled_registry(root: str | Path) -> Registry:
     hash: the first call slices the 47 MB checkpoint, later calls reuse it)."""
     registry = Registry(root)
     for name, spec in BUNDLED_SPECIALISTS.items():
-        registry.materialise(name, base=BUNDLED_MODEL_DIR, overwrite=True, **spec)
+        materialise(registry, name, base=BUNDLED_MODEL_DIR, overwrite=True, **spec)
     return registry
 

@@ -30,6 +30,8 @@ from sacrebleu.dataset.base import Dataset
 from sacrebleu.dataset.fake_sgml import FakeSGMLDataset
 from sacrebleu.dataset.plain_text import PlainTextDataset
 
+from moe_specialists.models.errors import describe_validation
+
 LANGUAGES = ("de", "cs", "fr", "ru", "es", "zh", "ja")
 FLORES_SPLITS = ("dev", "devtest")
 TATOEBA_RELEASE = "v2021-08-07"
@@ -257,8 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = CorpusConfig(**vars(args))
     except ValidationError as e:
-        p.error("; ".join(f"{'.'.join(map(str, x['loc'])) or 'config'}: {x['msg'].removeprefix('Value error, ')}"
-                          for x in e.errors()))
+        p.error(describe_validation(e, where="config"))
     counts = build_corpus(config)
     for (lang, source), n in sorted(counts.items()):
         print(f"{lang}\t{source}\t{n}")

@@ -7,8 +7,9 @@ also serve code, arithmetic and chat, which is what the paper prunes away. ``bui
     OUT/heldout.jsonl.gz   held-out arithmetic, lists and code (never in train) for the task scores
     OUT/manifest.json      the config, counts, the code packages used (name, version, licence), sha256 of both files
 
-Code is Python source of installed packages whose licence is permissive (MIT, BSD, Apache-2.0, ISC, PSF); a
-package without one is refused by name. Translation and continuation rows come from the shared English-X pairs.
+Code is Python source of installed packages whose licence is permissive (MIT, BSD, Apache-2.0, ISC, PSF; the
+SPDX expression parsed by ``license-expression``); a package without one is refused by name, with the reason.
+Translation and continuation rows come from the shared English-X pairs.
 
     python -m moe_specialists.models.tiny_translator.mixture --pairs pairs.jsonl.gz --out M
 """
@@ -24,9 +25,11 @@ from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
+from license_expression import AND, OR, LicenseSymbol, LicenseWithExceptionSymbol, get_spdx_licensing
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moe_specialists.models.prompts import instruction
+from moe_specialists.models.rounding import hamilton_round
 from moe_specialists.models.tiny_translator import tasks
 from moe_specialists.models.tiny_translator.tasks import Conversation
 
@@ -37,6 +40,7 @@ NOT_TRANSLATIONS = ("multi30k_task2",)
 PERMISSIVE_SPDX = {"MIT", "BSD-2-Clause", "BSD-3-Clause", "Apache-2.0", "ISC", "PSF-2.0", "0BSD"}
 PERMISSIVE_CLASSIFIERS = {"MIT License", "BSD License", "Apache Software License", "ISC License (ISCL)",
                           "Python Software Foundation License"}
+_SPDX = get_spdx_licensing()  # the SPDX licence list bundled with license-expression (no network)
 DEFAULT_CODE_PACKAGES = ["click", "fastapi", "httpx", "jinja2", "pydantic", "requests", "rich", "starlette", "typer",
                          "uvicorn"]
 
@@ -76,25 +80,42 @@ class MixtureConfig(BaseModel):
 
 
 def task_counts(shares: dict[str, float], total: int) -> dict[str, int]:
-    """Hamilton rounding of shares * total: floors, then the leftover units to the largest fractional parts,
-    so the counts sum to ``total``."""
-    exact = {t: shares.get(t, 0.0) * total for t in TASKS}
-    counts = {t: int(v) for t, v in exact.items()}
-    for t in sorted(TASKS, key=lambda t: exact[t] - counts[t], reverse=True)[: total - sum(counts.values())]:
-        counts[t] += 1
-    return counts
+    """Hamilton rounding (``models.rounding``) of shares * total, so the counts sum to ``total``."""
+    return dict(zip(TASKS, hamilton_round([shares.get(t, 0.0) * total for t in TASKS], total), strict=True))
+
+
+def licence_problem(expression: str | None, classifiers: list[str]) -> str | None:
+    """Why a package's licence is not permissive, or None when it is. An SPDX expression (any case, parsed by
+    ``license-expression``) is permissive when it can be met with permissive licences alone: ``A AND B`` needs
+    both permissive, ``A OR B`` one of them (the user may choose it), ``A WITH exception`` is A (an exception
+    only adds permissions). Unknown ids and malformed expressions are refused, saying which. Without an
+    expression, a 'License :: OSI Approved :: <name>' classifier of a permissive licence is enough."""
+    if not (expression and expression.strip()):
+        names = [c.rsplit(" :: ", 1)[-1] for c in classifiers if c.startswith("License ::")]
+        if any(n in PERMISSIVE_CLASSIFIERS for n in names):
+            return None
+        return f"no permissive licence classifier ({names or 'none'})" if names else "no licence declared"
+    info = _SPDX.validate(expression)
+    if info.errors:
+        return f"{expression!r} is not an SPDX expression of known ids: {'; '.join(info.errors)}"
+    if not _permissive(_SPDX.parse(expression)):
+        return f"{expression!r} is not permissive"
+    return None
+
+
+def _permissive(node) -> bool:
+    if isinstance(node, OR):
+        return any(_permissive(a) for a in node.args)
+    if isinstance(node, AND):
+        return all(_permissive(a) for a in node.args)
+    if isinstance(node, LicenseWithExceptionSymbol):
+        return _permissive(node.license_symbol)
+    return isinstance(node, LicenseSymbol) and node.key in PERMISSIVE_SPDX
 
 
 def is_permissive(expression: str | None, classifiers: list[str]) -> bool:
-    """An SPDX expression is permissive when one of its OR alternatives has only permissive AND terms; without
-    an expression, a 'License :: OSI Approved :: <name>' classifier of a permissive licence is enough."""
-    if expression and expression.strip():
-        for alternative in expression.replace("(", " ").replace(")", " ").split(" OR "):
-            terms = [t.strip() for t in alternative.split(" AND ") if t.strip()]
-            if terms and all(t in PERMISSIVE_SPDX for t in terms):
-                return True
-        return False
-    return any(c.rsplit(" :: ", 1)[-1] in PERMISSIVE_CLASSIFIERS for c in classifiers if c.startswith("License ::"))
+    """``licence_problem(expression, classifiers) is None``."""
+    return licence_problem(expression, classifiers) is None
 
 
 def code_package_licence(name: str) -> dict[str, str]:
@@ -103,11 +124,13 @@ def code_package_licence(name: str) -> dict[str, str]:
         meta = distribution(name).metadata
     except PackageNotFoundError:
         raise ValueError(f"code package {name!r} is not installed") from None
-    expression = meta.get("License-Expression") or (meta.get("License") if len(meta.get("License") or "") < 40
-                                                    else None)
+    expression = meta.get("License-Expression")
+    legacy = (meta.get("License") or "").strip()
+    if not expression and legacy and not _SPDX.validate(legacy).errors:
+        expression = legacy  # the old free-text field, when it holds an SPDX expression (else: classifiers)
     classifiers = meta.get_all("Classifier") or []
-    if not is_permissive(expression, classifiers):
-        raise ValueError(f"code package {name!r} has no permissive licence ({expression or classifiers}); "
+    if problem := licence_problem(expression, classifiers):
+        raise ValueError(f"code package {name!r} has no permissive licence: {problem}; "
                          f"accepted: {sorted(PERMISSIVE_SPDX)}")
     licence = expression or next(c.rsplit(" :: ", 1)[-1] for c in classifiers if c.startswith("License ::"))
     return {"name": name, "version": meta["Version"], "licence": licence}

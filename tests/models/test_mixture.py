@@ -1,24 +1,19 @@
-"""The generalist mixture: task makers and scores by hand, the builder reproducible and leak-free, a toy trained on
-it for a few steps on the CPU."""
+"""The generalist mixture: task makers and scores by hand, licences decided on parsed SPDX expressions, the
+builder reproducible and leak-free (a toy trained on it: tests/pruning/test_tiny_training.py)."""
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import random
 
 import pytest
-import torch
-from transformers import AutoTokenizer
 
-from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
-from moe_specialists.models.tiny_translator import train as training
 from moe_specialists.models.tiny_translator.mixture import (
     MixtureConfig,
     build_mixture,
-    conversations,
     is_permissive,
+    licence_problem,
     read_jsonl,
     task_counts,
 )
@@ -82,6 +77,10 @@ def test_task_counts_hamilton():
     shares = {"translation": 0.3, "code": 0.2, "arithmetic": 0.2, "lists": 0.1, "continuation": 0.2}
     # 7 * shares = 2.1, 1.4, 1.4, 0.7, 1.4 -> floors 2, 1, 1, 0, 1 (5); the 2 left go to lists (.7), then code
     assert task_counts(shares, 7) == {"translation": 2, "code": 2, "arithmetic": 1, "lists": 1, "continuation": 1}
+    # 10 * shares are whole numbers: nothing left over
+    assert task_counts(shares, 10) == {"translation": 3, "code": 2, "arithmetic": 2, "lists": 1, "continuation": 2}
+    assert task_counts({"code": 1.0}, 3) == {"translation": 0, "code": 3, "arithmetic": 0, "lists": 0,
+                                             "continuation": 0}
 
 
 @pytest.mark.parametrize(
@@ -89,14 +88,39 @@ def test_task_counts_hamilton():
     [
         ("MIT", [], True),
         ("Apache-2.0 OR BSD-2-Clause", [], True),
-        ("MPL-2.0 AND MIT", [], False),
+        ("MPL-2.0 AND MIT", [], False),  # AND: every term must be permissive
         ("GPL-3.0-only", [], False),
+        ("(MIT OR Apache-2.0) AND GPL-3.0-only", [], False),  # the GPL term is not optional
+        ("(MIT OR GPL-3.0-only) AND BSD-3-Clause", [], True),  # OR: one permissive choice is enough
+        ("GPL-3.0-only OR (MIT AND ISC)", [], True),
+        ("mit", [], True),  # ids and operators in any case
+        ("apache-2.0 or gpl-3.0-only", [], True),
+        ("Apache-2.0 WITH LLVM-exception", [], True),  # an exception only adds permissions
+        ("GPL-2.0-only WITH Classpath-exception-2.0", [], False),
+        ("MIT", ["License :: OSI Approved :: GNU General Public License v3 (GPLv3)"], True),  # the expression wins
         (None, ["License :: OSI Approved :: BSD License"], True),
+        ("", ["License :: OSI Approved :: MIT License"], True),
         (None, ["Programming Language :: Python"], False),
+        (None, ["License :: OSI Approved :: GNU General Public License v3 (GPLv3)"], False),
     ],
 )
 def test_licences(expression, classifiers, ok):
     assert is_permissive(expression, classifiers) is ok
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        ("(MIT OR Apache-2.0) AND GPL-3.0-only", "'(MIT OR Apache-2.0) AND GPL-3.0-only' is not permissive"),
+        ("Foo-1.0 OR MIT", "Unknown license key(s): Foo-1.0"),  # refused, though MIT is a choice
+        ("MIT AND (", "Invalid expression"),
+        ("BSD License", "Unknown license key(s): BSD License"),  # a classifier's name is no SPDX id
+    ],
+)
+def test_licence_refusals_say_why(expression, reason):
+    problem = licence_problem(expression, [])
+    assert problem is not None and reason in problem
+    assert licence_problem(None, []) == "no licence declared"
 
 
 def test_bad_configs_are_refused_before_any_work(tmp_path, pairs_file):
@@ -104,7 +128,7 @@ def test_bad_configs_are_refused_before_any_work(tmp_path, pairs_file):
         MixtureConfig(pairs=pairs_file, out=tmp_path, shares={"translation": 0.5, "code": 0.2})
     with pytest.raises(ValueError, match="tasks are"):
         MixtureConfig(pairs=pairs_file, out=tmp_path, shares={"translation": 0.5, "poetry": 0.5})
-    with pytest.raises(ValueError, match="'tqdm' has no permissive licence"):  # MPL-2.0 AND MIT
+    with pytest.raises(ValueError, match="'tqdm' has no permissive licence: 'MPL-2.0 AND MIT' is not permissive"):
         MixtureConfig(pairs=pairs_file, out=tmp_path, code_packages=["tqdm"])
     with pytest.raises(ValueError, match="not installed"):
         MixtureConfig(pairs=pairs_file, out=tmp_path, code_packages=["no-such-package-here"])
@@ -143,41 +167,3 @@ def test_mixture_is_reproducible_and_holds_out_what_it_scores(tmp_path, pairs_fi
     assert any(s.startswith("Translate this passage from English to") for s in starts)
     assert any(s.endswith(" to English") for s in starts), "both directions"
     assert len(translation) / len(train) < 0.5, "translation is a minority task"
-
-
-def test_a_toy_trains_on_the_mixture_and_is_scored(tmp_path, pairs_file):
-    build_mixture(MixtureConfig(pairs=pairs_file, out=tmp_path, examples=600, heldout=8, seed=0))
-    args = argparse.Namespace(
-        seed=0, device="cpu", tokenizer=BUNDLED_MODEL_DIR, mixture=tmp_path, pairs=None, max_len=256,
-        hidden_size=128, layers=2, experts=8, steps=16, time_budget=300.0, tokens_per_batch=4096, lr=3e-3,
-        warmup=2, weight_decay=0.0, label_smoothing=0.0, log_every=8,
-    )
-    torch.set_num_threads(1)
-    model, losses = training.train(args)
-    assert len(losses) == 16 and all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 1.0, losses
-    scores = training.evaluate_tasks(model, AutoTokenizer.from_pretrained(BUNDLED_MODEL_DIR),
-                                     tmp_path / "heldout.jsonl.gz")
-    assert set(scores) == {"arithmetic_exact_match", "lists_exact_match", "code_loss"}
-    assert 0 <= scores["arithmetic_exact_match"] <= 1 and 0 < scores["code_loss"] < 20
-
-
-def test_code_loss_ignores_padding_and_prompts(pairs_file, tmp_path):
-    """Batched (padded) code loss == the token-weighted mean of each conversation's loss computed alone."""
-    tokenizer = AutoTokenizer.from_pretrained(BUNDLED_MODEL_DIR)
-    model = training.Qwen3MoeForCausalLM(training.model_config(
-        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id,
-        {"hidden_size": 128, "num_hidden_layers": 1, "num_experts": 4})).eval()
-    rows = [c for c in conversations(MixtureConfig(pairs=pairs_file, out=tmp_path, examples=20, heldout=3))[1]
-            if c.task == "code"][:3]
-    batched = training.code_loss(model, tokenizer, rows, batch_size=3)
-    total = count = 0.0
-    for c in rows:
-        ids = tokenizer(tokenizer.apply_chat_template(c.messages(), tokenize=False), add_special_tokens=False,
-                        return_tensors="pt").input_ids
-        p = len(tokenizer(training._render_prompt(tokenizer, c), add_special_tokens=False).input_ids)
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, p - 1 : -1]
-        total += torch.nn.functional.cross_entropy(logits.float(), ids[0, p:], reduction="sum").item()
-        count += ids.shape[1] - p
-    assert batched == pytest.approx(total / count, rel=1e-4)

@@ -19,7 +19,7 @@ from moe_specialists.models.apply import apply_plan
 from moe_specialists.models.checkpoint import file_sha256
 from moe_specialists.models.plan import Plan, plan_from_kept
 from moe_specialists.models.pruned import load_causal_lm
-from moe_specialists.models.registry import entry_from_dir
+from moe_specialists.models.registry.entries import entry_from_dir
 from moe_specialists.pruning.distill import distillation_pairs, partition_languages
 from moe_specialists.pruning.pairs import (
     Pair,

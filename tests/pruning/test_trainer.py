@@ -126,7 +126,8 @@ class StopAt(TrainerCallback):
         return control
 
 
-def test_loss_falls_and_resume_equals_an_uninterrupted_run(tmp_path):
+def test_loss_falls_and_resume_equals_an_uninterrupted_run(tmp_path, one_torch_thread):
+    """Bit for bit, so on one thread (``one_torch_thread``: two uninterrupted runs on two threads differ too)."""
     folder = save_tiny("qwen3_moe", tmp_path / "m", counts=COUNTS)
     config = TrainConfig(steps=6, lr=3e-3, batch_size=4, save_steps=3, seed=0)
 
