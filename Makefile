@@ -15,12 +15,19 @@ $(BIN)/.installed-test: $(BIN)/.installed-serve
 	. $(BIN)/activate && bash deploy/install.sh cpu serve,test,bench
 	touch $@
 
-.PHONY: install serve test
+.PHONY: install serve test test-fast
 install: $(BIN)/.installed-test
 
 serve: $(BIN)/.installed-serve
 	$(BIN)/moe-specialists serve
 
+# Two workers, each running whole test files (module fixtures start engines once): the suite waits on vLLM and
+# Docker start-ups more than it computes, so two overlap on two cores.
 test: $(BIN)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
+
+# The inner loop: everything but the tests marked slow (docker image, fault injection, end-to-end runs).
+test-fast: $(BIN)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow" --durations=10

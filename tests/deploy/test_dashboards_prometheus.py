@@ -31,6 +31,8 @@ import yaml
 
 from tests.deploy.conftest import ROOT, dashboard_queries, free_port, need_tool, substitute, variable_queries
 
+pytestmark = pytest.mark.slow
+
 START_TIMEOUT_S = 240
 BASE_BYTES, EN_DE_BYTES, DEAD_BYTES = 4_000_000, 1_000_000, 2_500_000
 DE_EN_KEPT = [[0, 1, 2, 3, 4, 5], [0, 2, 4, 6]]  # 10 of 2 x 8 experts
@@ -106,7 +108,7 @@ def prometheus_url(stack_dir) -> Iterator[str]:
     prometheus = need_tool("prometheus", "Debian package `prometheus`: apt-get install -y prometheus")
     from moe_specialists.models.apply import apply_plan
     from moe_specialists.models.plan import plan_from_kept
-    from moe_specialists.models.registry import Registry
+    from moe_specialists.models.registry.store import Registry
     from tests.tiny import save_tiny
 
     tmp = stack_dir
@@ -236,7 +238,7 @@ def test_template_variable_has_values(prometheus_url, var_id, metric, label):
 
 def test_memory_savings_values_are_the_configured_ones(prometheus_url, stack_dir):
     """The savings panels show what the specialists' sizes say: saved = base - weights, ratio = saved / base."""
-    from moe_specialists.models.registry import Registry
+    from moe_specialists.models.registry.store import Registry
 
     entry = Registry(stack_dir / "registry").get("tiny-de-en")
     saved = {
@@ -264,7 +266,7 @@ def value(prom: str, expr: str) -> float:
 
 def test_gateway_metrics_have_the_right_values(prometheus_url, stack_dir):
     """What Prometheus scraped from the gateway, against what was sent and what is served."""
-    from moe_specialists.models.registry import Registry
+    from moe_specialists.models.registry.store import Registry
 
     prom = prometheus_url
     for specialist, direction, ok in [("tiny-en-de", "en-de", EN_DE_OK), ("tiny-de-en", "de-en", DE_EN_OK)]:

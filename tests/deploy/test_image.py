@@ -50,7 +50,7 @@ from tests.deploy.conftest import (
 )
 from tests.deploy.wheels import local_wheels, loopback_index, simple_index
 
-pytestmark = pytest.mark.timeout(3000)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = f"moe-specialists:{VERSION}-cpu"

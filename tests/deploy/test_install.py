@@ -81,6 +81,7 @@ def run_recipe(env: dict[str, str], extras: str) -> subprocess.CompletedProcess:
                           text=True, timeout=900)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="the +cpu torch is pinned on Linux only")
 def test_install_resolves_from_pypi_and_the_torch_index_alone(fresh_venv):
     torch_wheels = [w for w in local_wheels() if w.name.startswith(f"torch-{recipe_pin()}+cpu-")]

@@ -17,7 +17,7 @@ from moe_specialists.service.schemas import LibreTranslateDetectRequest, LibreTr
 from tests.service.conftest import READY_TIMEOUT_S
 from tests.service.servers import gateway
 
-pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(READY_TIMEOUT_S + 600)]
 
 BUDGET = {  # examples per (method, path, mode); operations not listed: one positive example
     ("POST", "/translate", "positive"): 150, ("POST", "/translate", "negative"): 80,

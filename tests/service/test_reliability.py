@@ -139,6 +139,7 @@ def fuzz(strategy, budget: int, send) -> None:
     run()
 
 
+@pytest.mark.slow
 def test_fuzz_openapi_never_5xx(gateway, client):
     """Valid (positive) and invalid (negative) requests from the OpenAPI schema: never 5xx, every 4xx says
     what is wrong, no stream ends in an error event; then the gateway still translates."""
