@@ -115,6 +115,24 @@ def sample_dir() -> Path:
     return SAMPLE_DIR
 
 
+@pytest.fixture(scope="session")
+def sample_pairs(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """English-X rows in the tiny translator's training-corpus shape (``pairs.jsonl.gz``: lang, en, xx, source),
+    made from the shipped sample's sentences."""
+    import gzip
+    import json
+
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for split in ("dev", "devtest"):
+            english = (sample_dir / split / "en.txt").read_text(encoding="utf-8").splitlines()
+            for lang in ("de", "fr", "cs", "ru", "es", "zh", "ja"):
+                other = (sample_dir / split / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+                for en, xx in zip(english, other, strict=True):
+                    f.write(json.dumps({"lang": lang, "en": en, "xx": xx, "source": f"sample-{split}"}) + "\n")
+    return path
+
+
 @pytest.fixture
 def cpu_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine made to answer "no CUDA GPU, a CPU without AMX tiles", where vLLM has no MXFP4 kernel (the

@@ -3,8 +3,6 @@ builder reproducible and leak-free (a toy trained on it: tests/pruning/test_tiny
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 
 import pytest
@@ -123,35 +121,22 @@ def test_licence_refusals_say_why(expression, reason):
     assert licence_problem(None, []) == "no licence declared"
 
 
-def test_bad_configs_are_refused_before_any_work(tmp_path, pairs_file):
+def test_bad_configs_are_refused_before_any_work(tmp_path, sample_pairs):
     with pytest.raises(ValueError, match="sum to 1"):
-        MixtureConfig(pairs=pairs_file, out=tmp_path, shares={"translation": 0.5, "code": 0.2})
+        MixtureConfig(pairs=sample_pairs, out=tmp_path, shares={"translation": 0.5, "code": 0.2})
     with pytest.raises(ValueError, match="tasks are"):
-        MixtureConfig(pairs=pairs_file, out=tmp_path, shares={"translation": 0.5, "poetry": 0.5})
+        MixtureConfig(pairs=sample_pairs, out=tmp_path, shares={"translation": 0.5, "poetry": 0.5})
     with pytest.raises(ValueError, match="'tqdm' has no permissive licence: 'MPL-2.0 AND MIT' is not permissive"):
-        MixtureConfig(pairs=pairs_file, out=tmp_path, code_packages=["tqdm"])
+        MixtureConfig(pairs=sample_pairs, out=tmp_path, code_packages=["tqdm"])
     with pytest.raises(ValueError, match="not installed"):
-        MixtureConfig(pairs=pairs_file, out=tmp_path, code_packages=["no-such-package-here"])
+        MixtureConfig(pairs=sample_pairs, out=tmp_path, code_packages=["no-such-package-here"])
     with pytest.raises(ValueError, match="pairs file"):
         MixtureConfig(pairs=tmp_path / "missing.jsonl.gz", out=tmp_path)
 
 
-@pytest.fixture(scope="module")
-def pairs_file(sample_dir, tmp_path_factory):
-    """English-X rows in the training corpus's shape, from the project's own sample sentences."""
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl.gz"
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        for split in ("dev", "devtest"):
-            english = (sample_dir / split / "en.txt").read_text(encoding="utf-8").splitlines()
-            for lang in ("de", "fr", "cs", "ru", "es", "zh", "ja"):
-                other = (sample_dir / split / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-                for en, xx in zip(english, other, strict=True):
-                    f.write(json.dumps({"lang": lang, "en": en, "xx": xx, "source": f"sample-{split}"}) + "\n")
-    return path
 
-
-def test_mixture_is_reproducible_and_holds_out_what_it_scores(tmp_path, pairs_file):
-    config = MixtureConfig(pairs=pairs_file, out=tmp_path / "a", examples=1000, heldout=40, seed=5)
+def test_mixture_is_reproducible_and_holds_out_what_it_scores(tmp_path, sample_pairs):
+    config = MixtureConfig(pairs=sample_pairs, out=tmp_path / "a", examples=1000, heldout=40, seed=5)
     first = build_mixture(config)
     again = build_mixture(config.model_copy(update={"out": tmp_path / "b"}))
     other = build_mixture(config.model_copy(update={"out": tmp_path / "c", "seed": 6}))

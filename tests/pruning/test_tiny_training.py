@@ -5,7 +5,6 @@ through the shared generation layer, the time budget, the card's results."""
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 
 import numpy as np
@@ -19,20 +18,6 @@ from moe_specialists.models.tiny_translator.mixture import MixtureConfig, build_
 from moe_specialists.pruning import tiny_training as training
 from moe_specialists.pruning.evaluate import EvalResults, PairResult
 from moe_specialists.pruning.tiny_scores import average, card_results, code_loss, evaluate_tasks, render_prompt
-
-
-@pytest.fixture(scope="module")
-def pairs_file(sample_dir, tmp_path_factory):
-    """English-X rows in the training corpus's shape, from the project's own sample sentences."""
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl.gz"
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        for split in ("dev", "devtest"):
-            english = (sample_dir / split / "en.txt").read_text(encoding="utf-8").splitlines()
-            for lang in ("de", "fr", "es"):
-                other = (sample_dir / split / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-                for en, xx in zip(english, other, strict=True):
-                    f.write(json.dumps({"lang": lang, "en": en, "xx": xx, "source": f"sample-{split}"}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +77,8 @@ def toy_args(mixture, **changes) -> argparse.Namespace:
     return argparse.Namespace(**(vars(args) | toy | changes))
 
 
-def test_a_toy_trains_on_the_mixture_and_is_scored(tmp_path, pairs_file, tokenizer):
-    build_mixture(MixtureConfig(pairs=pairs_file, out=tmp_path, examples=600, heldout=8, seed=0))
+def test_a_toy_trains_on_the_mixture_and_is_scored(tmp_path, sample_pairs, tokenizer):
+    build_mixture(MixtureConfig(pairs=sample_pairs, out=tmp_path, examples=600, heldout=8, seed=0))
     torch.set_num_threads(1)
     model, losses = training.train(toy_args(tmp_path))
     assert model.config._experts_implementation == "grouped_mm"  # transformers' grouped-GEMM experts
@@ -107,19 +92,19 @@ def test_a_toy_trains_on_the_mixture_and_is_scored(tmp_path, pairs_file, tokeniz
     assert saved["dtype"] == "bfloat16" and saved["output_router_logits"] is False and saved["num_local_experts"] == 8
 
 
-def test_time_budget_cuts_a_run_short(tmp_path, pairs_file):
-    build_mixture(MixtureConfig(pairs=pairs_file, out=tmp_path, examples=200, heldout=0, seed=0,
+def test_time_budget_cuts_a_run_short(tmp_path, sample_pairs):
+    build_mixture(MixtureConfig(pairs=sample_pairs, out=tmp_path, examples=200, heldout=0, seed=0,
                                 shares={"translation": 1.0}))
     _, losses = training.train(toy_args(tmp_path, time_budget=0.0, experts_implementation="eager"))
     assert len(losses) == 1  # stopped after the first step
 
 
-def test_code_loss_ignores_padding_and_prompts(pairs_file, tmp_path, tokenizer):
+def test_code_loss_ignores_padding_and_prompts(sample_pairs, tmp_path, tokenizer):
     """Batched (padded) code loss == the token-weighted mean of each conversation's loss computed alone."""
     model = training.Qwen3MoeForCausalLM(training.model_config(
         len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id,
         {"hidden_size": 128, "num_hidden_layers": 1, "num_experts": 4})).eval()
-    rows = [c for c in conversations(MixtureConfig(pairs=pairs_file, out=tmp_path, examples=20, heldout=3))[1]
+    rows = [c for c in conversations(MixtureConfig(pairs=sample_pairs, out=tmp_path, examples=20, heldout=3))[1]
             if c.task == "code"][:3]
     batched = code_loss(model, tokenizer, rows, batch_size=3)
     total = count = 0.0
