@@ -95,18 +95,6 @@ def _torch_threads_restored():
         torch.set_num_threads(before)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """torch on one thread for this test: multithreaded CPU kernels are not bit-for-bit repeatable (two identical
-    6-step trainings on this 2-core machine end 2.6e-5 apart), so a test of exact equality needs one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The parallel sample shipped with the project (``--data sample``), as a FLORES-style folder."""

@@ -126,12 +126,24 @@ class StopAt(TrainerCallback):
         return control
 
 
-def test_loss_falls_and_resume_equals_an_uninterrupted_run(tmp_path, one_torch_thread):
-    """Bit for bit, so on one thread (``one_torch_thread``: two uninterrupted runs on two threads differ too)."""
+def _relative_gap(a: dict, b: dict, start: dict) -> float:
+    """|b - a| / |a - start| (Frobenius norms over all tensors): how far apart two trainings end, in units of
+    the update the first one made."""
+    gap = sum(((a[k] - b[k]).double() ** 2).sum() for k in a) ** 0.5
+    update = sum(((a[k] - start[k]).double() ** 2).sum() for k in a) ** 0.5
+    return (gap / update).item()
+
+
+def test_loss_falls_and_resume_equals_an_uninterrupted_run(tmp_path):
+    """6 steps straight vs 3 steps, stop, resume from checkpoint-3, 3 more: the same weights within 1e-3 of the
+    update. Multithreaded CPU kernels are not bit-for-bit repeatable (two identical runs on this 2-core machine end
+    6e-6 to 2e-5 of the update apart, and the gap depends on what ran before in the process), while a resume that
+    loses the optimizer or scheduler state ends 0.78 of the update away (measured, 1 and 2 threads)."""
     folder = save_tiny("qwen3_moe", tmp_path / "m", counts=COUNTS)
     config = TrainConfig(steps=6, lr=3e-3, batch_size=4, save_steps=3, seed=0)
 
     whole = AutoModelForCausalLM.from_pretrained(folder)
+    start = _weights(whole)
     _, losses = train_recovery(whole, _examples(), 0, config, tmp_path / "whole")
     assert len(losses) == 6 and losses[-1] < losses[0]
 
@@ -143,8 +155,7 @@ def test_loss_falls_and_resume_equals_an_uninterrupted_run(tmp_path, one_torch_t
     assert len(rest) == 3
     a, b = _weights(whole), _weights(resumed)
     assert a.keys() == b.keys()
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst == 0.0, f"resumed weights differ by {worst}"
+    assert _relative_gap(a, b, start) < 1e-3
 
 
 @pytest.mark.timeout(600)
@@ -178,12 +189,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
                 assert f"model.layers.{layer}.mlp.experts.{j}.{name}.weight" in saved_two
         assert f"model.layers.{layer}.mlp.experts.{count}.gate_proj.weight" not in saved_two
         assert saved_two[f"model.layers.{layer}.mlp.gate.weight"].shape[0] == count
-    start = _saved(folder)
-    apart = sum(((saved_one[k] - saved_two[k]).double() ** 2).sum() for k in saved_one) ** 0.5
-    moved = sum(((saved_one[k] - start[k]).double() ** 2).sum() for k in saved_one) ** 0.5
-    worst = max((saved_one[k] - saved_two[k]).abs().max().item() for k in saved_one)
-    print(f"2 vs 1 process: |w2 - w1| / |w1 - w0| = {apart / moved:.2e}, max |w2 - w1| = {worst:.2e}")
-    assert apart / moved < 1e-3, f"2-process weights differ from 1-process by {apart / moved:.2e} of the update"
+    gap = _relative_gap(saved_one, saved_two, _saved(folder))
+    assert gap < 1e-3, f"2-process weights differ from 1-process by {gap:.2e} of the update"
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final")
     assert reloaded.config.num_experts_per_layer == COUNTS
 
