@@ -2,7 +2,8 @@
 translated with their structure kept, and a small in-memory store the translated files are downloaded from.
 
 * .txt: each non-blank line is a text; blank lines and line ends stay.
-* .srt: each cue's text lines are one text (joined by a space); numbers and timings stay.
+* .srt: each cue's text lines are one text (joined by a space); numbers and timings stay; a cue without a timing
+  line is a 400 naming its line (a file that is not SubRip is not returned untranslated).
 * .md: code fences and table rules stay; a line's markdown prefix (``#``, ``-``, ``1.``, ``>``) stays and the
   rest is a text.
 * .html / .htm: ``service.markup``.
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from moe_specialists.service.markup import translate_markup
+from moe_specialists.service.translation_errors import InvalidInput
 
 Translate = Callable[[list[str]], Awaitable[list[str]]]
 FILE_TYPES = (".txt", ".html", ".htm", ".srt", ".md")
@@ -61,16 +63,36 @@ async def translate_txt(text: str, translate: Translate) -> str:
 _TIMING = re.compile(r"^\d{1,2}:\d{2}:\d{2}[,.]\d{1,3}\s*-->\s*\d{1,2}:\d{2}:\d{2}[,.]\d{1,3}")
 
 
-async def translate_srt(text: str, translate: Translate) -> str:
-    """SubRip: cues are separated by blank lines; a cue is a number, a timing line, then text lines."""
-    newline = "\r\n" if "\r\n" in text else "\n"
-    blocks = re.split(r"\r?\n\s*\r?\n", text.strip("\r\n"))
+def srt_cues(text: str) -> list[tuple[list[str], str]]:
+    """SubRip cues as (number and timing lines, text lines joined by a space); cues are separated by blank
+    lines. ``InvalidInput`` naming the line where a cue's timing line should be when it has none."""
+    lines = text.splitlines()
     cues: list[tuple[list[str], str]] = []
-    for block in blocks:
-        lines = block.splitlines()
-        at = next((i for i, line in enumerate(lines) if _TIMING.match(line.strip())), None)
-        head, body = (lines, []) if at is None else (lines[: at + 1], lines[at + 1:])
-        cues.append((head, " ".join(line.strip() for line in body if line.strip())))
+    block: list[str] = []
+    for n, line in enumerate([*lines, ""], 1):
+        if line.strip():
+            block.append(line)
+            continue
+        if not block:
+            continue
+        start = n - len(block)
+        at = next((i for i, b in enumerate(block) if _TIMING.match(b.strip())), None)
+        if at is None:
+            where = 1 if block[0].strip().isdigit() and len(block) > 1 else 0
+            raise InvalidInput(
+                "invalid_srt", f"line {start + where} of the SubRip file, {block[where][:80]!r}, is not a timing "
+                "line: each cue is a number, a line 'HH:MM:SS,mmm --> HH:MM:SS,mmm' (e.g. 00:00:01,000 --> "
+                "00:00:02,500), then its text", line=start + where)
+        cues.append((block[: at + 1], " ".join(b.strip() for b in block[at + 1:])))
+        block = []
+    return cues
+
+
+async def translate_srt(text: str, translate: Translate) -> str:
+    """SubRip: each cue's text translated, its number and timing kept; a cue without a timing line is refused
+    (``srt_cues``) rather than returned untranslated."""
+    newline = "\r\n" if "\r\n" in text else "\n"
+    cues = srt_cues(text)
     answers = await translate([body for _, body in cues if body]) if any(b for _, b in cues) else []
     it = iter(answers)
     out = [newline.join([*head, next(it)] if body else head) for head, body in cues]

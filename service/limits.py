@@ -9,7 +9,7 @@ from moe_specialists.service.translation_errors import InvalidInput, TooLarge
 
 def check_limits(texts: list[str], max_tokens: int | None, s: Settings) -> None:
     """Refuse a request over the settings' limits (texts per request, characters per text and per request,
-    max_tokens) or with a text there is nothing to translate in (empty, blank, a lone surrogate)."""
+    max_tokens) or with a text there is nothing to translate in (empty, a lone surrogate)."""
     if not texts:
         raise InvalidInput("empty_batch", "no text to translate: send a string or a non-empty list")
     if len(texts) > s.max_batch_size:
@@ -18,15 +18,14 @@ def check_limits(texts: list[str], max_tokens: int | None, s: Settings) -> None:
             limit=s.max_batch_size,
         )
     for i, text in enumerate(texts):
-        if len(text) > s.max_chars_per_text:
+        if s.max_chars_per_text is not None and len(text) > s.max_chars_per_text:
             raise TooLarge(
                 "text_too_long",
                 f"text {i} has {len(text)} characters; the limit is {s.max_chars_per_text} per text",
                 limit=s.max_chars_per_text, index=i,
             )
-        if not text.strip():
-            raise InvalidInput("empty_text", f"text {i} is empty or only whitespace: nothing to translate",
-                               index=i)
+        if not text:  # (a text of only whitespace is answered as it is, without an engine)
+            raise InvalidInput("empty_text", f"text {i} is empty: nothing to translate", index=i)
         try:
             text.encode()
         except UnicodeEncodeError as e:  # a lone surrogate (JSON can escape one): no tokenizer takes it

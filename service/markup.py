@@ -6,6 +6,8 @@ text. A run with inline tags is sent as markup (LLMs keep tags); when the answer
 original's (the model dropped or invented one), the run falls back to translating each of its text nodes on
 its own, so the markup always survives. Never translated: script, style, code, kbd, samp, var, svg, math,
 template, and any element with ``translate="no"`` or class ``notranslate`` (and everything inside them).
+The translator cuts each unit into sentences only outside tags (``service.segments``, markup mode). A document
+nested deeper than ``MAX_DEPTH`` elements is refused (``InvalidInput`` "markup_too_deep"): the walks here recurse.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Literal
 
 from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
+
+from moe_specialists.service.translation_errors import InvalidInput
 
 Translate = Callable[[list[str]], Awaitable[list[str]]]
 Mode = Literal["html", "xml"]
@@ -29,6 +33,7 @@ BLOCK = frozenset([
 SKIP = frozenset(["script", "style", "code", "kbd", "samp", "var", "svg", "math", "template", "noscript"])
 _NOT_TEXT = (Comment, Declaration, Doctype, ProcessingInstruction)
 _ROOT = "moe-fragment"
+MAX_DEPTH = 256  # elements inside elements; Python's recursion limit (1000) is the hard one
 
 
 def skipped(tag: Tag) -> bool:
@@ -122,15 +127,30 @@ def _serialise(nodes: list) -> str:
     return "".join(n.decode(formatter="minimal") if isinstance(n, Tag) else n.output_ready("minimal") for n in nodes)
 
 
+def depth(root: Tag) -> int:
+    """How many elements deep ``root``'s tree goes below it (walked without recursion)."""
+    deepest, todo = 0, [(root, 0)]
+    while todo:
+        node, d = todo.pop()
+        deepest = max(deepest, d)
+        todo += [(child, d + 1) for child in node.children if isinstance(child, Tag)]
+    return deepest
+
+
 def parse(document: str, mode: Mode) -> tuple[BeautifulSoup, Tag]:
-    """(soup, root): the root holds the document (an XML fragment is wrapped in a private element)."""
+    """(soup, root): the root holds the document (an XML fragment is wrapped in a private element);
+    ``InvalidInput`` for a document nested deeper than ``MAX_DEPTH``."""
     if mode == "xml":
         soup = BeautifulSoup(f"<{_ROOT}>{document}</{_ROOT}>", "xml")
         root = soup.find(_ROOT)
         assert isinstance(root, Tag)
-        return soup, root
-    soup = BeautifulSoup(document, "html.parser")
-    return soup, soup
+    else:
+        soup = root = BeautifulSoup(document, "html.parser")
+    found = depth(root)
+    if found > MAX_DEPTH:
+        raise InvalidInput("markup_too_deep", f"the {mode.upper()} is nested {found} elements deep; the limit is "
+                           f"{MAX_DEPTH}: send it flatter, or as text", limit=MAX_DEPTH)
+    return soup, root
 
 
 def _fragment(markup: str, mode: Mode) -> list:

@@ -23,7 +23,7 @@ class TranslateRequest(BaseModel):
     text: str | list[str] = Field(description="one text or a batch of texts")
     source: str = Field("auto", description='language code, or "auto" to detect it (py3langid)')
     target: str = Field(description="language code")
-    max_tokens: int | None = Field(None, ge=1, description="most tokens generated per text")
+    max_tokens: int | None = Field(None, ge=1, description="most tokens generated per segment (sentence)")
     sampling: Sampling = Sampling()
     stream: bool = Field(False, description="server-sent events; one text only")
     specialist: str | None = Field(None, description="force this specialist instead of routing")
@@ -39,14 +39,15 @@ class TranslationItem(BaseModel):
     text: str
     source: str
     specialist: str
-    route: Literal["exact", "pair", "multilingual", "base", "forced", "overflow"] = Field(
+    route: Literal["exact", "pair", "multilingual", "base", "forced", "overflow", "none"] = Field(
         description="why this specialist: the best ready one for the direction (exact, pair, multilingual, "
         "base), asked for by name (forced), or the next capable one because the chosen one's queue was full "
-        "(overflow)")
+        "(overflow); none: a text of only whitespace, answered as it is without a specialist")
     overflow_from: str | None = Field(None, description="route overflow: the specialist whose queue was full")
     generated_tokens: int
     finish_reason: str | None
     detected_language: DetectedLanguage | None = None
+    segments: int = Field(1, description="the sentences (and parts of long ones) the text was translated in")
 
 
 class TranslateResponse(BaseModel):

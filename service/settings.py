@@ -159,9 +159,15 @@ class Settings(BaseSettings):
     engine_max_restarts: int = Field(5, ge=0)
     drain_timeout_s: float = Field(30, ge=0)  # SIGTERM: in-flight requests finish within this, then engines close
 
-    # Request limits.
-    max_chars_per_text: int = Field(4000, ge=1)
-    max_chars_per_batch: int = Field(20000, ge=1)
+    # Request limits. Characters per request: DeepL's 128 KiB body; per text: none unless set (LibreTranslate's
+    # --char-limit is off by default). Every text is cut into sentences (service.segments), so a long text is many
+    # short prompts, not one.
+    max_chars_per_text: int | None = Field(None, ge=1)
+    max_chars_per_batch: int = Field(131072, ge=1)  # characters of all the texts of one request
+    # A sentence longer than this is cut again after clauses, then between words (never truncated). 500: with
+    # ~4 characters per token in Latin scripts, ~125 source tokens, so prompt and translation fit a 512-token
+    # context and the translation fits default_max_tokens; lower it for CJK text on short-context models.
+    max_segment_chars: int = Field(500, ge=16)
     max_batch_size: int = Field(64, ge=1)
     max_queue_per_engine: int = Field(64, ge=1)  # texts waiting or running on one engine
     default_max_tokens: int = Field(256, ge=1)
@@ -189,7 +195,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits(self) -> Settings:
-        if self.max_chars_per_batch < self.max_chars_per_text:
+        if self.max_chars_per_text is not None and self.max_chars_per_batch < self.max_chars_per_text:
             raise ValueError("max_chars_per_batch must be >= max_chars_per_text")
         if self.engine_restart_max_delay_s < self.engine_restart_initial_delay_s:
             raise ValueError("engine_restart_max_delay_s must be >= engine_restart_initial_delay_s")

@@ -1,11 +1,12 @@
-"""Translation flow shared by /v1/translate and LibreTranslate's /translate: validate limits and languages,
-detect the source, route each text, admit it into its engine's queue, generate, extract, record metrics."""
+"""Translation flow shared by /v1/translate, LibreTranslate's and DeepL's: validate limits and languages, detect
+the source, route each text, cut it into segments (``service.segments``), admit the request's segments into their
+engines' queues, generate them all at once (the engines batch them), extract, rebuild each text, record metrics.
+Streaming: ``service.streaming``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -28,13 +29,13 @@ from moe_specialists.service.limits import check_limits
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.routing import NoRoute, Route, Tier, candidates, choose, languages, served, sources_for
 from moe_specialists.service.schemas import DetectedLanguage, Sampling, TranslationItem
+from moe_specialists.service.segments import Segmented, SplitMode, flatten_newlines, keep_format, rebuild, segment
 from moe_specialists.service.settings import Settings
 from moe_specialists.service.translation_errors import (
     InvalidInput,
     Overloaded,
     ShuttingDown,
     TimedOut,
-    TranslationError,
     Unavailable,
     UnservedLanguage,
     UnsupportedPair,
@@ -49,6 +50,9 @@ class Job:
     max_tokens: int | None = None
     sampling: Sampling = field(default_factory=Sampling)
     specialist: str | None = None
+    split: SplitMode = "sentences"  # DeepL's split_sentences: "1" sentences, "nonewlines", "0" none
+    markup: bool = False  # the texts are runs of HTML/XML (cut only outside tags)
+    preserve_formatting: bool = False  # DeepL's: first letter's case and final punctuation as the source's
 
 
 ROUTE_NAMES = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multilingual", Tier.BASE: "base"}
@@ -58,7 +62,8 @@ ROUTE_NAMES = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multi
 class Planned:
     """One text with its source language, engine and route. ``options``: every engine that can serve it with
     its route, best first (ready ones first): admission moves a text down this list when its engine's queue
-    is full (route "overflow", ``overflow_from`` the full one)."""
+    is full (route "overflow", ``overflow_from`` the full one). ``segments``: the text cut for translation;
+    ``prompts``: what the engine reads of each segment; ``gate``: the queue slots its segments share."""
 
     index: int
     text: str
@@ -68,6 +73,9 @@ class Planned:
     detected: DetectedLanguage | None = None
     options: list[tuple[Engine, str]] = field(default_factory=list)
     overflow_from: str | None = None
+    segments: Segmented | None = None
+    prompts: list[str] = field(default_factory=list)
+    gate: asyncio.Semaphore | None = None
 
 
 class Translator:
@@ -121,12 +129,14 @@ class Translator:
         accepted = self.accepted()
         return self.detect(texts, resolve(self.language("target", target, accepted), accepted))
 
-    async def translate_all(self, texts: list[str], source: str, target: str) -> list[TranslationItem]:
+    async def translate_all(self, texts: list[str], source: str, target: str, split: SplitMode = "sentences",
+                            markup: bool = False, preserve_formatting: bool = False) -> list[TranslationItem]:
         """Many texts (a document's), sent in consecutive requests within the batch limits."""
         s = self.settings
         out: list[TranslationItem] = []
         for chunk in chunks(texts, s.max_batch_size, s.max_chars_per_batch):
-            out += await self.translate(Job(chunk, source, target))
+            out += await self.translate(Job(chunk, source, target, split=split, markup=markup,
+                                            preserve_formatting=preserve_formatting))
         return out
 
     def detect(self, texts: list[str], target: str | None = None) -> list[DetectedLanguage]:
@@ -147,7 +157,8 @@ class Translator:
 
     def plan(self, job: Job) -> list[Planned]:
         """Check limits and languages (``job.source`` / ``job.target`` become canonical codes: what the prompt
-        names), detect sources, route each text by the served languages its codes resolve to."""
+        names), detect sources, route each text by the served languages its codes resolve to and cut it into
+        segments. A text of only whitespace is not planned (it is answered as it is)."""
         check_limits(job.texts, job.max_tokens, self.settings)
         routes = self.pool.routes()
         accepted = self.accepted(routes)
@@ -164,14 +175,16 @@ class Translator:
                     "unknown_specialist", f"no specialist {job.specialist!r}; served: {sorted(self.pool.engines)}",
                     accepted=sorted(self.pool.engines),
                 )
-        detected: list[DetectedLanguage | None] = [None] * len(job.texts)
+        live = [i for i, text in enumerate(job.texts) if text.strip()]
+        detected: dict[int, DetectedLanguage] = {}
         if job.source == "auto":
             if job.specialist is None and not sources_for(routes, target, self.base_languages()):
                 raise self._no_route(NoRoute("auto", job.target, served(routes)))
-            detected = list(self.detect(job.texts, target))
+            if live:
+                detected = dict(zip(live, self.detect([job.texts[i] for i in live], target), strict=True))
         planned = []
-        for i, text in enumerate(job.texts):
-            d = detected[i]
+        for i in live:
+            text, d = job.texts[i], detected.get(i)
             source = d.language if d is not None else job.source
             if job.specialist is not None:
                 engine = self.pool.engines[job.specialist]
@@ -187,6 +200,9 @@ class Translator:
             options = [(self.pool.engines[c.route.name], ROUTE_NAMES[c.tier]) for c in ordered]
             engine = self.pool.engines[choice.route.name]
             planned.append(Planned(i, text, source, engine, ROUTE_NAMES[choice.tier], d, options))
+        for p in planned:
+            p.segments = segment(p.text, p.source, job.split, self.settings.max_segment_chars, job.markup)
+            p.prompts = [flatten_newlines(t) if job.split == "nonewlines" else t for t in p.segments.texts]
         return planned
 
     def params(self, job: Job) -> GenerationParams:
@@ -208,7 +224,8 @@ class Translator:
     def admit(self, planned: list[Planned], target: str, stack: contextlib.ExitStack) -> None:
         """Reserve queue slots for every text (all or nothing) or raise. The texts of one engine (and source)
         go together to its first option with room: the chosen engine, else the next capable one (overflow),
-        else ``Overloaded`` (some option is ready but full) or ``Unavailable`` (none is ready)."""
+        else ``Overloaded`` (some option is ready but full) or ``Unavailable`` (none is ready). A group takes
+        ``window`` slots, shared by its segments through ``gate``."""
         if self.pool.draining:
             raise ShuttingDown("shutting_down", "the gateway is shutting down; retry on another instance",
                                retry_after_s=self.settings.retry_after_s)
@@ -217,19 +234,23 @@ class Translator:
             groups.setdefault((p.engine.name, p.source), []).append(p)
         for (name, source), group in groups.items():
             n, direction = len(group), f"{source}-{target}"
+            pieces = sum(max(len(p.prompts), 1) for p in group)
             options = group[0].options or [(group[0].engine, group[0].route)]
             busy: EngineBusy | None = None
             for engine, _route in options:
                 if not engine.ready:
                     continue
+                slots = window(n, pieces, engine.limit - engine.inflight, self.settings.max_num_seqs)
                 try:
-                    stack.enter_context(engine.slot(n))
+                    stack.enter_context(engine.slot(slots))
                 except EngineBusy as e:
                     busy = busy or e
                     continue
                 if engine.name != name:
                     self.metrics.overflows.labels(name, engine.name).inc(n)
+                gate = asyncio.Semaphore(slots)
                 for p in group:
+                    p.gate = gate
                     if engine.name != name:
                         p.engine, p.overflow_from, p.route = engine, name, "overflow"
                 break
@@ -254,16 +275,16 @@ class Translator:
 
     # ---- generation ----
     async def _generate(
-        self, p: Planned, target: str, params: GenerationParams, incremental: bool = True
+        self, p: Planned, target: str, params: GenerationParams, incremental: bool = True, text: str | None = None
     ) -> AsyncIterator[Generation]:
-        """Generate one text, recording TTFT (when incremental or the engine streams anyway), tokens, latency
-        and status for its specialist and direction."""
+        """Generate one text (``text``: one of its segments), recording TTFT (when incremental or the engine
+        streams anyway), tokens, latency and status for its specialist and direction."""
         labels = (p.engine.name, f"{p.source}-{target}")
         start, status, last, first = time.perf_counter(), "200", None, True
         queued = self.metrics.queued.labels(*labels)
         queued.inc()
         try:
-            async for g in p.engine.stream(p.source, target, p.text, params, incremental):
+            async for g in p.engine.stream(p.source, target, p.text if text is None else text, params, incremental):
                 if first and g.tokens > 0:
                     queued.dec()
                     # A lone final answer (a non-streamed remote call) says nothing about the first token.
@@ -290,20 +311,39 @@ class Translator:
                 self.metrics.generated_tokens.labels(*labels).inc(last.tokens)
                 self.metrics.prompt_tokens.labels(*labels).inc(last.prompt_tokens)
 
-    async def _one(self, p: Planned, target: str, params: GenerationParams) -> TranslationItem:
+    async def _segment(self, p: Planned, text: str, target: str, params: GenerationParams) -> Generation:
+        """One segment's final generation, within its group's queue slots."""
+        assert p.gate is not None, "admitted"
         last = Generation("", 0, 0)
-        async for g in self._generate(p, target, params, incremental=False):
-            last = g
+        async with p.gate:
+            async for g in self._generate(p, target, params, incremental=False, text=text):
+                last = g
+        return last
+
+    def item(self, p: Planned, job: Job, generations: list[Generation]) -> TranslationItem:
+        """A text's answer: its segments' clean translations put back into its gaps."""
+        assert p.segments is not None and len(generations) == len(p.segments.texts)
+        clean = [extract_translation(g.text, p.engine.end_markers) for g in generations]
+        if job.preserve_formatting:
+            clean = [keep_format(s, t) for s, t in zip(p.segments.texts, clean, strict=True)]
+        reasons = [g.finish_reason for g in generations]
         return TranslationItem(
-            text=extract_translation(last.text, p.engine.end_markers),
+            text=rebuild(p.segments, clean),
             source=p.source,
             specialist=p.engine.name,
             route=p.route,  # type: ignore[arg-type]
             overflow_from=p.overflow_from,
-            generated_tokens=last.tokens,
-            finish_reason=last.finish_reason,
+            generated_tokens=sum(g.tokens for g in generations),
+            finish_reason="length" if "length" in reasons else (reasons[-1] if reasons else None),
             detected_language=p.detected,
+            segments=len(generations),
         )
+
+    def blank(self, job: Job, text: str) -> TranslationItem:
+        """The answer to a text of only whitespace: itself, no engine asked (source ``und`` when detected)."""
+        source = "und" if job.source == "auto" else job.source
+        return TranslationItem(text=text, source=source, specialist="", route="none", generated_tokens=0,
+                               finish_reason=None, segments=0)
 
     def _timeout(self, planned: list[Planned], target: str) -> TimedOut:
         for p in planned:
@@ -314,56 +354,31 @@ class Translator:
         )
 
     async def translate(self, job: Job) -> list[TranslationItem]:
+        """Every text of the job, its segments generated together; a blank text answered as it is."""
         planned = self.plan(job)
         params = self.params(job)
-        with contextlib.ExitStack() as stack:
-            self.admit(planned, job.target, stack)
-            try:
-                async with asyncio.timeout(self.settings.request_timeout_s):
-                    return await _all_or_nothing([self._one(p, job.target, params) for p in planned])
-            except TimeoutError:
-                raise self._timeout(planned, job.target) from None
-
-    async def stream(self, job: Job) -> tuple[Planned, AsyncIterator[str], contextlib.ExitStack]:
-        """Route and admit one text now (refusals are raised before the stream starts); the iterator yields
-        SSE events: ``meta``, then ``data: {"delta": ...}`` pieces of clean text, then ``done`` (or ``error``).
-        The returned stack holds the queue slot: the iterator closes it, and so must the response when the
-        iterator never runs (closing twice is harmless)."""
-        if len(job.texts) != 1:
-            raise InvalidInput("stream_batch", "streaming takes one text; send a batch without stream")
-        (p,) = self.plan(job)
-        params = self.params(job)
-        stack = contextlib.ExitStack()
-        self.admit([p], job.target, stack)
-
-        async def events() -> AsyncIterator[str]:
-            with stack:
-                meta = {"specialist": p.engine.name, "route": p.route, "source": p.source, "target": job.target}
-                if p.overflow_from is not None:
-                    meta["overflow_from"] = p.overflow_from
-                if p.detected is not None:
-                    meta["detected_language"] = p.detected.model_dump()
-                yield _sse(meta, "meta")
-                sent, last = "", Generation("", 0, 0)
+        generations: list[Generation] = []
+        if planned:
+            with contextlib.ExitStack() as stack:
+                self.admit(planned, job.target, stack)
+                work = [self._segment(p, text, job.target, params) for p in planned for text in p.prompts]
                 try:
                     async with asyncio.timeout(self.settings.request_timeout_s):
-                        async for g in self._generate(p, job.target, params):
-                            last = g
-                            clean = extract_translation(g.text, p.engine.end_markers, final=False)
-                            if clean.startswith(sent) and len(clean) > len(sent):
-                                yield _sse({"delta": clean[len(sent):]})
-                                sent = clean
+                        generations = await _all_or_nothing(work)
                 except TimeoutError:
-                    yield _sse({"error": self._timeout([p], job.target).message, "code": "timeout"}, "error")
-                    return
-                except TranslationError as e:
-                    yield _sse({"error": e.message, "code": e.code}, "error")
-                    return
-                text = extract_translation(last.text, p.engine.end_markers)
-                done = {"translation": text, "generated_tokens": last.tokens, "finish_reason": last.finish_reason}
-                yield _sse(done, "done")
+                    raise self._timeout(planned, job.target) from None
+        answers, at = {}, 0
+        for p in planned:
+            answers[p.index] = self.item(p, job, generations[at:at + len(p.prompts)])
+            at += len(p.prompts)
+        return [answers[i] if i in answers else self.blank(job, text) for i, text in enumerate(job.texts)]
 
-        return p, events(), stack
+
+def window(texts: int, segments: int, free: int, most: int) -> int:
+    """Queue slots a group of ``texts`` texts cut into ``segments`` segments takes on one engine: one per text
+    at least (all or nothing, as a batch of texts), else as many segments as are free, at most ``most`` (the
+    sequences an engine runs at once; more would only wait in its queue)."""
+    return max(texts, min(segments, free, most))
 
 
 async def _all_or_nothing(coros: list) -> list:
@@ -377,7 +392,3 @@ async def _all_or_nothing(coros: list) -> list:
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
 
-
-def _sse(data: dict, event: str | None = None) -> str:
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"

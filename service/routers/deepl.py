@@ -2,8 +2,8 @@
 
 * ``POST /v2/translate``: JSON or form; ``text`` (a list, or one string); ``target_lang`` (upper or lower case,
   EN-US / EN-GB / PT-BR / ZH-HANT ... : regions are dropped, scripts kept); ``source_lang`` optional (detected);
-  ``tag_handling`` html | xml (markup kept) -> ``{"translations": [{"detected_source_language", "text",
-  "billed_characters"}]}``.
+  ``tag_handling`` html | xml (markup kept); ``split_sentences`` and ``preserve_formatting`` (``split_mode``,
+  ``preserve``) -> ``{"translations": [{"detected_source_language", "text", "billed_characters"}]}``.
 * ``GET /v2/languages?type=source|target`` (deepl-python sends ``type`` as a form body on the GET).
 * ``GET /v2/usage`` -> ``{"character_count", "character_limit"}`` of the key's daily quota.
 * The key: ``Authorization: DeepL-Auth-Key <key>`` (or ``auth_key`` in the body).
@@ -31,6 +31,7 @@ from moe_specialists.service.deps import charge, check_api_key, quotas_of
 from moe_specialists.service.errors import ApiError, api_error
 from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
+from moe_specialists.service.segments import SplitMode
 from moe_specialists.service.translation import Job, Translator
 from moe_specialists.service.translation_errors import TranslationError
 
@@ -66,12 +67,46 @@ router = APIRouter(prefix="/v2", tags=["deepl"], route_class=DeepLRoute)
 
 
 class DeepLTranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # formality, glossary_id, split_sentences, ... accepted, unused
+    model_config = ConfigDict(extra="ignore")  # formality, glossary_id, ... accepted, unused
     text: list[str] = Field(min_length=1)
     target_lang: str
     source_lang: str | None = None
     tag_handling: str | None = None
+    split_sentences: str | int | None = None
+    preserve_formatting: bool | int | str | None = None
     auth_key: str | None = None
+
+
+# DeepL's split_sentences (https://developers.deepl.com/docs/xml-and-html-handling/html): "0" no splitting, "1"
+# on punctuation and newlines (the default, and for tag_handling=xml), "nonewlines" on punctuation only,
+# ignoring newlines (the default for tag_handling=html).
+SPLIT_SENTENCES: dict[str, SplitMode] = {"0": "none", "1": "sentences", "nonewlines": "nonewlines"}
+
+
+def split_mode(value: str | int | None, tag_handling: str | None) -> SplitMode:
+    """The segmentation ``split_sentences`` asks for (its default depends on ``tag_handling``)."""
+    if value is None or value == "":
+        return "nonewlines" if tag_handling == "html" else "sentences"
+    mode = SPLIT_SENTENCES.get(str(value).strip().lower())
+    if mode is None:
+        raise ApiError(400, "invalid_request", f"Bad request: split_sentences {str(value)[:20]!r}; accepted: "
+                       f"{', '.join(SPLIT_SENTENCES)}")
+    return mode
+
+
+def preserve(value: bool | int | str | None) -> bool:
+    """DeepL's preserve_formatting ("0"/"1", 0/1, false/true; default off): on, each sentence's translation
+    keeps the source's first-letter case and adds no final punctuation the source lacks
+    (``segments.keep_format``); off, the model's output is kept as it is. The text's whitespace and line
+    breaks are the source's either way."""
+    if value is None or value == "":
+        return False
+    word = str(value).strip().lower()
+    if word in ("1", "true"):
+        return True
+    if word in ("0", "false"):
+        return False
+    raise ApiError(400, "invalid_request", f"Bad request: preserve_formatting {word[:20]!r}; accepted: 0, 1")
 
 
 def deepl_source(code: str) -> str:
@@ -121,6 +156,8 @@ async def translate(request: Request) -> JSONResponse:
         raise ApiError(400, "invalid_request", f"Bad request: {why} ({fields})") from None
     if body.tag_handling not in (None, "", "html", "xml"):
         raise ApiError(400, "invalid_request", f"Bad request: tag_handling {body.tag_handling!r}; accepted: html, xml")
+    split = split_mode(body.split_sentences, body.tag_handling)
+    keep = preserve(body.preserve_formatting)
     translator: Translator = request.app.state.translator
     charge(quotas_of(request), key, sum(len(t) for t in body.text))
     source, target, same = translator.pair(body.source_lang or "auto", body.target_lang)
@@ -136,7 +173,8 @@ async def translate(request: Request) -> JSONResponse:
                 translated = text
             else:
                 async def run(texts: list[str], src: str = src) -> list[str]:
-                    return [i.text for i in await translator.translate_all(texts, src, target)]
+                    found = await translator.translate_all(texts, src, target, split, True, keep)
+                    return [i.text for i in found]
 
                 translated = await translate_markup(text, run, mode)  # type: ignore[arg-type]
             out.append({"detected_source_language": deepl_source(base_language(src)), "text": translated,
@@ -145,7 +183,8 @@ async def translate(request: Request) -> JSONResponse:
         out = [{"detected_source_language": deepl_source(base_language(source)), "text": t,
                 "billed_characters": len(t)} for t in body.text]
     else:
-        items = await translator.translate(Job(list(body.text), source, target))
+        items = await translator.translate(Job(list(body.text), source, target, split=split,
+                                               preserve_formatting=keep))
         out = [{"detected_source_language": deepl_source(base_language(i.source)), "text": i.text,
                 "billed_characters": len(t)} for i, t in zip(items, body.text, strict=True)]
     return JSONResponse({"translations": out})

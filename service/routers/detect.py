@@ -18,7 +18,7 @@ async def detect(body: DetectRequest, translator: TranslatorDep, settings: Setti
     if not texts or len(texts) > settings.max_batch_size:
         raise ApiError(400, "invalid_request", f"text: send one text or a list of 1 to {settings.max_batch_size}")
     for i, text in enumerate(texts):
-        if len(text) > settings.max_chars_per_text:
+        if settings.max_chars_per_text is not None and len(text) > settings.max_chars_per_text:
             raise ApiError(413, "text_too_long", f"text {i} has {len(text)} characters; the limit is "
                            f"{settings.max_chars_per_text} per text", limit=settings.max_chars_per_text, index=i)
     return DetectResponse(detections=translator.detect_for(texts, body.target))

@@ -3,6 +3,7 @@ it: bodies as JSON, form or multipart; ``api_key`` in the body (or our headers);
 
 * ``POST /translate`` ``{q, source, target, format, alternatives}`` -> ``{"translatedText", "detectedLanguage"
   (source auto), "alternatives" (when asked: [] since the engines give one answer)}``; a list ``q`` gives lists.
+  Each text is cut into sentences and rebuilt with its layout (as LibreTranslate's sentence boundary detection);
   ``format: html`` keeps the markup (``service.markup``); source == target returns the text.
 * ``POST /detect`` ``{q}`` -> ``[{"language", "confidence" (0-100)}]`` (a list ``q``: one list per text).
 * ``GET /languages`` -> ``[{"code", "name", "targets"}]`` with LibreTranslate 1.7's spellings (zh-Hans, zh-Hant).
@@ -67,7 +68,7 @@ async def _translate_html(translator: Translator, doc: str, source: str, target:
         detected, source = d, d.language
 
     async def run(texts: list[str]) -> list[str]:
-        return [item.text for item in await translator.translate_all(texts, source, target)]
+        return [item.text for item in await translator.translate_all(texts, source, target, markup=True)]
 
     return await translate_markup(doc, run), _detected(detected) if detected else None
 
@@ -119,7 +120,7 @@ async def detect(
     texts = [body.q] if isinstance(body.q, str) else body.q
     if not texts or len(texts) > settings.max_batch_size:
         raise ApiError(400, "invalid_request", f"q: send one text or a list of 1 to {settings.max_batch_size}")
-    if any(len(t) > settings.max_chars_per_text for t in texts):
+    if settings.max_chars_per_text is not None and any(len(t) > settings.max_chars_per_text for t in texts):
         raise ApiError(413, "text_too_long", f"a text is over the limit of {settings.max_chars_per_text} characters",
                        limit=settings.max_chars_per_text)
     charge(quotas, body.api_key or key)
@@ -170,7 +171,8 @@ async def translate_file_route(
         source = translator.detect_for([sample or "x"], target)[0].language
 
     async def run(texts: list[str]) -> list[str]:
-        return [item.text for item in await translator.translate_all(texts, source, target)]
+        markup = suffix in (".html", ".htm")
+        return [item.text for item in await translator.translate_all(texts, source, target, markup=markup)]
 
     translated = text if same else await translate_file(name, text, run)
     stored = _file_store(request).put(name, translated.encode(), MEDIA_TYPES[suffix])
@@ -191,7 +193,7 @@ async def frontend_settings(settings: SettingsDep, translator: TranslatorDep) ->
     accepted = translator.accepted()
     target = "en" if "en" in accepted else (accepted[0] if accepted else "en")
     return {
-        "charLimit": settings.max_chars_per_text,
+        "charLimit": settings.max_chars_per_text or settings.max_chars_per_batch,
         "frontendTimeout": 500,
         "apiKeys": bool(settings.api_keys),
         "keyRequired": bool(settings.api_keys),

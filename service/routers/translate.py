@@ -1,4 +1,5 @@
-"""POST /v1/translate: one text or a batch; ``stream: true`` answers server-sent events."""
+"""POST /v1/translate: one text or a batch, each cut into sentences and rebuilt (``service.segments``);
+``stream: true`` answers server-sent events, segment by segment (``service.streaming``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from starlette.background import BackgroundTask
 from moe_specialists.service.deps import ApiKeyDep, HeaderKeyDep, QuotasDep, TranslatorDep, charge
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.schemas import TranslateRequest, TranslateResponse
+from moe_specialists.service.streaming import stream
 from moe_specialists.service.translation import Job
 
 router = APIRouter(prefix="/v1", tags=["translate"])
@@ -25,7 +27,7 @@ ERRORS = {
 
 
 def _specialists(names: list[str]) -> str:
-    return ",".join(dict.fromkeys(names))
+    return ",".join(dict.fromkeys(n for n in names if n))
 
 
 @router.post("/translate", response_model=TranslateResponse, responses=ERRORS)
@@ -39,10 +41,10 @@ async def translate(
     if body.stream:
         if not isinstance(body.text, str):
             raise ApiError(400, "stream_batch", "streaming takes one text (a string); send a batch without stream")
-        planned, events, slot = await translator.stream(job)
+        specialist, events, slot = await stream(translator, job)
         return StreamingResponse(
             events, media_type="text/event-stream",
-            headers={"X-Specialist": planned.engine.name, "Cache-Control": "no-cache"},
+            headers={"X-Specialist": specialist, "Cache-Control": "no-cache"},
             background=BackgroundTask(slot.close),
         )
     items = await translator.translate(job)

@@ -55,3 +55,15 @@ def test_file_store_evicts_oldest():
     c = store.put("c.txt", b"c", "text/plain")
     assert store.get(a) is None and store.get(b).content == b"b" and store.get(c).name == "c.txt"
     assert c.endswith(".c.txt")
+
+
+@pytest.mark.parametrize(("srt", "line"), [
+    ("1\n00:00:01,000 --> 00:00:02,000\nHi\n\n2\n00:00:03 -> 00:00:04\nBye\n", 6),  # the second cue's timing
+    ("\n\nJust some words\nand more\n", 3),  # no number: its first line
+])
+def test_srt_without_timing_refused_naming_the_line(srt, line):
+    from moe_specialists.service.translation_errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=f"^line {line} of the SubRip file") as e:
+        run("a.srt", srt)
+    assert e.value.details == {"line": line}

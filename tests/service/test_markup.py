@@ -85,3 +85,14 @@ def test_texts_of():
 def test_broken_html_is_read_as_the_parser_reads_it(bad, sent, expected):
     out, calls = run(bad, str.upper)
     assert out == expected and calls == ([sent] if sent else [])
+
+
+def test_nesting_deeper_than_the_limit_refused():
+    from moe_specialists.service.markup import MAX_DEPTH, depth, parse
+    from moe_specialists.service.translation_errors import InvalidInput
+
+    assert depth(parse("<p>a<b>b<i>c</i></b></p><p>d</p>", "html")[1]) == 3
+    ok = "<i>" * MAX_DEPTH + "x" + "</i>" * MAX_DEPTH
+    assert run(ok, str.upper)[0] == ok.replace("x", "X")
+    with pytest.raises(InvalidInput, match=f"nested {MAX_DEPTH + 1} elements deep; the limit is {MAX_DEPTH}"):
+        run("<i>" + ok + "</i>", str.upper)

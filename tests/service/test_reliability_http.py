@@ -3,7 +3,7 @@ reliability gateway's specialists and limits (test_reliability.py), each served 
 ``FakeEngine`` (tests/service/fake_engine.py: these tests check validation and error bodies, not vLLM).
 
 Oversized texts and batches (413 with the limit), unknown language codes (400 listing the accepted ones),
-lone surrogates, invalid UTF-8 and empty or blank texts (400 saying so): never 5xx."""
+lone surrogates, invalid UTF-8 and empty texts (400 saying so), blank texts answered as they are: never 5xx."""
 
 from __future__ import annotations
 
@@ -108,9 +108,20 @@ def test_invalid_utf8_body_400(client):
     assert r.status_code == 400 and r.json()["error"], r.text
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\n\t ", ["Hello", ""]])
+@pytest.mark.parametrize("text", ["", ["Hello", ""]])
 def test_empty_text_400(client, text):
     r = translate(client, text=text, source="en", target="de")
     assert r.status_code == 400 and r.json()["code"] == "empty_text" and "empty" in r.json()["error"], r.text
     r = client.post("/translate", json={"q": text, "source": "en", "target": "de"})
     assert r.status_code == 400 and "empty" in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("text", ["   ", "\n\t "])
+def test_blank_text_answered_as_it_is(client, text):
+    """Only whitespace: nothing to translate, the layout is the answer (no engine, no specialist)."""
+    r = translate(client, text=text, source="en", target="de")
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["translations"]
+    assert (item["text"], item["route"], item["specialist"], item["segments"]) == (text, "none", "", 0)
+    r = client.post("/translate", json={"q": text, "source": "en", "target": "de"})
+    assert r.status_code == 200 and r.json()["translatedText"] == text, r.text
