@@ -31,6 +31,7 @@ from moe_specialists.service.routing import NoRoute, Route, Tier, candidates, ch
 from moe_specialists.service.schemas import DetectedLanguage, Sampling, TranslationItem
 from moe_specialists.service.segments import Segmented, SplitMode, flatten_newlines, keep_format, rebuild, segment
 from moe_specialists.service.settings import Settings
+from moe_specialists.service.terms import Protected, Terms, enforce, protect
 from moe_specialists.service.translation_errors import (
     InvalidInput,
     Overloaded,
@@ -53,6 +54,7 @@ class Job:
     split: SplitMode = "sentences"  # DeepL's split_sentences: "1" sentences, "nonewlines", "0" none
     markup: bool = False  # the texts are runs of HTML/XML (cut only outside tags)
     preserve_formatting: bool = False  # DeepL's: first letter's case and final punctuation as the source's
+    terms: Terms | None = None  # a glossary's dictionary for the pair, enforced per segment (service.terms)
 
 
 ROUTE_NAMES = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multilingual", Tier.BASE: "base"}
@@ -63,7 +65,8 @@ class Planned:
     """One text with its source language, engine and route. ``options``: every engine that can serve it with
     its route, best first (ready ones first): admission moves a text down this list when its engine's queue
     is full (route "overflow", ``overflow_from`` the full one). ``segments``: the text cut for translation;
-    ``prompts``: what the engine reads of each segment; ``gate``: the queue slots its segments share."""
+    ``prompts``: what the engine reads of each segment (``protected``: with glossary terms as placeholders);
+    ``gate``: the queue slots its segments share."""
 
     index: int
     text: str
@@ -75,6 +78,7 @@ class Planned:
     overflow_from: str | None = None
     segments: Segmented | None = None
     prompts: list[str] = field(default_factory=list)
+    protected: list[Protected] = field(default_factory=list)
     gate: asyncio.Semaphore | None = None
 
 
@@ -130,13 +134,14 @@ class Translator:
         return self.detect(texts, resolve(self.language("target", target, accepted), accepted))
 
     async def translate_all(self, texts: list[str], source: str, target: str, split: SplitMode = "sentences",
-                            markup: bool = False, preserve_formatting: bool = False) -> list[TranslationItem]:
+                            markup: bool = False, preserve_formatting: bool = False,
+                            terms: Terms | None = None) -> list[TranslationItem]:
         """Many texts (a document's), sent in consecutive requests within the batch limits."""
         s = self.settings
         out: list[TranslationItem] = []
         for chunk in chunks(texts, s.max_batch_size, s.max_chars_per_batch):
             out += await self.translate(Job(chunk, source, target, split=split, markup=markup,
-                                            preserve_formatting=preserve_formatting))
+                                            preserve_formatting=preserve_formatting, terms=terms))
         return out
 
     def detect(self, texts: list[str], target: str | None = None) -> list[DetectedLanguage]:
@@ -203,6 +208,9 @@ class Translator:
         for p in planned:
             p.segments = segment(p.text, p.source, job.split, self.settings.max_segment_chars, job.markup)
             p.prompts = [flatten_newlines(t) if job.split == "nonewlines" else t for t in p.segments.texts]
+            if job.terms is not None:
+                p.protected = [protect(t, job.terms, job.markup) for t in p.prompts]
+                p.prompts = [x.text for x in p.protected]
         return planned
 
     def params(self, job: Job) -> GenerationParams:
@@ -320,10 +328,33 @@ class Translator:
                 last = g
         return last
 
-    def item(self, p: Planned, job: Job, generations: list[Generation]) -> TranslationItem:
-        """A text's answer: its segments' clean translations put back into its gaps."""
+    async def _enforce(self, planned: list[Planned], job: Job, params: GenerationParams,
+                       generations: list[Generation]) -> list[str]:
+        """Every segment's clean text with the glossary's terms in it (``terms.enforce``); a segment translated
+        again replaces its generation in ``generations``."""
+        pairs = [(p, x) for p in planned for x in p.protected]
+        clean = [extract_translation(g.text, p.engine.end_markers) for (p, _), g in zip(pairs, generations,
+                                                                                           strict=True)]
+
+        async def again(indices: list[int]) -> list[str]:
+            redo = await _all_or_nothing([self._segment(pairs[i][0], pairs[i][1].source, job.target, params)
+                                          for i in indices])
+            for i, g in zip(indices, redo, strict=True):
+                generations[i] = g
+            return [extract_translation(generations[i].text, pairs[i][0].engine.end_markers) for i in indices]
+
+        out, hows = await enforce([x for _, x in pairs], clean, again)
+        for how, n in hows.items():
+            self.metrics.glossary_terms.labels(how).inc(n)
+        return out
+
+    def item(self, p: Planned, job: Job, generations: list[Generation], clean: list[str] | None = None
+             ) -> TranslationItem:
+        """A text's answer: its segments' clean translations (``clean``, else extracted from ``generations``)
+        put back into its gaps."""
         assert p.segments is not None and len(generations) == len(p.segments.texts)
-        clean = [extract_translation(g.text, p.engine.end_markers) for g in generations]
+        if clean is None:
+            clean = [extract_translation(g.text, p.engine.end_markers) for g in generations]
         if job.preserve_formatting:
             clean = [keep_format(s, t) for s, t in zip(p.segments.texts, clean, strict=True)]
         reasons = [g.finish_reason for g in generations]
@@ -358,6 +389,7 @@ class Translator:
         planned = self.plan(job)
         params = self.params(job)
         generations: list[Generation] = []
+        clean: list[str] | None = None
         if planned:
             with contextlib.ExitStack() as stack:
                 self.admit(planned, job.target, stack)
@@ -365,11 +397,14 @@ class Translator:
                 try:
                     async with asyncio.timeout(self.settings.request_timeout_s):
                         generations = await _all_or_nothing(work)
+                        if job.terms is not None:
+                            clean = await self._enforce(planned, job, params, generations)
                 except TimeoutError:
                     raise self._timeout(planned, job.target) from None
         answers, at = {}, 0
         for p in planned:
-            answers[p.index] = self.item(p, job, generations[at:at + len(p.prompts)])
+            n = len(p.prompts)
+            answers[p.index] = self.item(p, job, generations[at:at + n], None if clean is None else clean[at:at + n])
             at += len(p.prompts)
         return [answers[i] if i in answers else self.blank(job, text) for i, text in enumerate(job.texts)]
 
