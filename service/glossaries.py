@@ -127,11 +127,17 @@ def to_tsv(entries: tuple[tuple[str, str], ...]) -> str:
     return "\n".join(f"{s}\t{t}" for s, t in entries)
 
 
-def new_glossary(name: str, dictionaries: list[Dictionary], now: datetime | None = None) -> Glossary:
-    """A glossary with a fresh id and DeepL's creation time format (``2026-12-03T17:31:56.123456Z``)."""
+def check_name(name: str) -> str:
+    """A glossary's name, stripped: 1 to 1024 UTF-8 bytes."""
     name = name.strip()
     if not name or len(name.encode()) > MAX_TERM_BYTES:
         raise InvalidGlossary("invalid_glossary", f"Bad request: name: give 1 to {MAX_TERM_BYTES} bytes")
+    return name
+
+
+def new_glossary(name: str, dictionaries: list[Dictionary], now: datetime | None = None) -> Glossary:
+    """A glossary with a fresh id and DeepL's creation time format (``2026-12-03T17:31:56.123456Z``)."""
+    name = check_name(name)
     if not dictionaries:
         raise InvalidGlossary("invalid_glossary", "Bad request: dictionaries: give at least one")
     pairs = [(d.source_lang, d.target_lang) for d in dictionaries]
@@ -141,6 +147,24 @@ def new_glossary(name: str, dictionaries: list[Dictionary], now: datetime | None
         raise InvalidGlossary("invalid_glossary", "Bad request: a dictionary's source and target are one language")
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return Glossary(str(uuid.uuid4()), name, stamp, tuple(dictionaries))
+
+
+def merged(old: Dictionary, new: Dictionary, max_entries: int) -> Dictionary:
+    """DeepL's v3 PATCH of a dictionary: ``new``'s entries update those of ``old`` with the same source term
+    and the others are added (at most ``max_entries`` in all)."""
+    entries = dict(old.entries) | dict(new.entries)
+    if len(entries) > max_entries:
+        raise InvalidGlossary("invalid_glossary", f"Bad request: more than {max_entries} entries "
+                              "(MOE_MAX_GLOSSARY_ENTRIES)", limit=max_entries)
+    return Dictionary(old.source_lang, old.target_lang, tuple(entries.items()))
+
+
+def with_dictionary(g: Glossary, d: Dictionary) -> Glossary:
+    """``g`` with ``d`` in place of its dictionary of the same pair, or added after the others."""
+    pair = (d.source_lang, d.target_lang)
+    kept = [x for x in g.dictionaries if (x.source_lang, x.target_lang) != pair]
+    at = next((i for i, x in enumerate(g.dictionaries) if (x.source_lang, x.target_lang) == pair), len(kept))
+    return Glossary(g.glossary_id, g.name, g.creation_time, tuple(kept[:at] + [d] + kept[at:]))
 
 
 def to_json(g: Glossary) -> dict:

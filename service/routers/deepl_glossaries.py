@@ -10,7 +10,9 @@ it; storage and parsing in ``service.glossaries``, enforcement in ``service.term
   entries_format}]``) -> 201 ``{glossary_id, name, dictionaries: [{source_lang, target_lang, entry_count}],
   creation_time}``; ``GET /v3/glossaries``, ``GET /v3/glossaries/{id}``, ``GET /v3/glossaries/{id}/entries
   ?source_lang=&target_lang=`` -> ``{"dictionaries": [{..., "entries" (TSV), "entries_format": "tsv"}]}``,
-  ``DELETE /v3/glossaries/{id}`` and ``DELETE /v3/glossaries/{id}/dictionaries?source_lang=&target_lang=``.
+  ``DELETE /v3/glossaries/{id}`` and ``DELETE /v3/glossaries/{id}/dictionaries?source_lang=&target_lang=``;
+  ``PATCH /v3/glossaries/{id}`` (``name`` and/or ``dictionaries``: entries merged into the pair's dictionary, or
+  a new one) and ``PUT /v3/glossaries/{id}/dictionaries`` (one dictionary replaced or added).
 
 A glossary belongs to the API key that made it (``glossaries.owner_of``). Errors: ``{"message"}``, 400 bad
 entries or languages, 404 unknown id (deepl-python raises ``GlossaryNotFoundException``)."""
@@ -27,10 +29,13 @@ from moe_specialists.service.glossaries import (
     Dictionary,
     Glossary,
     GlossaryStore,
+    check_name,
+    merged,
     new_glossary,
     owner_of,
     parse_entries,
     to_tsv,
+    with_dictionary,
 )
 from moe_specialists.service.routers.deepl import DeepLRoute, _authorise, _body
 from moe_specialists.service.routers.languages import served_languages
@@ -206,3 +211,33 @@ async def delete_dictionary(glossary_id: str, request: Request) -> Response:
                        "glossary instead")
     store.save(owner, Glossary(g.glossary_id, g.name, g.creation_time, rest))
     return Response(status_code=204)
+
+
+@router.patch("/v3/glossaries/{glossary_id}")
+async def update_v3(glossary_id: str, request: Request) -> dict:
+    owner, data = await _owner(request)
+    store = _store(request)
+    g = store.get(owner, glossary_id)
+    if data.get("name") is not None:
+        g = Glossary(g.glossary_id, check_name(_text(data, "name")), g.creation_time, g.dictionaries)
+    items = data.get("dictionaries") or []
+    if not isinstance(items, list) or not all(isinstance(d, dict) for d in items):
+        raise ApiError(400, "invalid_request", "Bad request: dictionaries: a list of {source_lang, target_lang, "
+                       "entries, entries_format}")
+    limit = request.app.state.settings.max_glossary_entries
+    for item in items:
+        new = dictionary(request, item)
+        old = g.dictionary(new.source_lang, new.target_lang)
+        g = with_dictionary(g, new if old is None else merged(old, new, limit))
+    store.save(owner, g)
+    return v3_info(g)
+
+
+@router.put("/v3/glossaries/{glossary_id}/dictionaries")
+async def replace_dictionary(glossary_id: str, request: Request) -> dict:
+    owner, data = await _owner(request)
+    store = _store(request)
+    d = dictionary(request, data)
+    store.save(owner, with_dictionary(store.get(owner, glossary_id), d))
+    return {"source_lang": spelled(d.source_lang), "target_lang": spelled(d.target_lang),
+            "entry_count": len(d.entries)}

@@ -14,10 +14,12 @@ from moe_specialists.service.glossaries import (
     Dictionary,
     GlossaryStore,
     dictionary_for,
+    merged,
     new_glossary,
     owner_of,
     parse_entries,
     to_tsv,
+    with_dictionary,
 )
 from moe_specialists.service.quotas import key_label
 from moe_specialists.service.terms import append, compile_terms, enforce, ensure, protect, restore
@@ -190,3 +192,16 @@ def test_enforce_restores_and_translates_failures_again():
 
 def test_entries_back_as_tsv():
     assert to_tsv((("a", "b"), ("c d", "e"))) == "a\tb\nc d\te"
+
+
+def test_v3_updates_merge_entries_and_replace_dictionaries():
+    old = Dictionary("en", "de", (("a", "1"), ("b", "2")))
+    new = Dictionary("en", "de", (("b", "3"), ("c", "4")))
+    assert merged(old, new, 3).entries == (("a", "1"), ("b", "3"), ("c", "4"))
+    with pytest.raises(InvalidGlossary, match="more than 2 entries"):
+        merged(old, new, 2)
+    fr = Dictionary("en", "fr", (("a", "x"),))
+    g = new_glossary("g", [old, fr])
+    assert with_dictionary(g, new).dictionaries == (new, fr)  # in its place
+    de_en = Dictionary("de", "en", (("z", "y"),))
+    assert with_dictionary(g, de_en).dictionaries == (old, fr, de_en)

@@ -225,5 +225,16 @@ def test_deepl_python_glossary_round_trip_on_fake_engines(registry_dir, tmp_path
         assert [(d.source_lang, d.target_lang, d.entry_count) for d in m.dictionaries] == [("EN", "DE", 1)]
         (d,) = client.get_multilingual_glossary_entries(m, "EN", "DE").dictionaries
         assert d.entries == "server\tServer"
+        assert client.update_multilingual_glossary_name(m, "renamed").name == "renamed"
+        up = client.update_multilingual_glossary_dictionary(
+            m, MultilingualGlossaryDictionaryEntries("EN", "DE", {"server": "Rechner", "laptop": "Notebook"}))
+        assert [(d.source_lang, d.entry_count) for d in up.dictionaries] == [("EN", 2)]
+        out = client.translate_text("The server.", source_lang="EN", target_lang="DE", glossary=m.glossary_id)
+        assert out.text == "The Rechner."  # the updated entry, not the cached one
+        rep = client.replace_multilingual_glossary_dictionary(
+            m, MultilingualGlossaryDictionaryEntries("DE", "EN", {"Rechner": "computer"}))
+        assert (rep.source_lang, rep.target_lang, rep.entry_count) == ("DE", "EN", 1)
+        pairs = [(d.source_lang, d.target_lang) for d in client.get_multilingual_glossary(m.glossary_id).dictionaries]
+        assert pairs == [("EN", "DE"), ("DE", "EN")]
         client.delete_multilingual_glossary(m)
         assert client.list_multilingual_glossaries() == []
