@@ -19,6 +19,7 @@ from typing import Literal
 from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
 
+from moe_specialists.service.segments import trim
 from moe_specialists.service.translation_errors import InvalidInput
 
 Translate = Callable[[list[str]], Awaitable[list[str]]]
@@ -106,14 +107,6 @@ def units(root: Tag) -> list[list]:
     return out
 
 
-def _split_space(text: str) -> tuple[str, str, str]:
-    core = text.strip()
-    if not core:
-        return text, "", ""
-    start = text.index(core)
-    return text[:start], core, text[start + len(core):]
-
-
 @dataclass
 class _Unit:
     nodes: list
@@ -178,9 +171,9 @@ async def translate_markup(document: str, translate: Translate, mode: Mode = "ht
         has_tags = any(isinstance(n, Tag) for n in run)
         markup = has_tags and not any(skipped(t) for t in _tags(run))
         if markup:
-            work.append(_Unit(run, True, *_split_space(_serialise(run))))
+            work.append(_Unit(run, True, *trim(_serialise(run))))
         elif not has_tags:
-            work.append(_Unit(run, False, *_split_space("".join(str(n) for n in run))))
+            work.append(_Unit(run, False, *trim("".join(str(n) for n in run))))
         else:
             work += _node_units(run)
     answers = await translate([u.text for u in work]) if work else []
@@ -204,7 +197,7 @@ async def translate_markup(document: str, translate: Translate, mode: Mode = "ht
 
 def _node_units(run: list) -> list[_Unit]:
     """One unit per text node of a run (the fallback that keeps every tag where it was)."""
-    return [_Unit([t], False, *_split_space(str(t))) for t in _text_nodes(run) if t.strip()]
+    return [_Unit([t], False, *trim(str(t))) for t in _text_nodes(run) if t.strip()]
 
 
 def _replace(old: list, new: list) -> None:
