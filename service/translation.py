@@ -10,13 +10,11 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from moe_specialists.models.languages import UnknownLanguage, canonical, flores200, resolve
 from moe_specialists.service.detect import METHOD, Detector
 from moe_specialists.service.documents import chunks
 from moe_specialists.service.engines.base import (
-    Engine,
     EngineBusy,
     EngineInputError,
     EngineUnavailable,
@@ -25,13 +23,14 @@ from moe_specialists.service.engines.base import (
 )
 from moe_specialists.service.engines.pool import EnginePool
 from moe_specialists.service.extract import extract_translation
+from moe_specialists.service.jobs import ROUTE_NAMES, Job, Planned, window
 from moe_specialists.service.limits import check_limits
 from moe_specialists.service.metrics import GatewayMetrics
-from moe_specialists.service.routing import NoRoute, Route, Tier, candidates, choose, languages, served, sources_for
-from moe_specialists.service.schemas import DetectedLanguage, Sampling, TranslationItem
-from moe_specialists.service.segments import Segmented, SplitMode, flatten_newlines, keep_format, rebuild, segment
+from moe_specialists.service.routing import NoRoute, Route, candidates, choose, languages, served, sources_for
+from moe_specialists.service.schemas import DetectedLanguage, TranslationItem
+from moe_specialists.service.segments import SplitMode, flatten_newlines, keep_format, rebuild, segment
 from moe_specialists.service.settings import Settings
-from moe_specialists.service.terms import Protected, Terms, enforce, protect
+from moe_specialists.service.terms import Terms, enforce, protect
 from moe_specialists.service.translation_errors import (
     InvalidInput,
     Overloaded,
@@ -41,45 +40,6 @@ from moe_specialists.service.translation_errors import (
     UnservedLanguage,
     UnsupportedPair,
 )
-
-
-@dataclass
-class Job:
-    texts: list[str]
-    source: str
-    target: str
-    max_tokens: int | None = None
-    sampling: Sampling = field(default_factory=Sampling)
-    specialist: str | None = None
-    split: SplitMode = "sentences"  # DeepL's split_sentences: "1" sentences, "nonewlines", "0" none
-    markup: bool = False  # the texts are runs of HTML/XML (cut only outside tags)
-    preserve_formatting: bool = False  # DeepL's: first letter's case and final punctuation as the source's
-    terms: Terms | None = None  # a glossary's dictionary for the pair, enforced per segment (service.terms)
-
-
-ROUTE_NAMES = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multilingual", Tier.BASE: "base"}
-
-
-@dataclass
-class Planned:
-    """One text with its source language, engine and route. ``options``: every engine that can serve it with
-    its route, best first (ready ones first): admission moves a text down this list when its engine's queue
-    is full (route "overflow", ``overflow_from`` the full one). ``segments``: the text cut for translation;
-    ``prompts``: what the engine reads of each segment (``protected``: with glossary terms as placeholders);
-    ``gate``: the queue slots its segments share."""
-
-    index: int
-    text: str
-    source: str
-    engine: Engine
-    route: str
-    detected: DetectedLanguage | None = None
-    options: list[tuple[Engine, str]] = field(default_factory=list)
-    overflow_from: str | None = None
-    segments: Segmented | None = None
-    prompts: list[str] = field(default_factory=list)
-    protected: list[Protected] = field(default_factory=list)
-    gate: asyncio.Semaphore | None = None
 
 
 class Translator:
@@ -407,13 +367,6 @@ class Translator:
             answers[p.index] = self.item(p, job, generations[at:at + n], None if clean is None else clean[at:at + n])
             at += len(p.prompts)
         return [answers[i] if i in answers else self.blank(job, text) for i, text in enumerate(job.texts)]
-
-
-def window(texts: int, segments: int, free: int, most: int) -> int:
-    """Queue slots a group of ``texts`` texts cut into ``segments`` segments takes on one engine: one per text
-    at least (all or nothing, as a batch of texts), else as many segments as are free, at most ``most`` (the
-    sequences an engine runs at once; more would only wait in its queue)."""
-    return max(texts, min(segments, free, most))
 
 
 async def _all_or_nothing(coros: list) -> list:

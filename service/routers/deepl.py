@@ -31,11 +31,12 @@ from moe_specialists.service.bodies import read_body
 from moe_specialists.service.deps import charge, check_api_key, quotas_of
 from moe_specialists.service.errors import ApiError, api_error
 from moe_specialists.service.glossaries import owner_of
+from moe_specialists.service.jobs import Job
 from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
 from moe_specialists.service.segments import SplitMode
 from moe_specialists.service.terms import Terms
-from moe_specialists.service.translation import Job, Translator
+from moe_specialists.service.translation import Translator
 from moe_specialists.service.translation_errors import TranslationError
 
 DEEPL_STATUS = {401: 403, 403: 403, 404: 404, 413: 413, 422: 400, 503: 503, 504: 503}

@@ -30,11 +30,12 @@ from moe_specialists.service.deps import HeaderKeyDep, QuotasDep, SettingsDep, T
 from moe_specialists.service.documents import FILE_TYPES, FileStore, translate_file
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.glossaries import owner_of
+from moe_specialists.service.jobs import Job
 from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
 from moe_specialists.service.schemas import DetectedLanguage, LibreTranslateDetectRequest, LibreTranslateRequest
 from moe_specialists.service.terms import Terms
-from moe_specialists.service.translation import Job, Translator
+from moe_specialists.service.translation import Translator
 
 router = APIRouter(tags=["libretranslate"])
 
