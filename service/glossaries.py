@@ -193,16 +193,21 @@ def dictionary_for(g: Glossary, source: str, target: str) -> Dictionary:
 
 class GlossaryStore:
     """Glossaries under ``root`` (``<state_dir>/glossaries``), one folder per owner; the compiled terms of the
-    dictionaries last used are kept (``cache`` of them), dropped when their glossary is deleted."""
+    dictionaries last used are kept (``cache`` of them) against their file's (inode, mtime, size), so a glossary
+    that another gateway replica edits or deletes in a shared state folder is read again, never served stale."""
 
     def __init__(self, root: Path, cache: int = 32):
         self.root = Path(root)
         self.cache = cache
-        self._terms: dict[tuple[str, str, str, str], Terms] = {}
+        self._terms: dict[tuple[str, str, str, str, int, int, int], Terms] = {}
 
     def terms(self, owner: str, glossary_id: str, source: str, target: str) -> Terms:
         """The compiled terms of glossary ``glossary_id``'s dictionary for ``source -> target``."""
-        key = (owner, glossary_id, source, target)
+        try:
+            stat = self._path(owner, glossary_id).stat()
+        except FileNotFoundError:
+            raise GlossaryNotFound("glossary_not_found", f"Glossary not found: {glossary_id!r}") from None
+        key = (owner, glossary_id, source, target, stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if key not in self._terms:
             found = compile_terms(dictionary_for(self.get(owner, glossary_id), source, target).entries)
             if len(self._terms) >= self.cache:

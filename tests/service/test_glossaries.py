@@ -133,6 +133,21 @@ def test_store_terms_cached_and_forgotten_on_delete(tmp_path):
         store.terms("anonymous", g.glossary_id, "en", "de")
 
 
+
+def test_two_replicas_on_one_state_folder_never_serve_stale_terms(tmp_path):
+    """Two gateways sharing a state folder (k8s replicas on one volume): an edit or delete by one is seen by
+    the other, whose compiled terms were cached before."""
+    a, b = GlossaryStore(tmp_path), GlossaryStore(tmp_path)
+    g = new_glossary("g", [Dictionary("en", "de", (("server", "Server"),))])
+    a.save("anonymous", g)
+    assert b.terms("anonymous", g.glossary_id, "en", "de").target("server") == "Server"
+    a.save("anonymous", with_dictionary(g, Dictionary("en", "de", (("server", "Rechner"), ("data", "Daten")))))
+    assert b.terms("anonymous", g.glossary_id, "en", "de").target("server") == "Rechner"
+    a.delete("anonymous", g.glossary_id)
+    with pytest.raises(GlossaryNotFound):
+        b.terms("anonymous", g.glossary_id, "en", "de")
+
+
 # ---- placeholders ----
 
 TERMS = compile_terms((("server", "Server"), ("data centre", "Rechenzentrum"), ("data", "Daten"),
