@@ -18,7 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 RUN groupadd --gid 10001 app \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/app --shell /usr/sbin/nologin app \
- && install -d -o app -g app /home/app/.cache  # owned by app, so a volume mounted here is writable
+ && install -d -o app -g app /home/app/.cache /home/app/.local/state  # owned by app: volumes mounted here are writable
 WORKDIR /app
 
 # ---- deps: the install recipe on the packaging files only, so code edits do not re-install vLLM ------------
@@ -51,6 +51,7 @@ ARG HF_HUB_OFFLINE=1
 ENV HF_HUB_OFFLINE=${HF_HUB_OFFLINE} \
     HF_HOME=/home/app/.cache/huggingface \
     XDG_CACHE_HOME=/home/app/.cache \
+    XDG_STATE_HOME=/home/app/.local/state \
     VLLM_CPU_KVCACHE_SPACE=1 \
     MOE_HOST=0.0.0.0 \
     MOE_PORT=8000
@@ -82,6 +83,7 @@ ARG HF_HUB_OFFLINE=0
 ENV HF_HUB_OFFLINE=${HF_HUB_OFFLINE} \
     HF_HOME=/home/app/.cache/huggingface \
     XDG_CACHE_HOME=/home/app/.cache \
+    XDG_STATE_HOME=/home/app/.local/state \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     MOE_HOST=0.0.0.0 \

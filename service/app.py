@@ -16,9 +16,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from moe_specialists.models.registry.store import Registry
 from moe_specialists.service.engines.pool import EngineFactory, EnginePool, vllm_engine
 from moe_specialists.service.errors import install_error_handlers
+from moe_specialists.service.glossaries import GlossaryStore
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.routers import (
     deepl,
+    deepl_glossaries,
     detect,
     health,
     languages,
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
         pool = EnginePool(specs, settings, metrics, engine_factory)
         app.state.settings, app.state.metrics, app.state.pool = settings, metrics, pool
         app.state.translator = Translator(pool, settings, metrics)
+        app.state.glossaries = GlossaryStore(settings.state_dir / "glossaries")
         starting = asyncio.create_task(pool.start())
         try:
             yield
@@ -111,7 +114,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
     app.add_middleware(CountResponses)
 
     install_error_handlers(app)
-    for module in (translate, detect, languages, specialists, health, libretranslate, deepl, web):
+    for module in (translate, detect, languages, specialists, health, libretranslate, deepl, deepl_glossaries, web):
         app.include_router(module.router)
     app.add_middleware(libretranslate.CompatCors, origins=settings.libretranslate_cors_origins)
     return app

@@ -71,6 +71,11 @@ class GatewayMetrics:
             "moe_gateway_quota_rejections_total", "Requests refused by a quota (kind: requests, characters)",
             ["key", "kind"], registry=r,
         )
+        self.glossary_terms = Counter(
+            "moe_gateway_glossary_terms_total", "Glossary term occurrences by how the target term got into the "
+            "output: placeholder (copied by the model), model (its own translation), replaced, appended",
+            ["how"], registry=r,
+        )
         self.requests = Counter(
             "moe_gateway_requests_total", "Translation requests by outcome", ["specialist", "direction", "status"],
             registry=r,

@@ -102,6 +102,8 @@ class LibreTranslateRequest(BaseModel):
     alternatives: int = Field(0, ge=0, le=10, description="alternative translations wanted ([] when the engine "
                               "gives none)")
     api_key: str | None = None
+    glossary_id: str | None = Field(None, description="extension: a DeepL glossary of this key (/v2/glossaries) "
+                                    "whose terms the translation must use; needs an explicit source")
 
 
 class LibreTranslateDetectRequest(BaseModel):

@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     registry_dir: Path | None = None
     # plan views (specialists served from their base and a plan, `-s name=PLAN.json:...`) are made here
     views_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe-specialists" / "views"
+    # what the gateway keeps between restarts: DeepL glossaries (<state_dir>/glossaries/<key hash>/<id>.json)
+    state_dir: Path = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "moe-specialists"
+    max_glossary_entries: int = Field(10_000, ge=1)  # entries of one glossary dictionary
 
     # In-process vLLM engines.
     dtype: str = "auto"

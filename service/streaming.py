@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 
 from moe_specialists.service.engines.base import Generation, GenerationParams
 from moe_specialists.service.extract import extract_translation
-from moe_specialists.service.translation import Job, Planned, Translator
+from moe_specialists.service.jobs import Job, Planned
+from moe_specialists.service.translation import Translator
 from moe_specialists.service.translation_errors import InvalidInput, TranslationError
 
 Piece = str | Generation | BaseException  # a delta, the segment's final generation, or why it failed

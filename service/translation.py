@@ -10,13 +10,11 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from moe_specialists.models.languages import UnknownLanguage, canonical, flores200, resolve
 from moe_specialists.service.detect import METHOD, Detector
 from moe_specialists.service.documents import chunks
 from moe_specialists.service.engines.base import (
-    Engine,
     EngineBusy,
     EngineInputError,
     EngineUnavailable,
@@ -25,12 +23,14 @@ from moe_specialists.service.engines.base import (
 )
 from moe_specialists.service.engines.pool import EnginePool
 from moe_specialists.service.extract import extract_translation
+from moe_specialists.service.jobs import ROUTE_NAMES, Job, Planned, window
 from moe_specialists.service.limits import check_limits
 from moe_specialists.service.metrics import GatewayMetrics
-from moe_specialists.service.routing import NoRoute, Route, Tier, candidates, choose, languages, served, sources_for
-from moe_specialists.service.schemas import DetectedLanguage, Sampling, TranslationItem
-from moe_specialists.service.segments import Segmented, SplitMode, flatten_newlines, keep_format, rebuild, segment
+from moe_specialists.service.routing import NoRoute, Route, candidates, choose, languages, served, sources_for
+from moe_specialists.service.schemas import DetectedLanguage, TranslationItem
+from moe_specialists.service.segments import SplitMode, flatten_newlines, keep_format, rebuild, segment
 from moe_specialists.service.settings import Settings
+from moe_specialists.service.terms import Terms, enforce, protect
 from moe_specialists.service.translation_errors import (
     InvalidInput,
     Overloaded,
@@ -40,42 +40,6 @@ from moe_specialists.service.translation_errors import (
     UnservedLanguage,
     UnsupportedPair,
 )
-
-
-@dataclass
-class Job:
-    texts: list[str]
-    source: str
-    target: str
-    max_tokens: int | None = None
-    sampling: Sampling = field(default_factory=Sampling)
-    specialist: str | None = None
-    split: SplitMode = "sentences"  # DeepL's split_sentences: "1" sentences, "nonewlines", "0" none
-    markup: bool = False  # the texts are runs of HTML/XML (cut only outside tags)
-    preserve_formatting: bool = False  # DeepL's: first letter's case and final punctuation as the source's
-
-
-ROUTE_NAMES = {Tier.EXACT: "exact", Tier.PAIR: "pair", Tier.MULTILINGUAL: "multilingual", Tier.BASE: "base"}
-
-
-@dataclass
-class Planned:
-    """One text with its source language, engine and route. ``options``: every engine that can serve it with
-    its route, best first (ready ones first): admission moves a text down this list when its engine's queue
-    is full (route "overflow", ``overflow_from`` the full one). ``segments``: the text cut for translation;
-    ``prompts``: what the engine reads of each segment; ``gate``: the queue slots its segments share."""
-
-    index: int
-    text: str
-    source: str
-    engine: Engine
-    route: str
-    detected: DetectedLanguage | None = None
-    options: list[tuple[Engine, str]] = field(default_factory=list)
-    overflow_from: str | None = None
-    segments: Segmented | None = None
-    prompts: list[str] = field(default_factory=list)
-    gate: asyncio.Semaphore | None = None
 
 
 class Translator:
@@ -130,13 +94,14 @@ class Translator:
         return self.detect(texts, resolve(self.language("target", target, accepted), accepted))
 
     async def translate_all(self, texts: list[str], source: str, target: str, split: SplitMode = "sentences",
-                            markup: bool = False, preserve_formatting: bool = False) -> list[TranslationItem]:
+                            markup: bool = False, preserve_formatting: bool = False,
+                            terms: Terms | None = None) -> list[TranslationItem]:
         """Many texts (a document's), sent in consecutive requests within the batch limits."""
         s = self.settings
         out: list[TranslationItem] = []
         for chunk in chunks(texts, s.max_batch_size, s.max_chars_per_batch):
             out += await self.translate(Job(chunk, source, target, split=split, markup=markup,
-                                            preserve_formatting=preserve_formatting))
+                                            preserve_formatting=preserve_formatting, terms=terms))
         return out
 
     def detect(self, texts: list[str], target: str | None = None) -> list[DetectedLanguage]:
@@ -203,6 +168,9 @@ class Translator:
         for p in planned:
             p.segments = segment(p.text, p.source, job.split, self.settings.max_segment_chars, job.markup)
             p.prompts = [flatten_newlines(t) if job.split == "nonewlines" else t for t in p.segments.texts]
+            if job.terms is not None:
+                p.protected = [protect(t, job.terms, job.markup) for t in p.prompts]
+                p.prompts = [x.text for x in p.protected]
         return planned
 
     def params(self, job: Job) -> GenerationParams:
@@ -320,10 +288,33 @@ class Translator:
                 last = g
         return last
 
-    def item(self, p: Planned, job: Job, generations: list[Generation]) -> TranslationItem:
-        """A text's answer: its segments' clean translations put back into its gaps."""
+    async def _enforce(self, planned: list[Planned], job: Job, params: GenerationParams,
+                       generations: list[Generation]) -> list[str]:
+        """Every segment's clean text with the glossary's terms in it (``terms.enforce``); a segment translated
+        again replaces its generation in ``generations``."""
+        pairs = [(p, x) for p in planned for x in p.protected]
+        clean = [extract_translation(g.text, p.engine.end_markers) for (p, _), g in zip(pairs, generations,
+                                                                                           strict=True)]
+
+        async def again(indices: list[int]) -> list[str]:
+            redo = await _all_or_nothing([self._segment(pairs[i][0], pairs[i][1].source, job.target, params)
+                                          for i in indices])
+            for i, g in zip(indices, redo, strict=True):
+                generations[i] = g
+            return [extract_translation(generations[i].text, pairs[i][0].engine.end_markers) for i in indices]
+
+        out, hows = await enforce([x for _, x in pairs], clean, again)
+        for how, n in hows.items():
+            self.metrics.glossary_terms.labels(how).inc(n)
+        return out
+
+    def item(self, p: Planned, job: Job, generations: list[Generation], clean: list[str] | None = None
+             ) -> TranslationItem:
+        """A text's answer: its segments' clean translations (``clean``, else extracted from ``generations``)
+        put back into its gaps."""
         assert p.segments is not None and len(generations) == len(p.segments.texts)
-        clean = [extract_translation(g.text, p.engine.end_markers) for g in generations]
+        if clean is None:
+            clean = [extract_translation(g.text, p.engine.end_markers) for g in generations]
         if job.preserve_formatting:
             clean = [keep_format(s, t) for s, t in zip(p.segments.texts, clean, strict=True)]
         reasons = [g.finish_reason for g in generations]
@@ -358,6 +349,7 @@ class Translator:
         planned = self.plan(job)
         params = self.params(job)
         generations: list[Generation] = []
+        clean: list[str] | None = None
         if planned:
             with contextlib.ExitStack() as stack:
                 self.admit(planned, job.target, stack)
@@ -365,20 +357,16 @@ class Translator:
                 try:
                     async with asyncio.timeout(self.settings.request_timeout_s):
                         generations = await _all_or_nothing(work)
+                        if job.terms is not None:
+                            clean = await self._enforce(planned, job, params, generations)
                 except TimeoutError:
                     raise self._timeout(planned, job.target) from None
         answers, at = {}, 0
         for p in planned:
-            answers[p.index] = self.item(p, job, generations[at:at + len(p.prompts)])
+            n = len(p.prompts)
+            answers[p.index] = self.item(p, job, generations[at:at + n], None if clean is None else clean[at:at + n])
             at += len(p.prompts)
         return [answers[i] if i in answers else self.blank(job, text) for i, text in enumerate(job.texts)]
-
-
-def window(texts: int, segments: int, free: int, most: int) -> int:
-    """Queue slots a group of ``texts`` texts cut into ``segments`` segments takes on one engine: one per text
-    at least (all or nothing, as a batch of texts), else as many segments as are free, at most ``most`` (the
-    sequences an engine runs at once; more would only wait in its queue)."""
-    return max(texts, min(segments, free, most))
 
 
 async def _all_or_nothing(coros: list) -> list:

@@ -28,6 +28,15 @@ class UnsupportedPair(InvalidInput):
     """Both languages are served, but no specialist translates between them (``served``: what is)."""
 
 
+class InvalidGlossary(InvalidInput):
+    """Glossary entries that cannot be used: malformed TSV/CSV, a duplicate source term, too many entries, a
+    glossary for another language pair than the request's."""
+
+
+class GlossaryNotFound(TranslationError):
+    """No glossary with that id for this API key."""
+
+
 class TooLarge(TranslationError):
     """Over a size limit: texts per request, characters per text or per request (``limit``)."""
 

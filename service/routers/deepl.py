@@ -3,7 +3,8 @@
 * ``POST /v2/translate``: JSON or form; ``text`` (a list, or one string); ``target_lang`` (upper or lower case,
   EN-US / EN-GB / PT-BR / ZH-HANT ... : regions are dropped, scripts kept); ``source_lang`` optional (detected);
   ``tag_handling`` html | xml (markup kept); ``split_sentences`` and ``preserve_formatting`` (``split_mode``,
-  ``preserve``) -> ``{"translations": [{"detected_source_language", "text", "billed_characters"}]}``.
+  ``preserve``); ``glossary_id`` (needs ``source_lang``: ``glossary_terms``; the glossary routes are in
+  ``deepl_glossaries``) -> ``{"translations": [{"detected_source_language", "text", "billed_characters"}]}``.
 * ``GET /v2/languages?type=source|target`` (deepl-python sends ``type`` as a form body on the GET).
 * ``GET /v2/usage`` -> ``{"character_count", "character_limit"}`` of the key's daily quota.
 * The key: ``Authorization: DeepL-Auth-Key <key>`` (or ``auth_key`` in the body).
@@ -29,10 +30,13 @@ from moe_specialists.models.languages import language_name as lang_name
 from moe_specialists.service.bodies import read_body
 from moe_specialists.service.deps import charge, check_api_key, quotas_of
 from moe_specialists.service.errors import ApiError, api_error
+from moe_specialists.service.glossaries import owner_of
+from moe_specialists.service.jobs import Job
 from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
 from moe_specialists.service.segments import SplitMode
-from moe_specialists.service.translation import Job, Translator
+from moe_specialists.service.terms import Terms
+from moe_specialists.service.translation import Translator
 from moe_specialists.service.translation_errors import TranslationError
 
 DEEPL_STATUS = {401: 403, 403: 403, 404: 404, 413: 413, 422: 400, 503: 503, 504: 503}
@@ -67,13 +71,14 @@ router = APIRouter(prefix="/v2", tags=["deepl"], route_class=DeepLRoute)
 
 
 class DeepLTranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # formality, glossary_id, ... accepted, unused
+    model_config = ConfigDict(extra="ignore")  # formality, context, ... accepted, unused
     text: list[str] = Field(min_length=1)
     target_lang: str
     source_lang: str | None = None
     tag_handling: str | None = None
     split_sentences: str | int | None = None
     preserve_formatting: bool | int | str | None = None
+    glossary_id: str | None = None
     auth_key: str | None = None
 
 
@@ -107,6 +112,18 @@ def preserve(value: bool | int | str | None) -> bool:
     if word in ("0", "false"):
         return False
     raise ApiError(400, "invalid_request", f"Bad request: preserve_formatting {word[:20]!r}; accepted: 0, 1")
+
+
+def glossary_terms(request: Request, key: str | None, glossary_id: str | None, source: str, target: str,
+                   same: bool) -> Terms | None:
+    """The terms of glossary ``glossary_id``'s dictionary for the request's pair (None without a glossary or
+    when nothing is translated); a glossary needs an explicit source language, as DeepL's does."""
+    if not glossary_id or same:
+        return None
+    if source == "auto":
+        raise ApiError(400, "invalid_request", "Bad request: source_lang is required when a glossary_id is given")
+    owner = owner_of(request.app.state.settings.api_keys, key)
+    return request.app.state.glossaries.terms(owner, glossary_id, source, target)
 
 
 def deepl_source(code: str) -> str:
@@ -161,6 +178,7 @@ async def translate(request: Request) -> JSONResponse:
     translator: Translator = request.app.state.translator
     charge(quotas_of(request), key, sum(len(t) for t in body.text))
     source, target, same = translator.pair(body.source_lang or "auto", body.target_lang)
+    terms = glossary_terms(request, key, body.glossary_id, source, target, same)
     mode = body.tag_handling or None
     out = []
     if mode:
@@ -173,7 +191,7 @@ async def translate(request: Request) -> JSONResponse:
                 translated = text
             else:
                 async def run(texts: list[str], src: str = src) -> list[str]:
-                    found = await translator.translate_all(texts, src, target, split, True, keep)
+                    found = await translator.translate_all(texts, src, target, split, True, keep, terms)
                     return [i.text for i in found]
 
                 translated = await translate_markup(text, run, mode)  # type: ignore[arg-type]
@@ -184,7 +202,7 @@ async def translate(request: Request) -> JSONResponse:
                 "billed_characters": len(t)} for t in body.text]
     else:
         items = await translator.translate(Job(list(body.text), source, target, split=split,
-                                               preserve_formatting=keep))
+                                               preserve_formatting=keep, terms=terms))
         out = [{"detected_source_language": deepl_source(base_language(i.source)), "text": i.text,
                 "billed_characters": len(t)} for i, t in zip(items, body.text, strict=True)]
     return JSONResponse({"translations": out})

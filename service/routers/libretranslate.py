@@ -4,7 +4,8 @@ it: bodies as JSON, form or multipart; ``api_key`` in the body (or our headers);
 * ``POST /translate`` ``{q, source, target, format, alternatives}`` -> ``{"translatedText", "detectedLanguage"
   (source auto), "alternatives" (when asked: [] since the engines give one answer)}``; a list ``q`` gives lists.
   Each text is cut into sentences and rebuilt with its layout (as LibreTranslate's sentence boundary detection);
-  ``format: html`` keeps the markup (``service.markup``); source == target returns the text.
+  ``format: html`` keeps the markup (``service.markup``); source == target returns the text. Extension:
+  ``glossary_id`` (a DeepL glossary of this key, ``/v2/glossaries``) enforces its terms; it needs a source.
 * ``POST /detect`` ``{q}`` -> ``[{"language", "confidence" (0-100)}]`` (a list ``q``: one list per text).
 * ``GET /languages`` -> ``[{"code", "name", "targets"}]`` with LibreTranslate 1.7's spellings (zh-Hans, zh-Hant).
 * ``POST /translate_file`` (multipart ``file``: .txt .html .srt .md) -> ``{"translatedFileUrl"}``, fetched from
@@ -28,10 +29,13 @@ from moe_specialists.service.bodies import read_body
 from moe_specialists.service.deps import HeaderKeyDep, QuotasDep, SettingsDep, TranslatorDep, charge, check_api_key
 from moe_specialists.service.documents import FILE_TYPES, FileStore, translate_file
 from moe_specialists.service.errors import ApiError
+from moe_specialists.service.glossaries import owner_of
+from moe_specialists.service.jobs import Job
 from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
 from moe_specialists.service.schemas import DetectedLanguage, LibreTranslateDetectRequest, LibreTranslateRequest
-from moe_specialists.service.translation import Job, Translator
+from moe_specialists.service.terms import Terms
+from moe_specialists.service.translation import Translator
 
 router = APIRouter(tags=["libretranslate"])
 
@@ -58,7 +62,8 @@ def _detected(d: DetectedLanguage | None) -> dict:
     return {"language": lt_code(d.language), "confidence": round(d.confidence * 100, 1)} if d else {}
 
 
-async def _translate_html(translator: Translator, doc: str, source: str, target: str) -> tuple[str, dict | None]:
+async def _translate_html(translator: Translator, doc: str, source: str, target: str,
+                          terms: Terms | None = None) -> tuple[str, dict | None]:
     detected = None
     if source == "auto":
         text = " ".join(texts_of(doc))
@@ -68,7 +73,8 @@ async def _translate_html(translator: Translator, doc: str, source: str, target:
         detected, source = d, d.language
 
     async def run(texts: list[str]) -> list[str]:
-        return [item.text for item in await translator.translate_all(texts, source, target, markup=True)]
+        return [item.text for item in await translator.translate_all(texts, source, target, markup=True,
+                                                                     terms=terms)]
 
     return await translate_markup(doc, run), _detected(detected) if detected else None
 
@@ -83,6 +89,12 @@ async def translate(
     texts = [body.q] if isinstance(body.q, str) else body.q
     charge(quotas, body.api_key or key, sum(len(t) for t in texts))
     source, target, same = translator.pair(body.source, body.target)
+    terms = None
+    if body.glossary_id and not same:
+        if source == "auto":
+            raise ApiError(400, "invalid_request", "a glossary_id needs an explicit source language (not auto)")
+        owner = owner_of(settings.api_keys, body.api_key or key)
+        terms = request.app.state.glossaries.terms(owner, body.glossary_id, source, target)
     detected: list[dict | None] = [None] * len(texts)
     specialists: list[str] = []
     if same:
@@ -92,10 +104,10 @@ async def translate(
             raise ApiError(400, "empty_batch", "no text to translate: send a string or a non-empty list")
         out_texts = []
         for i, doc in enumerate(texts):
-            translated, detected[i] = await _translate_html(translator, doc, source, target)
+            translated, detected[i] = await _translate_html(translator, doc, source, target, terms)
             out_texts.append(translated)
     else:
-        items = await translator.translate(Job(texts, source, target))
+        items = await translator.translate(Job(texts, source, target, terms=terms))
         out_texts = [i.text for i in items]
         detected = [_detected(i.detected_language) if source == "auto" else None for i in items]
         specialists = [i.specialist for i in items if i.specialist]

@@ -9,9 +9,9 @@ from starlette.background import BackgroundTask
 
 from moe_specialists.service.deps import ApiKeyDep, HeaderKeyDep, QuotasDep, TranslatorDep, charge
 from moe_specialists.service.errors import ApiError
+from moe_specialists.service.jobs import Job
 from moe_specialists.service.schemas import TranslateRequest, TranslateResponse
 from moe_specialists.service.streaming import stream
-from moe_specialists.service.translation import Job
 
 router = APIRouter(prefix="/v1", tags=["translate"])
 

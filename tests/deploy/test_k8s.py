@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.deploy.conftest import (
     k8s_quantity_bytes,
     need_module,
     need_tool,
+    stage,
 )
 
 K8S = ROOT / "deploy" / "k8s"
@@ -93,11 +95,19 @@ def test_services_select_pods_of_a_deployment_and_target_named_ports():
         assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_gateway_is_stateless_replicated_and_probed():
+def test_gateway_is_replicated_and_probed_and_shares_its_state():
     gw = one("Deployment", "gateway")
     assert gw["spec"]["replicas"] >= 2
     pod = gw["spec"]["template"]["spec"]
-    assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", [])), "the gateway keeps no state"
+    # Its one state, the glossaries, on a claim every replica can write, mounted where the image keeps it.
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert list(claims.values()) == ["gateway-state"]
+    assert one("PersistentVolumeClaim", "gateway-state")["spec"]["accessModes"] == ["ReadWriteMany"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    for target in ("cpu", "gpu"):  # the image's XDG_STATE_HOME: MOE_STATE_DIR's default is under it
+        env = " ".join(rest for keyword, rest in stage(target).instructions if keyword == "ENV")
+        assert [mounts[name] for name in claims] == re.findall(r"XDG_STATE_HOME=(\S+)", env)
     (c,) = pod["containers"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"

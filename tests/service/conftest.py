@@ -70,6 +70,7 @@ def gateway_settings(registry_dir: Path) -> Settings:
         max_tokens_limit=64,
         api_keys=[KEY],
         cors_origins=["https://example.org"],
+        state_dir=registry_dir.parent / "state",
     )
 
 

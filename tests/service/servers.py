@@ -30,11 +30,11 @@ def pruned_registry(model_dir: Path, root: Path) -> Path:
 
 @contextlib.contextmanager
 def gateway(model_dir: Path, root: Path, **overrides) -> Iterator[tuple[object, str]]:
-    """(app, base URL) of a ready gateway."""
+    """(app, base URL) of a ready gateway (its state, e.g. glossaries, under ``root / "state"``)."""
     settings = Settings(
         registry_dir=pruned_registry(model_dir, root), dtype="float32", max_model_len=512, enforce_eager=True,
         default_max_tokens=8, max_tokens_limit=16, max_queue_per_engine=16, max_batch_size=8, access_log=False,
-        **overrides,
+        **{"state_dir": root / "state", **overrides},
     )
     app = create_app(settings)
     port = free_port()

@@ -186,6 +186,27 @@ def test_deepl_languages_and_usage(url):
     assert usage.character.count == before + 12 and usage.character.valid
 
 
+@pytest.mark.slow
+def test_deepl_glossary_round_trip(server, url, client):
+    """create_glossary -> translate_text(glossary=...) -> list -> entries -> delete on the real engine: the model
+    is random, so its answer shows the enforcement, not the model (the placeholders it drops are made up for)."""
+    app, _ = server
+    translator = deepl.Translator("any-key", server_url=url)
+    entries = {"garden": "Garten", "children": "Kinder"}
+    g = translator.create_glossary("terms", "EN", "DE", entries)
+    text = "The children are playing in the garden."
+    out = translator.translate_text(text, source_lang="EN", target_lang="DE", glossary=g).text
+    assert "Garten" in out and "Kinder" in out, out
+    assert out != native(client, text, "en", "de")
+    assert [x.glossary_id for x in translator.list_glossaries()] == [g.glossary_id]
+    assert translator.get_glossary_entries(g) == entries
+    translator.delete_glossary(g)
+    assert translator.list_glossaries() == []
+    with pytest.raises(deepl.DeepLException, match="Glossary not found"):  # a 404 on translate: not the
+        translator.translate_text(text, source_lang="EN", target_lang="DE", glossary=g.glossary_id)  # glossary kind
+    assert not list((app.state.settings.state_dir / "glossaries").rglob("*.json"))
+
+
 def test_deepl_errors(server, url, keys_required):
     app, _ = server
     with pytest.raises(deepl.AuthorizationException):

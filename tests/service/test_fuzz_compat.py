@@ -1,7 +1,7 @@
 """OpenAPI fuzz of the LibreTranslate, DeepL, detection and web routes (test_reliability.py fuzzes /v1/translate):
 schemathesis generates valid and invalid requests from the served schema, completed with the bodies these
 routes read by hand (JSON, form, multipart); none may be answered 5xx, every error must say what is wrong
-({"error": ...} or, on /v2, {"message": ...}); then the gateway still translates."""
+({"error": ...} or, on /v2 and /v3, {"message": ...}); then the gateway still translates."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def says_what(r, path: str) -> bool:
         payload = r.json()
     except ValueError:
         return False
-    message = payload.get("message" if path.startswith("/v2/") else "error") if isinstance(payload, dict) else None
+    field = "message" if path.startswith(("/v2/", "/v3/")) else "error"  # DeepL's shape on its routes
+    message = payload.get(field) if isinstance(payload, dict) else None
     return isinstance(message, str) and bool(message)
 
 

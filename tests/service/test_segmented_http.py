@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from moe_specialists.service.app import create_app
-from moe_specialists.service.translation import window
+from moe_specialists.service.jobs import window
 from tests.service.conftest import AUTH, KEY, gateway_settings, wait_ready
 from tests.service.fake_engine import fake_engines
 
