@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moe_specialists.models.registry.store import Registry
+from moe_specialists.service.cache import TranslationCache
 from moe_specialists.service.engines.pool import EngineFactory, EnginePool, vllm_engine
 from moe_specialists.service.errors import install_error_handlers
 from moe_specialists.service.glossaries import GlossaryStore
@@ -88,7 +89,8 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
         metrics = GatewayMetrics()
         pool = EnginePool(specs, settings, metrics, engine_factory)
         app.state.settings, app.state.metrics, app.state.pool = settings, metrics, pool
-        app.state.translator = Translator(pool, settings, metrics)
+        cache = TranslationCache(settings.translation_cache_size, metrics) if settings.translation_cache_size else None
+        app.state.translator = Translator(pool, settings, metrics, cache=cache)
         app.state.glossaries = GlossaryStore(settings.state_dir / "glossaries")
         starting = asyncio.create_task(pool.start())
         try:

@@ -76,6 +76,25 @@ class GatewayMetrics:
             "output: placeholder (copied by the model), model (its own translation), replaced, appended",
             ["how"], registry=r,
         )
+        # The translation cache (service.cache): segment answers served without an engine.
+        self.cache_hits = Counter(
+            "moe_gateway_translation_cache_hits_total", "Segments answered from the translation cache",
+            ["specialist"], registry=r,
+        )
+        self.cache_misses = Counter(
+            "moe_gateway_translation_cache_misses_total", "Segments looked up in the translation cache and not "
+            "found (then generated)", ["specialist"], registry=r,
+        )
+        self.cache_evictions = Counter(
+            "moe_gateway_translation_cache_evictions_total", "Entries evicted to make room (least recently used)",
+            registry=r,
+        )
+        self.cache_bytes = Gauge("moe_gateway_translation_cache_bytes", "Bytes the translation cache holds",
+                                 registry=r)
+        self.cache_entries = Gauge("moe_gateway_translation_cache_entries", "Entries the translation cache holds",
+                                   registry=r)
+        self.cache_capacity = Gauge("moe_gateway_translation_cache_capacity_bytes",
+                                    "Bytes the translation cache may hold (0: no cache)", registry=r)
         self.requests = Counter(
             "moe_gateway_requests_total", "Translation requests by outcome", ["specialist", "direction", "status"],
             registry=r,

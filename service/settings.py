@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
@@ -172,6 +172,8 @@ class Settings(BaseSettings):
     # context and the translation fits default_max_tokens; lower it for CJK text on short-context models.
     max_segment_chars: int = Field(500, ge=16)
     max_batch_size: int = Field(64, ge=1)
+    # Segment translations kept and answered again without an engine (service.cache), e.g. "64MiB"; 0: off.
+    translation_cache_size: ByteSize = ByteSize(0)
     max_queue_per_engine: int = Field(64, ge=1)  # texts waiting or running on one engine
     default_max_tokens: int = Field(256, ge=1)
     max_tokens_limit: int = Field(1024, ge=1)

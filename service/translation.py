@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 from moe_specialists.models.languages import UnknownLanguage, canonical, flores200, resolve
+from moe_specialists.service.cache import Key, TranslationCache, cacheable
 from moe_specialists.service.detect import METHOD, Detector
 from moe_specialists.service.documents import chunks
 from moe_specialists.service.engines.base import (
@@ -44,9 +45,10 @@ from moe_specialists.service.translation_errors import (
 
 class Translator:
     def __init__(self, pool: EnginePool, settings: Settings, metrics: GatewayMetrics,
-                 detector: Detector | None = None):
+                 detector: Detector | None = None, cache: TranslationCache | None = None):
         self.pool, self.settings, self.metrics = pool, settings, metrics
         self.detector = detector or Detector()
+        self.cache = cache
 
     # ---- languages ----
     def base_languages(self) -> tuple[str, ...]:
@@ -246,13 +248,20 @@ class Translator:
         self, p: Planned, target: str, params: GenerationParams, incremental: bool = True, text: str | None = None
     ) -> AsyncIterator[Generation]:
         """Generate one text (``text``: one of its segments), recording TTFT (when incremental or the engine
-        streams anyway), tokens, latency and status for its specialist and direction."""
+        streams anyway), tokens, latency and status for its specialist and direction. With a translation cache,
+        an answer found there is the one generation (no engine asked), and a finished one is kept there."""
+        text = p.text if text is None else text
+        cache, key = self.cache, self._cache_key(p, text, target, params)
+        hit = cache.get(key, p.engine.name) if cache is not None and key is not None else None
+        if hit is not None:
+            yield hit
+            return
         labels = (p.engine.name, f"{p.source}-{target}")
         start, status, last, first = time.perf_counter(), "200", None, True
         queued = self.metrics.queued.labels(*labels)
         queued.inc()
         try:
-            async for g in p.engine.stream(p.source, target, p.text if text is None else text, params, incremental):
+            async for g in p.engine.stream(p.source, target, text, params, incremental):
                 if first and g.tokens > 0:
                     queued.dec()
                     # A lone final answer (a non-streamed remote call) says nothing about the first token.
@@ -270,6 +279,9 @@ class Translator:
         except (TimeoutError, asyncio.CancelledError, GeneratorExit):
             status = "499"  # cut off: the request timed out (see rejections{reason="timeout"}) or the client left
             raise
+        else:
+            if cache is not None and key is not None and last is not None and last.finished:
+                cache.put(key, last)
         finally:
             if first:
                 queued.dec()
@@ -278,6 +290,13 @@ class Translator:
             if last is not None:
                 self.metrics.generated_tokens.labels(*labels).inc(last.tokens)
                 self.metrics.prompt_tokens.labels(*labels).inc(last.prompt_tokens)
+
+    def _cache_key(self, p: Planned, text: str, target: str, params: GenerationParams) -> Key | None:
+        """What ``text`` is cached under on ``p``'s engine; None without a cache, before the engine's first start
+        or when the answer may differ each time (``cache.cacheable``)."""
+        if self.cache is None or p.engine.identity is None or not cacheable(params):
+            return None
+        return (p.engine.identity, p.source, target, text, params)
 
     async def _segment(self, p: Planned, text: str, target: str, params: GenerationParams) -> Generation:
         """One segment's final generation, within its group's queue slots."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from moe_specialists.service.metrics import GatewayMetrics
@@ -106,6 +108,21 @@ def failure_reason(error: str | None) -> str:
     return line[:120]
 
 
+def identity(spec: SpecialistSpec, starts: int) -> str:
+    """What a specialist serves, as 16 hex digits: for a local folder (a plan's view included) sha256 of its path
+    and every file's (relative name, size, mtime_ns, inode), links followed; for a hub id or a remote server
+    (whose weights the gateway cannot see) its path with the number of starts, so each start is new."""
+    folder = Path(spec.path)
+    h = hashlib.sha256(spec.path.encode())
+    if not spec.remote and folder.is_dir():
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            st = f.stat()
+            h.update(f"\0{f.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}".encode())
+    else:
+        h.update(f"\0start {starts}".encode())
+    return h.hexdigest()[:16]
+
+
 class Engine(ABC):
     backend: str = "?"
     restartable_forever = False  # remote engines: reconnected for ever, never given up
@@ -125,6 +142,7 @@ class Engine(ABC):
         self.tokenizer: Any = None
         self.max_model_len: int | None = None
         self.restarts = 0  # restarts (reconnects) attempted
+        self.identity: str | None = None  # what it serves, set at each start (``identity``)
         self.incurable = False  # the last start failed with an EngineConfigError: given up, not restarted
         self.retry_at: float | None = None  # monotonic time of the next restart when failed
         self.start_began: float | None = None

@@ -27,6 +27,7 @@ from moe_specialists.service.engines.base import (
     EngineConfigError,
     EngineUnavailable,
     backoff_delay,
+    identity,
     retry_after_header,
 )
 from moe_specialists.service.engines.local import LocalVllmEngine
@@ -147,6 +148,7 @@ class EnginePool:
             return False
         finally:
             self.refresh_metrics()
+        engine.identity = await asyncio.to_thread(identity, engine.spec, engine.restarts)
         engine.start_estimate = time.monotonic() - engine.start_began
         log.info("specialist %s (%s): ready in %.1f s", engine.name, engine.backend, engine.start_estimate)
         return engine.ready

@@ -19,8 +19,9 @@ import httpx
 import pytest
 from libretranslatepy import LibreTranslateAPI
 
+from moe_specialists.service.cache import TranslationCache
 from moe_specialists.service.quotas import Quotas
-from tests.service.conftest import READY_TIMEOUT_S
+from tests.service.conftest import READY_TIMEOUT_S, metric
 from tests.service.servers import SPECIALIST, gateway
 
 pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 300)
@@ -93,6 +94,48 @@ def test_libretranslatepy_with_api_key(url, client, keys_required):
         with pytest.raises(urllib.error.HTTPError) as e:
             bad.translate("Good morning", "en", "fr")
         assert e.value.code in (401, 403) and json.loads(e.value.read())["error"]
+
+
+ARTICLE = "\n\n".join([
+    "The town library opens at nine. Children come after school to read and to play chess.",
+    "On Saturdays the market fills the square. Farmers sell apples, cheese and fresh bread.",
+    "The river is calm in summer. People swim near the bridge, and boats carry tourists to the island.",
+    "In winter the hills are white. The school closes when the snow is too deep for the buses.",
+    "A new bakery opened last month. Its owner gets up at four to bake before the first train.",
+    "Everyone agrees that the town is quiet. Nobody wants it to change too quickly.",
+])
+
+
+def paragraphs(text: str) -> list[str]:
+    return text.split("\n\n")
+
+
+@pytest.fixture
+def cache_on(server):
+    """The gateway with a translation cache during the test (its size as ``translation_cache_size="1MiB"``)."""
+    app, _ = server
+    translator = app.state.translator
+    translator.cache = TranslationCache(1024 ** 2, app.state.metrics)
+    try:
+        yield translator.cache
+    finally:
+        translator.cache = None
+
+
+def test_an_article_through_both_clients_keeps_its_paragraphs_and_hits_the_cache(url, client, cache_on):
+    """Six paragraphs, twelve sentences: each client gets six non-empty paragraphs back, the same text as the
+    native route; the second and third asks are answered from the cache (hits counted in /metrics)."""
+    def counts() -> tuple[float, float]:
+        return tuple(metric(client, f"moe_gateway_translation_cache_{kind}_total", specialist=SPECIALIST)
+                     for kind in ("hits", "misses"))
+
+    hits, misses = counts()
+    lt = LibreTranslateAPI(url).translate(ARTICLE, "en", "de")
+    assert len(paragraphs(lt)) == 6 and all(p.strip() for p in paragraphs(lt)), lt
+    assert counts() == (hits, misses + 12)
+    dl = deepl.Translator("any-key", server_url=url).translate_text(ARTICLE, source_lang="EN", target_lang="DE")
+    assert dl.text == lt == native(client, ARTICLE, "en", "de")
+    assert counts() == (hits + 24, misses + 12) and len(cache_on) == 12
 
 
 # ---- the rest of LibreTranslate's API ----
