@@ -15,12 +15,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moe_specialists.models.registry.store import Registry
 from moe_specialists.service.cache import TranslationCache
+from moe_specialists.service.document_jobs import DocumentJobs
 from moe_specialists.service.engines.pool import EngineFactory, EnginePool, vllm_engine
 from moe_specialists.service.errors import install_error_handlers
 from moe_specialists.service.glossaries import GlossaryStore
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.routers import (
     deepl,
+    deepl_documents,
     deepl_glossaries,
     detect,
     health,
@@ -92,6 +94,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
         cache = TranslationCache(settings.translation_cache_size, metrics) if settings.translation_cache_size else None
         app.state.translator = Translator(pool, settings, metrics, cache=cache)
         app.state.glossaries = GlossaryStore(settings.state_dir / "glossaries")
+        app.state.documents = DocumentJobs()
         starting = asyncio.create_task(pool.start())
         try:
             yield
@@ -99,6 +102,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
+            await app.state.documents.close()
             await pool.close()
 
     app = FastAPI(
@@ -116,7 +120,8 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
     app.add_middleware(CountResponses)
 
     install_error_handlers(app)
-    for module in (translate, detect, languages, specialists, health, libretranslate, deepl, deepl_glossaries, web):
+    for module in (translate, detect, languages, specialists, health, libretranslate, deepl, deepl_glossaries,
+               deepl_documents, web):
         app.include_router(module.router)
     app.add_middleware(libretranslate.CompatCors, origins=settings.libretranslate_cors_origins)
     return app

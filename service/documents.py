@@ -17,12 +17,63 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
-from moe_specialists.service.markup import translate_markup
-from moe_specialists.service.translation_errors import InvalidInput
+from moe_specialists.service.markup import texts_of, translate_markup
+from moe_specialists.service.translation_errors import InvalidInput, TooLarge
 
 Translate = Callable[[list[str]], Awaitable[list[str]]]
-FILE_TYPES = (".txt", ".html", ".htm", ".srt", ".md")
+MEDIA_TYPES = {".txt": "text/plain", ".html": "text/html", ".htm": "text/html", ".srt": "application/x-subrip",
+               ".md": "text/markdown"}
+FILE_TYPES = tuple(MEDIA_TYPES)
+
+
+def file_type(filename: str | None) -> tuple[str, str]:
+    """(the file's base name, its lower-case suffix) of an upload; ``InvalidInput`` for no name or a type not in
+    ``FILE_TYPES``."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    if not name:
+        raise InvalidInput("invalid_request", f"the file has no name; send one ending in {', '.join(FILE_TYPES)}",
+                           accepted=list(FILE_TYPES))
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if suffix not in FILE_TYPES:
+        raise InvalidInput("unsupported_file", f"file type {suffix or '(none)'!r} is not accepted; accepted: "
+                           f"{', '.join(FILE_TYPES)}", accepted=list(FILE_TYPES))
+    return name, suffix
+
+
+def attachment(name: str) -> str:
+    """The Content-Disposition of a download named ``name`` (RFC 6266: an ASCII fallback, and the name itself
+    percent-encoded as UTF-8)."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def read_text(raw: bytes, max_chars: int) -> str:
+    """An uploaded file as text (UTF-8, a BOM dropped): ``InvalidInput`` when it is not UTF-8, ``TooLarge`` over
+    ``max_chars`` characters. Read at most ``4 * max_chars + 1`` bytes of the upload: more cannot fit."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        if len(raw) > 4 * max_chars:  # cut inside a character at the read limit: too long either way
+            raise TooLarge("file_too_long", f"the file has more than {max_chars} characters",
+                           limit=max_chars) from None
+        raise InvalidInput("invalid_file", "the file is not UTF-8 text") from None
+    if len(text) > max_chars:
+        raise TooLarge("file_too_long", f"the file has more than {max_chars} characters", limit=max_chars)
+    return text
+
+
+def check_file(suffix: str, text: str) -> None:
+    """Refuse, before anything is translated, a file whose structure is broken (SubRip: ``srt_cues``)."""
+    if suffix == ".srt":
+        srt_cues(text)
+
+
+def detection_sample(suffix: str, text: str) -> str:
+    """What the source language of a file is detected from: its first 2000 characters of text (markup's text
+    nodes for html)."""
+    return " ".join(texts_of(text) if suffix in (".html", ".htm") else text.split())[:2000]
 
 
 def chunks(texts: list[str], max_texts: int, max_chars: int) -> list[list[str]]:

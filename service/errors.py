@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moe_specialists.service.translation_errors import (
-    GlossaryNotFound,
     InvalidInput,
+    NotFound,
     Overloaded,
     ShuttingDown,
     TimedOut,
@@ -43,7 +43,7 @@ class ApiError(Exception):
 
 # The status of each kind of translation refusal (a subclass answers as its nearest listed ancestor).
 STATUS: dict[type[TranslationError], int] = {
-    InvalidInput: 400, GlossaryNotFound: 404, TooLarge: 413, Overloaded: 429, Unavailable: 503, TimedOut: 504,
+    InvalidInput: 400, NotFound: 404, TooLarge: 413, Overloaded: 429, Unavailable: 503, TimedOut: 504,
 }
 
 

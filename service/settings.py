@@ -189,7 +189,7 @@ class Settings(BaseSettings):
     quota_characters_per_day: int | None = Field(None, ge=1)
     # CORS of the LibreTranslate routes (browser integrations call them from any page); [] turns it off.
     libretranslate_cors_origins: list[str] = ["*"]
-    max_file_chars: int = Field(200_000, ge=1)  # /translate_file: characters of one uploaded file
+    max_file_chars: int = Field(200_000, ge=1)  # /translate_file, /v2/document: characters of one uploaded file
     # Languages a base model (a spec with base=true) is offered in; empty: the FLORES-200 languages.
     base_languages: list[str] = []
 

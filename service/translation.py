@@ -42,6 +42,8 @@ from moe_specialists.service.translation_errors import (
     UnsupportedPair,
 )
 
+CUT_OFF = ("abort", "error")  # vLLM's finish reasons of a generation that did not end: never an answer
+
 
 class Translator:
     def __init__(self, pool: EnginePool, settings: Settings, metrics: GatewayMetrics,
@@ -270,6 +272,9 @@ class Translator:
                     first = False
                 last = g
                 yield g
+            if last is not None and last.finish_reason in CUT_OFF:
+                raise EngineUnavailable(f"specialist {p.engine.name!r} stopped before the end of this text "
+                                        f"(finish reason {last.finish_reason!r}: it is closing or restarting)")
         except EngineUnavailable as e:
             status = "503"
             raise Unavailable("engine_unavailable", str(e), retry_after_s=self._retry([p])) from None

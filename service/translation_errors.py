@@ -33,8 +33,16 @@ class InvalidGlossary(InvalidInput):
     glossary for another language pair than the request's."""
 
 
-class GlossaryNotFound(TranslationError):
+class NotFound(TranslationError):
+    """Something named by id that this API key does not have."""
+
+
+class GlossaryNotFound(NotFound):
     """No glossary with that id for this API key."""
+
+
+class DocumentNotFound(NotFound):
+    """No document translation with that id and key (never made, expired, or already downloaded)."""
 
 
 class TooLarge(TranslationError):

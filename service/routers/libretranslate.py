@@ -27,7 +27,17 @@ from moe_specialists.models.errors import describe_validation
 from moe_specialists.models.languages import language_name
 from moe_specialists.service.bodies import read_body
 from moe_specialists.service.deps import HeaderKeyDep, QuotasDep, SettingsDep, TranslatorDep, charge, check_api_key
-from moe_specialists.service.documents import FILE_TYPES, FileStore, translate_file
+from moe_specialists.service.documents import (
+    FILE_TYPES,
+    MEDIA_TYPES,
+    FileStore,
+    attachment,
+    check_file,
+    detection_sample,
+    file_type,
+    read_text,
+    translate_file,
+)
 from moe_specialists.service.errors import ApiError
 from moe_specialists.service.glossaries import owner_of
 from moe_specialists.service.jobs import Job
@@ -41,8 +51,6 @@ router = APIRouter(tags=["libretranslate"])
 
 PATHS = ("/translate", "/detect", "/languages", "/translate_file", "/download_file", "/frontend/settings",
          "/health", "/spec", "/suggest")
-MEDIA_TYPES = {".txt": "text/plain", ".html": "text/html", ".htm": "text/html", ".srt": "application/x-subrip",
-               ".md": "text/markdown"}
 
 
 def lt_code(code: str) -> str:
@@ -163,24 +171,13 @@ async def translate_file_route(
     upload = files.get("file")
     if upload is None or not upload.filename:
         raise ApiError(400, "invalid_request", f"send the file as multipart field 'file' ({', '.join(FILE_TYPES)})")
-    name = upload.filename.replace("\\", "/").rsplit("/", 1)[-1]
-    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    if suffix not in FILE_TYPES:
-        raise ApiError(400, "unsupported_file", f"file type {suffix or '(none)'!r} is not accepted; accepted: "
-                       f"{', '.join(FILE_TYPES)}", accepted=list(FILE_TYPES))
-    raw = await upload.read(4 * settings.max_file_chars + 1)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_file", "the file is not UTF-8 text") from None
-    if len(text) > settings.max_file_chars:
-        raise ApiError(413, "file_too_long", f"the file has more than {settings.max_file_chars} characters",
-                       limit=settings.max_file_chars)
+    name, suffix = file_type(upload.filename)
+    text = read_text(await upload.read(4 * settings.max_file_chars + 1), settings.max_file_chars)
+    check_file(suffix, text)
     charge(quotas, data.get("api_key") or key, len(text))
     source, target, same = translator.pair(str(data.get("source", "auto")), str(data.get("target", "")))
     if source == "auto":
-        sample = " ".join(texts_of(text) if suffix in (".html", ".htm") else text.split())[:2000]
-        source = translator.detect_for([sample or "x"], target)[0].language
+        source = translator.detect_for([detection_sample(suffix, text) or "x"], target)[0].language
 
     async def run(texts: list[str]) -> list[str]:
         markup = suffix in (".html", ".htm")
@@ -197,7 +194,7 @@ async def download_file(name: str, request: Request) -> Response:
     if stored is None:
         raise ApiError(404, "not_found", f"no translated file {name[:80]!r} (files are kept for an hour)")
     return Response(stored.content, media_type=f"{stored.media_type}; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{stored.name}"'})
+                    headers={"Content-Disposition": attachment(stored.name)})
 
 
 @router.get("/frontend/settings")

@@ -155,3 +155,21 @@ def test_a_replaced_specialist_never_answers_from_its_old_entries(client):
     engine.fail("replaced on disk")  # the supervisor restarts it: the new start serves the new files
     wait_for(client, lambda s: s["en-de"]["state"] == "ready" and s["en-de"]["restarts"] >= 1, 30, "the restart")
     assert calls_for(client, text=text)[0] == 1
+
+
+class AbortingEngine(FakeEngine):
+    """Ends every generation as vLLM does for a request it aborted (closing, restarting): finished, reason abort."""
+
+    async def stream(self, source, target, text, params, incremental=True):
+        yield Generation("Die Ka", 2, 3, True, "abort")
+
+
+def test_a_generation_cut_off_is_an_error_not_an_answer_and_is_not_kept(tmp_path):
+    settings = Settings(specialists=[SpecialistSpec(name="en-de", path=str(tmp_path), directions=["en-de"])],
+                        translation_cache_size="1MiB", state_dir=tmp_path / "state", access_log=False)
+    with TestClient(create_app(settings, engine_factory=lambda spec, s, m, share: AbortingEngine(spec, s, m, 0))) as c:
+        wait_ready(c)
+        for _ in range(2):
+            r = c.post("/v1/translate", json={"text": "The cat.", "source": "en", "target": "de"})
+            assert r.status_code == 503 and "stopped before the end of this text" in r.json()["error"], r.text
+        assert len(c.app.state.translator.cache) == 0

@@ -229,6 +229,23 @@ def test_deepl_languages_and_usage(url):
     assert usage.character.count == before + 12 and usage.character.valid
 
 
+def test_deepl_translate_document_txt_and_html(url, client, tmp_path):
+    """translate_document_from_filepath (upload, status, download) on the real engine: a .txt comes back line for
+    line as the native route translates each line, an .html with its tags."""
+    translator = deepl.Translator("any-key", server_url=url)
+    lines = ["The library opens at nine.", "", "The market is on Saturday. Farmers sell bread."]
+    (tmp_path / "notes.txt").write_text("\n".join(lines) + "\n")
+    status = translator.translate_document_from_filepath(tmp_path / "notes.txt", tmp_path / "notes.de.txt",
+                                                         source_lang="EN", target_lang="DE")
+    assert status.done and status.billed_characters == len("\n".join(lines)) + 1
+    expected = [native(client, line, "en", "de") if line else "" for line in lines]
+    assert (tmp_path / "notes.de.txt").read_text() == "\n".join(expected) + "\n"
+    (tmp_path / "page.html").write_text("<html><body><h1>Welcome</h1><p>The <b>cat</b> sleeps.</p></body></html>")
+    translator.translate_document_from_filepath(tmp_path / "page.html", tmp_path / "page.de.html", target_lang="DE")
+    out = (tmp_path / "page.de.html").read_text()
+    assert tags(out) == ["<html>", "<body>", "<h1>", "</h1>", "<p>", "<b>", "</b>", "</p>", "</body>", "</html>"]
+
+
 @pytest.mark.slow
 def test_deepl_glossary_round_trip(server, url, client):
     """create_glossary -> translate_text(glossary=...) -> list -> entries -> delete on the real engine: the model

@@ -67,3 +67,19 @@ def test_srt_without_timing_refused_naming_the_line(srt, line):
     with pytest.raises(InvalidInput, match=f"^line {line} of the SubRip file") as e:
         run("a.srt", srt)
     assert e.value.details == {"line": line}
+
+
+def test_file_type_read_text_and_attachment():
+    from moe_specialists.service.documents import attachment, file_type, read_text
+    from moe_specialists.service.translation_errors import InvalidInput, TooLarge
+
+    assert file_type("C:\\docs\\Report.HTML") == ("Report.HTML", ".html")
+    with pytest.raises(InvalidInput, match="'.pdf' is not accepted; accepted: .txt, .html, .htm, .srt, .md"):
+        file_type("a.pdf")
+    assert read_text("\ufeffGrüße".encode(), 5) == "Grüße"  # the BOM dropped, 5 characters (7 bytes)
+    with pytest.raises(TooLarge, match="more than 4 characters"):
+        read_text("Grüße".encode(), 4)
+    with pytest.raises(InvalidInput, match="not UTF-8"):
+        read_text(b"\xff\xfe", 10)
+    assert attachment('Über "x".txt') == ('attachment; filename="_ber _x_.txt"; '
+                                          "filename*=UTF-8''%C3%9Cber%20%22x%22.txt")
