@@ -78,3 +78,14 @@ def test_status_result_and_errors_over_http(url):
         }
         for what, (r, status, message) in refused.items():
             assert r.status_code == status and message in r.json()["message"], (what, r.status_code, r.text)
+
+
+def test_a_glossary_applies_to_a_document(url, tmp_path):
+    translator = deepl.Translator("any-key", server_url=url)
+    glossary = translator.create_glossary("park", "EN", "DE", {"park": "Stadtpark"})
+    (tmp_path / "a.txt").write_text(TXT)
+    translator.translate_document_from_filepath(tmp_path / "a.txt", tmp_path / "a.de.txt", source_lang="EN",
+                                                target_lang="DE", glossary=glossary)
+    # the fake engine copies the placeholder it is given; the gateway puts the target term in its place
+    assert (tmp_path / "a.de.txt").read_text() == TXT.replace("park", "Stadtpark")
+    translator.delete_glossary(glossary)
