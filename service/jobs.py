@@ -1,5 +1,6 @@
 """What a translation request is once parsed (``Job``), each of its texts once routed (``Planned``), and the
-queue-slot arithmetic of admitting them (``window``). The flow that fills and runs them: ``service.translation``."""
+queue-slot arithmetic of admitting them (``window``) and how their generations run (``all_or_nothing``). The
+flow that fills and runs them: ``service.translation``."""
 
 from __future__ import annotations
 
@@ -58,3 +59,16 @@ def window(texts: int, segments: int, free: int, most: int) -> int:
     at least (all or nothing, as a batch of texts), else as many segments as are free, at most ``most`` (the
     sequences an engine runs at once; more would only wait in its queue)."""
     return max(texts, min(segments, free, most))
+
+
+async def all_or_nothing(coros: list) -> list:
+    """Run concurrently; when one fails, cancel the others (their engine requests are aborted) and raise."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+

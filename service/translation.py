@@ -24,7 +24,7 @@ from moe_specialists.service.engines.base import (
 )
 from moe_specialists.service.engines.pool import EnginePool
 from moe_specialists.service.extract import extract_translation
-from moe_specialists.service.jobs import ROUTE_NAMES, Job, Planned, window
+from moe_specialists.service.jobs import ROUTE_NAMES, Job, Planned, all_or_nothing, window
 from moe_specialists.service.limits import check_limits
 from moe_specialists.service.metrics import GatewayMetrics
 from moe_specialists.service.routing import NoRoute, Route, candidates, choose, languages, served, sources_for
@@ -321,7 +321,7 @@ class Translator:
                                                                                            strict=True)]
 
         async def again(indices: list[int]) -> list[str]:
-            redo = await _all_or_nothing([self._segment(pairs[i][0], pairs[i][1].source, job.target, params)
+            redo = await all_or_nothing([self._segment(pairs[i][0], pairs[i][1].source, job.target, params)
                                           for i in indices])
             for i, g in zip(indices, redo, strict=True):
                 generations[i] = g
@@ -380,7 +380,7 @@ class Translator:
                 work = [self._segment(p, text, job.target, params) for p in planned for text in p.prompts]
                 try:
                     async with asyncio.timeout(self.settings.request_timeout_s):
-                        generations = await _all_or_nothing(work)
+                        generations = await all_or_nothing(work)
                         if job.terms is not None:
                             clean = await self._enforce(planned, job, params, generations)
                 except TimeoutError:
@@ -391,16 +391,4 @@ class Translator:
             answers[p.index] = self.item(p, job, generations[at:at + n], None if clean is None else clean[at:at + n])
             at += len(p.prompts)
         return [answers[i] if i in answers else self.blank(job, text) for i, text in enumerate(job.texts)]
-
-
-async def _all_or_nothing(coros: list) -> list:
-    """Run concurrently; when one fails, cancel the others (their engine requests are aborted) and raise."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
