@@ -23,18 +23,14 @@ KEY = "bench-key"
 
 
 @contextlib.contextmanager
-def bundled_gateway() -> Iterator[str]:
+def serve_in_thread(settings, timeout: float = 600) -> Iterator[str]:
+    """The gateway of ``settings`` on a free loopback port (uvicorn in a thread): its URL once /readyz is 200."""
+    import socket
+
     import httpx
     import uvicorn
 
     from moe_specialists.service.app import create_app
-    from moe_specialists.service.cli import bundled_registry_dir
-    from moe_specialists.service.settings import Settings
-
-    # what `make serve` serves: the en-de and multilingual (en, de, fr, ru, es, cs) specialists
-    settings = Settings(registry_dir=bundled_registry_dir(), api_keys=[KEY], max_model_len=1024, enforce_eager=True,
-                        access_log=False)
-    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,7 +39,7 @@ def bundled_gateway() -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
@@ -54,6 +50,18 @@ def bundled_gateway() -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+@contextlib.contextmanager
+def bundled_gateway() -> Iterator[str]:
+    from moe_specialists.service.cli import bundled_registry_dir
+    from moe_specialists.service.settings import Settings
+
+    # what `make serve` serves: the en-de and multilingual (en, de, fr, ru, es, cs) specialists
+    settings = Settings(registry_dir=bundled_registry_dir(), api_keys=[KEY], max_model_len=1024, enforce_eager=True,
+                        access_log=False)
+    with serve_in_thread(settings) as url:
+        yield url
 
 
 def calls(url: str, key: str) -> dict[str, Callable[[], bool]]:

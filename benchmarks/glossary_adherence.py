@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.client_calls import serve_in_thread  # noqa: E402
 
 KEY = "bench-key"
 GLOSSARY = {
@@ -161,34 +160,15 @@ def tiny_gateway() -> Iterator[str]:
     """A gateway on loopback serving the bundled tiny translator (en->de) in an in-process vLLM engine."""
     import tempfile
 
-    import uvicorn
-
     from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
-    from moe_specialists.service.app import create_app
     from moe_specialists.service.settings import Settings, SpecialistSpec
 
     state = tempfile.mkdtemp(prefix="glossary-bench-")
     settings = Settings(specialists=[SpecialistSpec(name="tiny", path=str(BUNDLED_MODEL_DIR), directions=["en-de"])],
                         api_keys=[KEY], max_model_len=1024, enforce_eager=True, access_log=False, state_dir=state,
                         max_batch_size=128, max_queue_per_engine=256, request_timeout_s=600)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                break
-        time.sleep(1)
-    try:
+    with serve_in_thread(settings, timeout=900) as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(60)
 
 
 def hows(c: httpx.Client) -> dict[str, float]:
