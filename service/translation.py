@@ -42,7 +42,9 @@ from moe_specialists.service.translation_errors import (
     UnsupportedPair,
 )
 
-CUT_OFF = ("abort", "error")  # vLLM's finish reasons of a generation that did not end: never an answer
+# vLLM's finish reasons of a generation that did not end: never an answer (nor is a stream that ends without a
+# finished output, as vLLM's ends when its engine shuts down: its last ``STREAM_FINISHED`` is not yielded).
+CUT_OFF = ("abort", "error")
 
 
 class Translator:
@@ -272,9 +274,11 @@ class Translator:
                     first = False
                 last = g
                 yield g
-            if last is not None and last.finish_reason in CUT_OFF:
+            if last is None or not last.finished or last.finish_reason in CUT_OFF:
+                ended = last is not None and last.finished
+                why = f"finish reason {last.finish_reason!r}" if ended else "no finished output"
                 raise EngineUnavailable(f"specialist {p.engine.name!r} stopped before the end of this text "
-                                        f"(finish reason {last.finish_reason!r}: it is closing or restarting)")
+                                        f"({why}: it is closing or restarting)")
         except EngineUnavailable as e:
             status = "503"
             raise Unavailable("engine_unavailable", str(e), retry_after_s=self._retry([p])) from None

@@ -191,7 +191,7 @@ class RemoteVllmEngine(Engine):
         if not incremental:
             yield await self._complete(url, chat, body, prompt_tokens)
             return
-        out, tokens, finish = "", 0, None
+        out, tokens, finish, ended = "", 0, None, False
         try:
             async with self.session.post(url, json=body, timeout=self._stream_timeout) as resp:
                 if resp.status >= 400:
@@ -202,6 +202,7 @@ class RemoteVllmEngine(Engine):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        ended = True
                         break
                     event = json.loads(data)
                     if usage := event.get("usage"):
@@ -218,7 +219,7 @@ class RemoteVllmEngine(Engine):
             raise self._unreachable(f"{type(e).__name__}: {e}") from e
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as e:
             raise EngineUnavailable(f"specialist {self.name!r}: malformed stream from the server: {e}") from e
-        yield Generation(out, tokens, prompt_tokens, True, finish)
+        yield Generation(out, tokens, prompt_tokens, ended, finish)  # without ``[DONE]`` the stream was cut off
 
     def _refused(self, status: int, detail: str) -> EngineError:
         if status in (400, 413, 422):

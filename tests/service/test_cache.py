@@ -157,17 +157,23 @@ def test_a_replaced_specialist_never_answers_from_its_old_entries(client):
     assert calls_for(client, text=text)[0] == 1
 
 
-class AbortingEngine(FakeEngine):
-    """Ends every generation as vLLM does for a request it aborted (closing, restarting): finished, reason abort."""
+class CutOffEngine(FakeEngine):
+    """Ends every generation with ``LAST``: as vLLM does for a request it aborted (closing, restarting: finished,
+    reason abort), or as its stream does when the engine shuts down (no finished output at all)."""
+
+    last = Generation("Die Ka", 2, 3, True, "abort")
 
     async def stream(self, source, target, text, params, incremental=True):
-        yield Generation("Die Ka", 2, 3, True, "abort")
+        yield self.last
 
 
-def test_a_generation_cut_off_is_an_error_not_an_answer_and_is_not_kept(tmp_path):
+@pytest.mark.parametrize("last", [Generation("Die Ka", 2, 3, True, "abort"), Generation("Die Ka", 2, 3)],
+                         ids=["aborted", "unfinished"])
+def test_a_generation_cut_off_is_an_error_not_an_answer_and_is_not_kept(tmp_path, monkeypatch, last):
+    monkeypatch.setattr(CutOffEngine, "last", last)
     settings = Settings(specialists=[SpecialistSpec(name="en-de", path=str(tmp_path), directions=["en-de"])],
                         translation_cache_size="1MiB", state_dir=tmp_path / "state", access_log=False)
-    with TestClient(create_app(settings, engine_factory=lambda spec, s, m, share: AbortingEngine(spec, s, m, 0))) as c:
+    with TestClient(create_app(settings, engine_factory=lambda spec, s, m, share: CutOffEngine(spec, s, m, 0))) as c:
         wait_ready(c)
         for _ in range(2):
             r = c.post("/v1/translate", json={"text": "The cat.", "source": "en", "target": "de"})

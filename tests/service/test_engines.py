@@ -1,6 +1,7 @@
 """Engine helpers that need no engine: the scheduler gauges read from a vLLM server's /metrics, the stat
 logger an in-process engine gives vLLM (built by vLLM's own ``StatLoggerManager``, as ``AsyncLLM`` does), and
-the refusal of a specialist vLLM cannot run on this machine, and the ending of an engine core's processes."""
+the refusal of a specialist vLLM cannot run on this machine, the ending of an engine core's processes, and the
+remote engine's reading of a stream that ends with or without ``[DONE]`` (against a loopback stand-in)."""
 
 from __future__ import annotations
 
@@ -163,3 +164,48 @@ def test_end_processes_kills_a_tree_whose_root_is_gone_and_frozen_children():
     finally:
         root.kill()
         root.wait(10)
+
+
+@pytest.mark.parametrize("done", [True, False], ids=["done", "cut"])
+def test_a_remote_stream_without_done_is_not_finished(done):
+    """A stand-in for ``vllm serve`` on loopback (aiohttp) streams two chat deltas, then ``[DONE]`` or nothing
+    (a server that went away mid-stream): only with ``[DONE]`` is the last generation finished."""
+    import asyncio
+    import json
+
+    from aiohttp import web
+
+    from moe_specialists.service.engines.base import GenerationParams
+    from moe_specialists.service.engines.remote import RemoteVllmEngine
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for piece, finish in (("Hal", None), ("lo", "stop" if done else None)):
+            event = {"choices": [{"delta": {"content": piece}, "finish_reason": finish}]}
+            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+        if done:
+            await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def run() -> list:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        spec = SpecialistSpec(name="en-de", path=f"http://127.0.0.1:{port}", directions=["en-de"])
+        engine = RemoteVllmEngine(spec, Settings(specialists=[spec]), GatewayMetrics())
+        engine.model = "en-de"
+        try:
+            return [g async for g in engine.stream("en", "de", "Hello", GenerationParams(max_tokens=8))]
+        finally:
+            await engine.close()
+            await runner.cleanup()
+
+    gens = asyncio.run(run())
+    assert gens[-1].text == "Hallo" and gens[-1].finished is done
+    assert gens[-1].finish_reason == ("stop" if done else None)
