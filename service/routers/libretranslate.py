@@ -44,6 +44,7 @@ from moe_specialists.service.jobs import Job
 from moe_specialists.service.markup import texts_of, translate_markup
 from moe_specialists.service.routers.languages import served_languages
 from moe_specialists.service.schemas import DetectedLanguage, LibreTranslateDetectRequest, LibreTranslateRequest
+from moe_specialists.service.settings import Settings
 from moe_specialists.service.terms import Terms
 from moe_specialists.service.translation import Translator
 
@@ -58,12 +59,16 @@ def lt_code(code: str) -> str:
     return "zh-Hans" if code == "zh" else code
 
 
-def _validate(model: type[BaseModel], data: dict, fields: str) -> Any:
+async def _read(request: Request, model: type[BaseModel], fields: str, settings: Settings, key: str | None) -> Any:
+    """The JSON or form body as ``model`` (a 400 naming ``fields`` when it is not one), its API key checked."""
+    data, _ = await read_body(request, repeatable=["q"], expects="q, source, target")
     try:
-        return model.model_validate(data)
+        body = model.model_validate(data)
     except ValidationError as e:
         why = describe_validation(e, most=5)
         raise ApiError(400, "invalid_request", f"invalid request: {why} (fields: {fields})") from None
+    check_api_key(settings, body.api_key or key)
+    return body
 
 
 def _detected(d: DetectedLanguage | None) -> dict:
@@ -91,9 +96,8 @@ async def _translate_html(translator: Translator, doc: str, source: str, target:
 async def translate(
     request: Request, translator: TranslatorDep, settings: SettingsDep, key: HeaderKeyDep, quotas: QuotasDep
 ) -> JSONResponse:
-    data, _ = await read_body(request, repeatable=["q"], expects="q, source, target")
-    body: LibreTranslateRequest = _validate(LibreTranslateRequest, data, "q, source, target, format, alternatives")
-    check_api_key(settings, body.api_key or key)
+    body: LibreTranslateRequest = await _read(request, LibreTranslateRequest, "q, source, target, format, alternatives",
+                                              settings, key)
     texts = [body.q] if isinstance(body.q, str) else body.q
     charge(quotas, body.api_key or key, sum(len(t) for t in texts))
     source, target, same = translator.pair(body.source, body.target)
@@ -134,9 +138,7 @@ async def translate(
 async def detect(
     request: Request, translator: TranslatorDep, settings: SettingsDep, key: HeaderKeyDep, quotas: QuotasDep
 ) -> list:
-    data, _ = await read_body(request, repeatable=["q"], expects="q, source, target")
-    body: LibreTranslateDetectRequest = _validate(LibreTranslateDetectRequest, data, "q")
-    check_api_key(settings, body.api_key or key)
+    body: LibreTranslateDetectRequest = await _read(request, LibreTranslateDetectRequest, "q", settings, key)
     texts = [body.q] if isinstance(body.q, str) else body.q
     if not texts or len(texts) > settings.max_batch_size:
         raise ApiError(400, "invalid_request", f"q: send one text or a list of 1 to {settings.max_batch_size}")

@@ -50,12 +50,13 @@ def byte_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def hf_greedy(path: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    from transformers import AutoModelForCausalLM
+def hf_greedy(path: Path, prompts: list[list[int]], max_new_tokens: int, dtype: str = "float32") -> list[list[int]]:
+    """Greedy tokens of transformers (the pruned classes registered), run to ``max_new_tokens`` as vLLM with
+    ``ignore_eos``."""
+    from moe_specialists.models.pruned import load_causal_lm
 
-    import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classes with the Auto classes)
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = load_causal_lm(path, dtype).eval()
+    model.generation_config.eos_token_id = None
     out = []
     with torch.no_grad():
         for p in prompts:

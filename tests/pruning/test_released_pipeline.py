@@ -15,27 +15,13 @@ from moe_specialists.models.plan import Recipe
 from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
 from moe_specialists.pruning.plan import make_plan
 from moe_specialists.pruning.stats import RoutingStats
-from tests.models.test_vllm_serving import require_vllm_mxfp4, vllm_engine, vllm_greedy
+from tests.models.test_vllm_serving import hf_greedy, require_vllm_mxfp4, vllm_engine, vllm_greedy
 from tests.released import save_released_gpt_oss, save_released_qwen3_moe
 
 SAVE = {"gpt_oss": save_released_gpt_oss, "qwen3_moe": save_released_qwen3_moe}
 # vLLM's MXFP4 backend runs bf16 only ("Supported dtypes: [torch.bfloat16]"); Qwen3 in fp32, the exact oracle
 DTYPE = {"gpt_oss": "bfloat16", "qwen3_moe": "float32"}
 PROMPTS = [[5, 17, 42, 99, 3], [200, 201, 7, 7, 7, 150, 64, 12, 88, 31, 19], list(range(30, 70))]
-
-
-def hf_greedy(path: Path, max_new_tokens: int, dtype: str) -> list[list[int]]:
-    from moe_specialists.models.pruned import load_causal_lm
-
-    model = load_causal_lm(path, dtype).eval()
-    model.generation_config.eos_token_id = None  # run to max_new_tokens, as vLLM with ignore_eos
-    out = []
-    with torch.no_grad():
-        for p in PROMPTS:
-            gen = model.generate(torch.tensor([p]), max_new_tokens=max_new_tokens, do_sample=False,
-                                 attention_mask=torch.ones(1, len(p), dtype=torch.long))
-            out.append(gen[0, len(p):].tolist())
-    return out
 
 
 @pytest.mark.parametrize("family", ["gpt_oss", "qwen3_moe"])
@@ -48,7 +34,7 @@ def test_calibrate_plan_apply_then_transformers_and_vllm_agree(tmp_path, family,
     config = json.loads((spec / "config.json").read_text())
     assert sum(config["num_experts_per_layer"]) == 4 * 16 - 4 * 8
     assert ("quantization_config" in config) == (family == "gpt_oss")
-    expected = hf_greedy(spec, 8, DTYPE[family])
+    expected = hf_greedy(spec, PROMPTS, 8, DTYPE[family])
     if family == "gpt_oss":
         require_vllm_mxfp4()  # everything above ran; vLLM's MXFP4 half needs AMX on a CPU
     with vllm_engine(spec, dtype=DTYPE[family]) as llm:

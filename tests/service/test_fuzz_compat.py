@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from moe_specialists.service.routers.deepl import DeepLTranslateRequest
 from moe_specialists.service.schemas import LibreTranslateDetectRequest, LibreTranslateRequest
 from tests.service.conftest import READY_TIMEOUT_S
+from tests.service.fuzzing import fuzz_operations
 from tests.service.servers import gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(READY_TIMEOUT_S + 600)]
@@ -87,47 +86,21 @@ def says_what(r, path: str) -> bool:
     return isinstance(message, str) and bool(message)
 
 
-def fuzz(strategy, budget: int, send) -> None:
-    @settings(max_examples=budget, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(case=strategy)
-    def run(case) -> None:
-        send(case)
-
-    run()
-
-
 def test_fuzz_compat_routes_never_5xx(url):
     schema = schemathesis.openapi.from_dict(schema_with_bodies(url))
     schema.hook("flatmap_body")(steer)
-    sent: dict[tuple[str, str, str], int] = {}
-    statuses: dict[int, int] = {}
-    errors: list[str] = []
-    with requests.Session() as session:
-        for result in schema.get_all_operations():
-            op = result.ok()
-            if op.path in SKIP:
-                continue
-            for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-                key = (op.method.upper(), op.path, mode.value)
-                budget = BUDGET.get(key, 1 if mode is schemathesis.GenerationMode.POSITIVE else 0)
-                if not budget:
-                    continue
 
-                def send(case, key=key) -> None:
-                    r = case.call(base_url=url, session=session, timeout=60)
-                    sent[key] = sent.get(key, 0) + 1
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                    if r.status_code >= 500:
-                        errors.append(f"{r.status_code} {r.text[:300]}\n{case.as_curl_command()}")
-                    elif r.status_code >= 400 and r.status_code != 405 and not says_what(r, key[1]):
-                        errors.append(f"{r.status_code} without a message: {r.text[:300]}\n{case.as_curl_command()}")
+    def judge(key, r) -> str | None:
+        if r.status_code >= 500:
+            return "server error"
+        if r.status_code >= 400 and r.status_code != 405 and not says_what(r, key[1]):
+            return "an error without a message"
+        return None
 
-                fuzz(op.as_strategy(generation_mode=mode), budget, send)
-    total = sum(sent.values())
-    print(f"fuzz: {total} requests, statuses {dict(sorted(statuses.items()))}, per operation {sent}")
-    assert not errors, f"{len(errors)} bad answers of {total}:\n" + "\n\n".join(errors[:5])
-    assert total >= 700, sent
-    assert statuses.get(200, 0) >= 100, statuses  # valid requests got through to the engine (155 measured)
+    result = fuzz_operations(schema, url, BUDGET, lambda path: path in SKIP, judge)
+    print(result.summary())
+    assert not result.errors, result.bad_answers()
+    assert result.total >= 700, result.sent
+    assert result.statuses.get(200, 0) >= 100, result.statuses  # valid requests reached the engine (155 measured)
     r = httpx.post(f"{url}/translate", json={"q": "Hello", "source": "en", "target": "de"}, timeout=60)
     assert r.status_code == 200 and "translatedText" in r.json()

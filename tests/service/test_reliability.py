@@ -21,9 +21,7 @@ import time
 
 import httpx
 import pytest
-import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from moe_specialists.service.app import create_app
@@ -39,6 +37,7 @@ from tests.service.conftest import (
     reliability_settings,
     wait_ready,
 )
+from tests.service.fuzzing import fuzz_operations
 
 pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 300)
 
@@ -126,19 +125,6 @@ def error_message(r: schemathesis.Response) -> str | None:
     return message if isinstance(message, str) and message else None
 
 
-def fuzz(strategy, budget: int, send) -> None:
-    """Call ``send(case)`` on ``budget`` generated cases: reproducible (derandomized), no shrinking (``send``
-    records every bad answer itself)."""
-
-    @settings(max_examples=budget, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(case=strategy)
-    def run(case) -> None:
-        send(case)
-
-    run()
-
-
 @pytest.mark.slow
 def test_fuzz_openapi_never_5xx(gateway, client):
     """Valid (positive) and invalid (negative) requests from the OpenAPI schema: never 5xx, every 4xx says
@@ -146,41 +132,25 @@ def test_fuzz_openapi_never_5xx(gateway, client):
     app, url = gateway
     schema = schemathesis.openapi.from_dict(openapi_with_libretranslate_body(url))
     schema.hook("flatmap_body")(steer_to_served_pairs)
-    sent: dict[tuple[str, str, str], int] = {}
-    statuses: dict[int, int] = {}
     translated = 0
-    errors: list[str] = []
-    with requests.Session() as session:
-        for result in schema.get_all_operations():
-            op = result.ok()
-            if op.path.startswith(("/v2/", "/v3/")):  # DeepL's {"message": ...} shape: test_fuzz_compat.py fuzzes those
-                continue
-            for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-                key = (op.method.upper(), op.path, mode.value)
-                budget = FUZZ_BUDGET.get(key, 1 if mode is schemathesis.GenerationMode.POSITIVE else 0)
-                if not budget:
-                    continue
 
-                def send(case, key=key) -> None:
-                    nonlocal translated
-                    r = case.call(base_url=url, session=session, timeout=60)
-                    sent[key] = sent.get(key, 0) + 1
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                    content_type = (r.headers.get("content-type") or [""])[0]  # lowercase keys, lists of values
-                    stream_error = content_type.startswith("text/event-stream") and "event: error" in r.text
-                    if r.status_code >= 500 or stream_error:
-                        errors.append(f"{r.status_code} {r.text[:300]}\n{case.as_curl_command()}")
-                    elif r.status_code >= 400 and not error_message(r):
-                        errors.append(f"{r.status_code} without a message: {r.text[:300]}\n{case.as_curl_command()}")
-                    elif r.status_code == 200 and key[0] == "POST":
-                        translated += 1
+    def judge(key, r) -> str | None:
+        nonlocal translated
+        content_type = (r.headers.get("content-type") or [""])[0]  # lowercase keys, lists of values
+        if r.status_code >= 500:
+            return "server error"
+        if content_type.startswith("text/event-stream") and "event: error" in r.text:
+            return "a stream that ends in an error"
+        if r.status_code >= 400 and not error_message(r):
+            return "an error without a message"
+        translated += r.status_code == 200 and key[0] == "POST"
+        return None
 
-                fuzz(op.as_strategy(generation_mode=mode), budget, send)
-    total = sum(sent.values())
-    print(f"fuzz: {total} requests ({translated} translated), statuses {dict(sorted(statuses.items()))}, "
-          f"per operation {sent}")
-    assert not errors, f"{len(errors)} bad answers of {total}:\n" + "\n\n".join(errors[:5])
-    assert total >= 1000, sent
+    # DeepL's {"message": ...} shape on /v2 and /v3: test_fuzz_compat.py fuzzes those
+    result = fuzz_operations(schema, url, FUZZ_BUDGET, lambda path: path.startswith(("/v2/", "/v3/")), judge)
+    print(f"{result.summary()}; {translated} translated")
+    assert not result.errors, result.bad_answers()
+    assert result.total >= 1000, result.sent
     assert_alive(client, app)
 
 
