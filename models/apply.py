@@ -31,8 +31,8 @@ from moe_specialists.models.checkpoint import (
     DTYPE_BYTES,
     INDEX_NAME,
     building_dir,
-    file_sha256,
     is_mxfp4,
+    known_sha256,
     read_config,
     read_header_and_start,
     resolve_model,
@@ -313,7 +313,8 @@ def apply_plan(
     quality: dict | None = None,
 ) -> Path:
     """Write the specialist of ``plan`` applied to ``base`` (default: the plan's base id) into ``out_dir``.
-    ``verify``: the base's files must be the ones the plan was made for (sha256); ``quality``: measured
+    ``verify``: the base's files must be the ones the plan was made for (sha256, each file read once per machine:
+    ``models.file_hashes``; none for a hub-cached base); ``quality``: measured
     scores for the model card."""
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     out_dir = Path(out_dir)
@@ -330,14 +331,15 @@ def apply_plan(
     base_params, base_bytes = weight_totals(entry for lay in layouts for entry in lay.tensors.items())
     check_same_storage(plan, base_bytes, base_params, fmt, verify)
     if verify:
-        for lay in layouts:
-            expected = plan.base.files.get(lay.path.name)
-            if expected and file_sha256(lay.path) != expected:
-                raise ValueError(f"{lay.path} differs from the checkpoint the plan was made for (sha256 mismatch)")
+        actual = known_sha256(lay.path for lay in layouts if plan.base.files.get(lay.path.name))
+        for name, sha in actual.items():
+            if sha != plan.base.files[name]:
+                raise ValueError(f"{base_dir / name} differs from the checkpoint the plan was made for "
+                                 f"(sha256 mismatch)")
     elif plan.base.weight_bytes != base_bytes:  # another storage of the model: record what was sliced
         plan = plan.model_copy(update={"base": plan.base.model_copy(update={
             "id": str(base or plan.base.id), "weight_bytes": base_bytes,
-            "files": {p.name: file_sha256(p) for p in [*(lay.path for lay in layouts), base_dir / "config.json"]},
+            "files": known_sha256([*(lay.path for lay in layouts), base_dir / "config.json"]),
         })})
 
     with building_dir(out_dir) as tmp:

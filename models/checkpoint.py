@@ -1,9 +1,8 @@
-"""Reading checkpoints without loading them: resolving hub ids, shard lists, safetensors headers, hashes."""
+"""Reading checkpoints without loading them: resolving hub ids, shard lists, safetensors headers, summaries."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -11,6 +10,8 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from moe_specialists.models.file_hashes import FileHashes, default_cache_file
 
 if TYPE_CHECKING:
     from moe_specialists.models.adapters import FamilyAdapter
@@ -115,14 +116,6 @@ def read_header(path: Path) -> dict[str, Any]:
     return read_header_and_start(path)[0]
 
 
-def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def stored_parameters(name: str, shape: list[int]) -> int:
     """Parameters a stored tensor represents: MXFP4 ``*_blocks`` (uint8) pack two 4-bit values per byte,
     their ``*_scales`` are not parameters."""
@@ -180,8 +173,17 @@ def checkpoint_summary(model_dir: Path, adapter: FamilyAdapter | None = None, ha
         "weight_bytes": weight_bytes,
         "experts_per_layer": counts,
         "parameters_per_expert": per_expert,
-        "files": {p.name: file_sha256(p) for p in files} if hashes else {},
+        "files": known_sha256(files) if hashes else {},
     }
+
+
+def known_sha256(paths: Iterable[Path]) -> dict[str, str]:
+    """sha256 of each file by name, through the hash cache (``models.file_hashes``): read once per file."""
+    hashes = FileHashes(default_cache_file())
+    try:
+        return {p.name: hashes.sha256(p) for p in paths}
+    finally:
+        hashes.save()
 
 
 @contextlib.contextmanager

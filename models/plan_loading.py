@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,13 @@ from safetensors import safe_open
 from moe_specialists.models.adapters import FamilyAdapter, adapter_for
 from moe_specialists.models.apply import check_plan_matches
 from moe_specialists.models.checkpoint import (
-    file_sha256,
     header_entries,
     read_config,
     resolve_model,
     shard_files,
     weight_totals,
 )
+from moe_specialists.models.file_hashes import FileHashes
 from moe_specialists.models.plan import Plan
 
 PLAN_KEPT_KEY = "plan_kept_experts"  # config.json of a plan view: {"<layer>": [original expert ids]}
@@ -80,40 +79,22 @@ def runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def check_base_files(base_dir: Path, expected: dict[str, str], cache: Path | None = None) -> None:
-    """Refuse a base whose shards are not the ones the plan was made for (sha256 per file name). ``cache``: a
-    JSON file remembering hashes by (path, size, mtime), so a served plan hashes a 13 GB base once; it is
-    written (atomically) after a refusal too, so checking a tampered base again costs no new hashing, and a
-    changed file (new size or mtime) is hashed afresh. An unreadable cache counts as empty."""
-    known = _read_hash_cache(cache)
+    """Refuse a base whose shards are not the ones the plan was made for (sha256 per file name). ``cache``: the
+    JSON file of ``models.file_hashes.FileHashes``, so a served plan hashes a 13 GB base once; it is written
+    after a refusal too, so checking a tampered base again costs no new hashing."""
+    hashes = FileHashes(cache)
     problems = []
-    for name, sha in sorted(expected.items()):
-        path = base_dir / name
-        if not path.is_file():
-            problems.append(f"{name} is missing")
-            continue
-        stat = path.stat()
-        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        actual = known.get(key) or file_sha256(path)
-        known[key] = actual
-        if actual != sha:
-            problems.append(f"{name} has sha256 {actual[:12]}..., the plan expects {sha[:12]}...")
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        tmp.replace(cache)
+    try:
+        for name, sha in sorted(expected.items()):
+            path = base_dir / name
+            if not path.is_file():
+                problems.append(f"{name} is missing")
+            elif (actual := hashes.sha256(path)) != sha:
+                problems.append(f"{name} has sha256 {actual[:12]}..., the plan expects {sha[:12]}...")
+    finally:
+        hashes.save()
     if problems:
         raise ValueError(f"{base_dir} is not the checkpoint the plan was made for: " + "; ".join(problems))
-
-
-def _read_hash_cache(cache: Path | None) -> dict[str, str]:
-    if cache is None or not cache.is_file():
-        return {}
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        return {}
-    return known if isinstance(known, dict) else {}
 
 
 def read_kept_tensors(

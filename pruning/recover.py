@@ -47,10 +47,10 @@ from moe_specialists.models.checkpoint import (
     INDEX_NAME,
     building_dir,
     check_same_tensors,
-    file_sha256,
     is_mxfp4,
     read_config,
 )
+from moe_specialists.models.file_hashes import file_sha256
 from moe_specialists.models.generation import TransformersGenerator
 from moe_specialists.models.languages import canonical, split_direction
 from moe_specialists.models.mxfp4 import mxfp4_state_dict

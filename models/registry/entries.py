@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from moe_specialists.models.checkpoint import file_sha256, header_entries, read_config, weight_totals
+from moe_specialists.models.checkpoint import header_entries, read_config, weight_totals
+from moe_specialists.models.file_hashes import file_sha256
 from moe_specialists.models.plan import Plan
 from moe_specialists.models.registry.errors import ChecksumError, InvalidNameError
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from moe_specialists.models import plan_loading
+from moe_specialists.models import file_hashes
 from moe_specialists.models.adapters import adapter_for
 from moe_specialists.models.apply import apply_plan
 from moe_specialists.models.plan import plan_from_kept
@@ -94,8 +94,9 @@ def test_load_from_plan_checks_the_base_first(base_and_copy, tmp_path):
         load_from_plan(plan, base=wrong_seed)
 
 
-def test_a_tampered_or_missing_base_is_refused(base_and_copy, tmp_path):
+def test_a_tampered_or_missing_base_is_refused(base_and_copy, tmp_path, monkeypatch):
     base, plan, _ = base_and_copy
+    monkeypatch.setattr(file_hashes, "RACY_S", 0)  # the base was just written: kept at once all the same
     check_base_files(base, plan.base.files, cache=tmp_path / "hashes.json")
     assert json.loads((tmp_path / "hashes.json").read_text())  # remembered
     shard = next(iter(plan.base.files))
@@ -118,8 +119,9 @@ def test_hashes_are_remembered_after_a_refusal_and_a_broken_cache_is_ignored(bas
     data[0] ^= 0x01
     (base / shard).write_bytes(bytes(data))
     hashed = []
-    real = plan_loading.file_sha256
-    monkeypatch.setattr(plan_loading, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    real = file_hashes.file_sha256
+    monkeypatch.setattr(file_hashes, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    monkeypatch.setattr(file_hashes, "RACY_S", 0)  # the shard was just written: kept at once all the same
     for _ in range(2):
         with pytest.raises(ValueError, match=rf"{shard} has sha256 .* the plan expects"):
             check_base_files(base, plan.base.files, cache=cache)

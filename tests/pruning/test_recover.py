@@ -16,7 +16,7 @@ import moe_specialists.models.pruned  # noqa: F401  (registers the pruned classe
 from moe_specialists.cli import app
 from moe_specialists.models.adapters import adapter_for
 from moe_specialists.models.apply import apply_plan
-from moe_specialists.models.checkpoint import file_sha256
+from moe_specialists.models.file_hashes import file_sha256
 from moe_specialists.models.plan import Plan, plan_from_kept
 from moe_specialists.models.pruned import load_causal_lm
 from moe_specialists.models.registry.entries import entry_from_dir
