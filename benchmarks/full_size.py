@@ -25,6 +25,7 @@ Random bytes stand for the MXFP4 blocks (every byte is two valid FP4 codes) with
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -179,16 +180,19 @@ print(json.dumps({"seconds": seconds, "baseline_rss": base, "peak_rss": max(peak
 """
 
 
-def run_apply(plan_path: Path, out: Path, base: Path, verify: bool, prefetch: int | None = None) -> dict:
+def run_apply(plan_path: Path, out: Path, base: Path, verify: bool, prefetch: int | None = None,
+              hash_cache: Path | None = None) -> dict:
     """``apply`` in a fresh interpreter, its source evicted first; ``prefetch``: bytes of WILLNEED ahead of the
-    copy (default: apply's own)."""
+    copy (default: apply's own); ``hash_cache``: the folder of its file-hash cache (default: this process's
+    MOE_CACHE_DIR)."""
     from moe_specialists.models.apply import PREFETCH_BYTES
 
     evict(base)
     argv = [sys.executable, "-c", APPLY_CHILD, str(plan_path), str(out), str(base), "1" if verify else "0",
             str(PREFETCH_BYTES if prefetch is None else prefetch)]
+    env = os.environ | ({"MOE_CACHE_DIR": str(hash_cache)} if hash_cache else {})
     before = disk_read_bytes(base)
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "read_bytes": disk_read_bytes(base) - before}
@@ -207,6 +211,8 @@ def evict(folder: Path) -> None:
     disk: apply and cp both start cold."""
     os.sync()
     for p in folder.iterdir():
+        if p.is_dir():
+            continue
         fd = os.open(p, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -226,6 +232,29 @@ def run_cp(folder: Path) -> dict:
     read = disk_read_bytes(folder) - before
     shutil.rmtree(str(folder) + "-cp")
     return {"seconds": seconds, "read_bytes": read}
+
+
+def hub_cached(base: Path, hub: Path, repo: str) -> Path:
+    """``base`` laid out as huggingface_hub caches it (hard links, no copy): every file a blob of
+    ``hub/models--bench--<repo>/blobs/`` named by its hub hash (the sha256 of an LFS file: the safetensors shards;
+    the git blob sha1 of the others), linked from ``snapshots/<revision>/``. Returns the snapshot folder."""
+    from moe_specialists.models.file_hashes import file_sha256
+
+    repo_dir = hub / f"models--bench--{repo}"
+    snapshot = repo_dir / "snapshots" / ("0" * 40)
+    (repo_dir / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for f in sorted(base.iterdir()):
+        if f.suffix == ".safetensors":
+            blob = file_sha256(f)
+        else:
+            data = f.read_bytes()
+            blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        os.link(f, repo_dir / "blobs" / blob)
+        (snapshot / f.name).symlink_to(Path("../../blobs") / blob)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("0" * 40)
+    return snapshot
 
 
 def folder_bytes(folder: Path) -> int:
@@ -251,6 +280,7 @@ def random_plan(base: Path, drop: float, like: Plan | None = None) -> Plan:
 def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None) -> list[dict]:
     rows = []
     plan0 = None
+    snapshot = hub_cached(base, work / "hub", name)
     for drop in (0.5, 0.75):
         t = time.perf_counter()
         plan = random_plan(base, drop, plan0)
@@ -268,8 +298,18 @@ def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None
             shutil.rmtree(out, ignore_errors=True)
             runs[kind].append(run_apply(plan_path, out, base, verify=False, prefetch=None if kind == "apply" else 0))
         out_bytes = folder_bytes(out)
-        shutil.rmtree(out)
-        checked = run_apply(plan_path, out, base, verify=True)
+        # verified, as the CLI applies: no hash known (a fresh cache), the base's hashes known (the plan's creation
+        # kept them: a second apply), the base in the hub cache (a fresh cache: blob names), alternating
+        verified: dict[str, list] = {"cold": [], "known": [], "hub": []}
+        for kind in ("cold", "known", "hub", "hub", "known"):
+            shutil.rmtree(out)
+            fresh = work / f"hash-cache-{kind}-{len(verified[kind])}"
+            verified[kind].append(run_apply(plan_path, out, snapshot if kind == "hub" else base, verify=True,
+                                            hash_cache=None if kind == "known" else fresh))
+            shutil.rmtree(fresh, ignore_errors=True)
+        checked = verified["cold"][0]
+        known_s = statistics.median(r["seconds"] for r in verified["known"])
+        hub_s = statistics.median(r["seconds"] for r in verified["hub"])
         apply_s = [r["seconds"] for r in runs["apply"]]
         plain_s = [r["seconds"] for r in runs["apply_no_prefetch"]]
         cp_s = statistics.median(r["seconds"] for r in runs["cp"])
@@ -282,6 +322,10 @@ def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None
             "apply_verify_s": checked["seconds"], "throughput_vs_cp": cp_s / statistics.median(apply_s),
             "throughput_no_prefetch_vs_cp": cp_s / statistics.median(plain_s),
             "throughput_verify_vs_cp": cp_s / checked["seconds"],
+            "apply_verify_known_s": [r["seconds"] for r in verified["known"]],
+            "apply_verify_hub_s": [r["seconds"] for r in verified["hub"]],
+            "verify_read_bytes": {kind: [r["read_bytes"] for r in rs] for kind, rs in verified.items()},
+            "throughput_verify_known_vs_cp": cp_s / known_s, "throughput_verify_hub_vs_cp": cp_s / hub_s,
             "rss_above_baseline": above, "x_largest_tensor": above / info["largest_tensor"],
             "x_largest_shard": above / info["largest_shard"],
             "verify_rss_above_baseline": checked["peak_rss"] - checked["baseline_rss"], "plan_s": plan_s,
@@ -290,6 +334,7 @@ def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None
         print(json.dumps(row), flush=True)
         if keep_spec is None or drop != 0.75:
             shutil.rmtree(out)
+    shutil.rmtree(work / "hub")
     return rows
 
 
@@ -414,6 +459,7 @@ def main() -> None:
     if free < args.min_free_gb * GB:
         raise SystemExit("needs about 30 GB free: pass fewer --qwen-layers / --gpt-layers")
     results = {}
+    os.environ["MOE_CACHE_DIR"] = str(args.work / "hash-cache")  # the hashes plan creation keeps
     try:
         vocab = {"vocab_size": args.vocab} if args.vocab else {}
         gpt = {**GPT_OSS_20B, **vocab, "num_hidden_layers": args.gpt_layers,

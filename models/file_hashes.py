@@ -10,7 +10,7 @@ shard) as ``models--org--name/blobs/<sha256>`` under the sha256 the hub publishe
 like any other's (a blob edited in place after that is hashed). Other blobs are named by their git sha1 and
 hashed as usual.
 
-The default file is ``$MOE_SPECIALISTS_CACHE/file-hashes.json`` (default ``$XDG_CACHE_HOME/moe-specialists``,
+The default file is ``$MOE_CACHE_DIR/file-hashes.json`` (default ``$XDG_CACHE_HOME/moe-specialists``,
 ``~/.cache/moe-specialists``). It is advisory: unreadable, it counts as empty; unwritable, nothing is kept.
 """
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 RACY_S = 2.0
 HUB_LFS_BLOB = re.compile(r"[0-9a-f]{64}")
 HUB_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
+CACHE_ENV = "MOE_CACHE_DIR"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
@@ -41,7 +42,7 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
 
 
 def default_cache_file() -> Path:
-    root = os.environ.get("MOE_SPECIALISTS_CACHE") or Path(
+    root = os.environ.get(CACHE_ENV) or Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moe-specialists"
     return Path(root) / "file-hashes.json"
 

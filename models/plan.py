@@ -39,6 +39,8 @@ class Recipe(BaseModel):
     ranking: Ranking = "routing-mass"
     allocation: Allocation = "dynamic"
     drop: int = Field(ge=0, description="average experts dropped per MoE layer")
+    kept_total: int | None = Field(None, description="experts kept over all MoE layers, when finer than drop "
+                                   "(drop is then its floor); default N * (E - drop)")
     invert: bool = False  # control: drop the highest-ranked experts instead
     seed: int = 0
     directions: list[str] = Field(min_length=1)  # calibration groups used for importance, e.g. ["en-de"]

@@ -1,6 +1,7 @@
 """How many experts each MoE layer keeps (paper section 4.2, appendix B). Pure functions.
 
-N MoE layers of E experts, top-k = k, average drop d: the budget is B = N * (E - d) kept experts.
+N MoE layers of E experts, top-k = k, average drop d: the budget is B = N * (E - d) kept experts (or any B in
+[N*k, N*E], for counts finer than whole drop levels).
   uniform:          c_l = E - d
   dynamic:          c_l = k + share of R = B - N*k proportional to D_l, capped at E (overflow re-spread),
                     then Hamilton rounding so that sum c_l = B and k <= c_l <= E
@@ -54,22 +55,32 @@ def allocate(
     drop: int,
     method: Allocation = "dynamic",
     divergence: list[float] | None = None,
+    kept_total: int | None = None,
 ) -> list[int]:
-    """Experts kept per MoE layer; sum = N * (E - d), each in [k, E]."""
+    """Experts kept per MoE layer; sum = B = N * (E - d), or ``kept_total`` (finer than whole drop levels:
+    N*k <= B <= N*E), each in [k, E]."""
     check_drop(drop, num_experts, top_k)
+    budget = num_layers * (num_experts - drop) if kept_total is None else kept_total
+    check_kept_total(budget, num_layers, num_experts, top_k)
     if method not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {method!r}; choose one of {ALLOCATIONS}")
-    uniform = [num_experts - drop] * num_layers
-    if method == "uniform":
-        return uniform
-    if divergence is None or len(divergence) != num_layers:
-        raise ValueError(f"{method} allocation needs one routing divergence per MoE layer ({num_layers})")
-    if all(d <= 0 for d in divergence):
-        return uniform  # no layer is language-specific: nothing to weight by
-    inverse = method == "inverse-dynamic"
-    weights = [1.0 / max(d, 1e-12) if inverse else max(d, 0.0) for d in divergence]
-    budget = num_layers * (num_experts - drop)
+    weights = [1.0] * num_layers
+    if method != "uniform":
+        if divergence is None or len(divergence) != num_layers:
+            raise ValueError(f"{method} allocation needs one routing divergence per MoE layer ({num_layers})")
+        if any(d > 0 for d in divergence):  # else no layer is language-specific: nothing to weight by
+            inverse = method == "inverse-dynamic"
+            weights = [1.0 / max(d, 1e-12) if inverse else max(d, 0.0) for d in divergence]
     real = capped_proportional(weights, budget, top_k, num_experts)
     counts = hamilton_round(real, budget)
     assert sum(counts) == budget and all(top_k <= c <= num_experts for c in counts), counts
     return counts
+
+
+def check_kept_total(kept_total: int, num_layers: int, num_experts: int, top_k: int) -> None:
+    """N*k <= B <= N*E: every layer keeps between top-k and all of its experts."""
+    if not num_layers * top_k <= kept_total <= num_layers * num_experts:
+        raise ValueError(
+            f"cannot keep {kept_total} experts in total over {num_layers} MoE layers of {num_experts} with "
+            f"top-k={top_k}: choose from {num_layers * top_k} to {num_layers * num_experts}"
+        )

@@ -7,6 +7,8 @@ apply      slice the base checkpoint by a plan -> specialist folder (loads in tr
 prune      all three in one go
 evaluate   translate a FLORES-style split: chrF, BLEU, degenerate-output rate (JSON)
 sweep      compression curves per method, kept-expert IoU, unseen-language comparison -> a report
+search     the smallest plan within a quality floor or the largest within a byte budget; --fleet: the set of
+           specialists that serves every pair within the floor on the GPUs given
 recover    recovery tuning: full fine-tuning of a specialist (SFT on pairs, or distillation from its parent)
 """
 
@@ -37,7 +39,7 @@ from moe_specialists.pruning.cli_options import (
 from moe_specialists.pruning.cli_recover import recover
 from moe_specialists.pruning.data import DEFAULT_DATA
 
-app = typer.Typer(help="Prune experts: calibrate, plan, apply, evaluate, sweep, recover.", no_args_is_help=True)
+app = typer.Typer(help="Prune experts: calibrate, plan, apply, evaluate, sweep, search, recover.", no_args_is_help=True)
 
 
 def _sizes(plan) -> dict:
@@ -312,3 +314,70 @@ def sweep(
     except (ValueError, ValidationError) as e:
         fail(e)
     typer.echo(f"report written to {path}")
+
+
+@app.command()
+def search(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Argument(help="Base model folder (or hub id).")] = None,
+    statistics: Annotated[Path | None, typer.Option(help="Routing statistics of MODEL (from calibrate).")] = None,
+    directions: Annotated[str | None, typer.Option("--directions", "-d", help="Pairs to serve: en-de,de-en.")] = None,
+    work: Annotated[Path | None, typer.Option(help="Folder of cached evaluations and the report.")] = None,
+    max_loss: Annotated[
+        float | None, typer.Option(help="Quality floor: chrF points the specialist may lose against the parent.")
+    ] = None,
+    max_bytes: Annotated[
+        str | None, typer.Option(help="Budget of weight bytes as stored: 12GB, 7.5GiB or a number.")
+    ] = None,
+    criterion: Annotated[str, typer.Option(help="mean (of the directions' losses) or worst.")] = "mean",
+    method: Annotated[str, typer.Option(help="Plan method (see sweep): rm-dynamic by default.")] = "rm-dynamic",
+    resolution: Annotated[int, typer.Option(help="Experts in total between candidates below a drop level.")] = 1,
+    data: DataDir = DEFAULT_DATA,
+    split: Annotated[str, typer.Option(help="Split the candidates are judged on.")] = "dev",
+    confirm_split: Annotated[str, typer.Option(help="Split the chosen plan is confirmed on.")] = "devtest",
+    limit: Annotated[int | None, typer.Option(help="Passages per direction (at least 20).")] = 50,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    dtype: str = "float32",
+    device: Device = "cpu",
+    out: Annotated[Path | None, typer.Option(help="The plan found (default: WORK/plan.json).")] = None,
+    register: Annotated[
+        str | None, typer.Option(help="Register the plan under this name (--fleet: the prefix of the names).")
+    ] = None,
+    registry: RegistryOption = None,
+    overwrite: bool = False,
+    fleet: Annotated[bool, typer.Option(help="Choose a fleet of specialists for the pairs (--gpus ...).")] = False,
+    gpus: Annotated[int, typer.Option(help="--fleet: GPUs to serve on.")] = 1,
+    gpu_memory: Annotated[str | None, typer.Option(help="--fleet: memory of each GPU, e.g. 80GB.")] = None,
+    kv_cache: Annotated[str | None, typer.Option(help="--fleet: KV cache each engine needs, e.g. 20GB.")] = None,
+    kinds: Annotated[
+        str, typer.Option(help="--fleet: specialists to consider: direction, language, multilingual.")
+    ] = "direction,language,multilingual",
+    config: ConfigFile = None,
+) -> None:
+    """The smallest plan of MODEL whose chrF loss on the dev split stays within --max-loss, or the largest that
+    fits --max-bytes, for the directions to serve; confirmed on devtest, with a Pareto table and plot in
+    WORK/search.md and search.png (--fleet: WORK/fleet.md, the specialists and serve commands per GPU)."""
+    from pydantic import ValidationError
+
+    from moe_specialists.pruning.search import FleetConfig, SearchConfig, search_fleet
+    from moe_specialists.pruning.search import search as run
+
+    names = {"data": "data_dir", "work": "work_dir", "register": "register_name"}
+    options = dict(model=model, statistics=statistics, directions=directions, work=work, max_loss=max_loss,
+                   max_bytes=max_bytes, method=method, resolution=resolution, data=data, split=split,
+                   confirm_split=confirm_split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                   dtype=dtype, device=device, out=out, register=register, registry=registry, overwrite=overwrite)
+    try:
+        if fleet:
+            job = job_config(ctx, FleetConfig, config, names, **options, gpus=gpus, gpu_memory=gpu_memory,
+                             kv_cache=kv_cache, kinds=comma_list(kinds))
+            result = search_fleet(job, log=typer.echo)
+        else:
+            job = job_config(ctx, SearchConfig, config, names, **options, criterion=criterion)
+            result = run(job, log=typer.echo)
+    except (ValueError, ValidationError, FileNotFoundError) as e:
+        fail(e)
+    typer.echo((job.work_dir / ("fleet.md" if fleet else "search.md")).read_text())
+    if result.problem:
+        fail(ValueError(result.problem))

@@ -28,7 +28,7 @@ def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
         )
         divergence = routing_divergence(stats.passages, langs, recipe.pivot).tolist()
         recipe = recipe.model_copy(update={"divergence_languages": langs})
-    counts = allocate(len(layers), E, k, recipe.drop, recipe.allocation, divergence)
+    counts = allocate(len(layers), E, k, recipe.drop, recipe.allocation, divergence, recipe.kept_total)
     kept = [keep_top(scores[slot], counts[slot], recipe.invert) for slot in range(len(layers))]
     return Plan(
         base=base,

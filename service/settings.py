@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
+from moe_specialists.models.file_hashes import CACHE_ENV
 from moe_specialists.models.languages import UnknownLanguage, canonical, split_direction
 from moe_specialists.models.registry.entries import NAME_PATTERN, SpecialistEntry
 from moe_specialists.models.registry.store import REGISTRY_ENV, RETIRED_REGISTRY_VARIABLES
@@ -213,7 +214,7 @@ class Settings(BaseSettings):
 
 ENV_PREFIX = "MOE_"
 # MOE_* variables read elsewhere (not gateway settings): the bundled registry's cache.
-OTHER_VARIABLES = frozenset({"MOE_BUNDLED_REGISTRY"})
+OTHER_VARIABLES = frozenset({"MOE_BUNDLED_REGISTRY", CACHE_ENV})  # MOE_* variables read elsewhere
 SPECIALISTS_EXAMPLE = '[{"name": "en-de", "path": "/models/en-de", "directions": ["en-de"]}]'
 
 

@@ -6,9 +6,9 @@ import tempfile
 import uuid
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-if "MOE_SPECIALISTS_CACHE" not in os.environ:  # the hashes the suite learns (models.file_hashes) are its own
-    os.environ["MOE_SPECIALISTS_CACHE"] = tempfile.mkdtemp(prefix="moe-specialists-cache-")
-    atexit.register(shutil.rmtree, os.environ["MOE_SPECIALISTS_CACHE"], True)
+if "MOE_CACHE_DIR" not in os.environ:  # the hashes the suite learns (models.file_hashes) are its own
+    os.environ["MOE_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe-specialists-cache-")
+    atexit.register(shutil.rmtree, os.environ["MOE_CACHE_DIR"], True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 

@@ -120,7 +120,7 @@ def test_apply_verifies_a_base_once_and_still_refuses_a_rewritten_shard(tmp_path
     """The default (verified) apply: the plan's hashes were computed when it was made (kept), so neither apply
     reads a shard to verify it; a shard rewritten with its mtime restored is read and refused."""
     monkeypatch.setattr(file_hashes, "RACY_S", 0)
-    monkeypatch.setenv("MOE_SPECIALISTS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
     base = save_tiny("qwen3_moe", tmp_path / "base")
     plan = plan_from_kept(base, [[0, 2, 4, 6]] * 4)
     made = len(reads)

@@ -63,6 +63,7 @@ def test_the_retired_registry_variable_names_the_one_to_set(monkeypatch):
 
 def test_other_moe_variables_and_overrides_pass(monkeypatch):
     monkeypatch.setenv("MOE_BUNDLED_REGISTRY", "/tmp/x")
+    monkeypatch.setenv("MOE_CACHE_DIR", "/tmp/c")  # models.file_hashes reads it (the test suite sets it too)
     monkeypatch.setenv("MOE_ENGINE_MAX_RESTARTS", "3")
     s = load_settings(port=9000)
     assert s.engine_max_restarts == 3 and s.port == 9000

@@ -1,0 +1,496 @@
+"""The `search` job: the smallest plan within a quality floor (``max_loss`` chrF points below the parent on a dev
+split), or the largest within a byte budget (``max_bytes``, weights as stored), for the directions to serve.
+
+Candidates are plans of one method (default: routing mass, dynamic allocation) at a kept total B, evaluated on
+the parent loaded once with their dropped experts masked out of its routers (``models.masking``: the numbers of
+the sliced specialist, no copy written). Which B are tried: ``pruning.budget`` (two bisections, far fewer than a
+grid). Every evaluation is cached per (kept experts, direction, split, limit, decoding) under
+``work_dir/evals``, so a rerun, another floor or a fleet reuses what was measured. The plan found is confirmed on
+``confirm_split`` (devtest), saved (and read back), and with ``register`` put in the registry as a plan entry.
+
+The loss of B over the directions is the mean of the parent's chrF minus the candidate's (``criterion="worst"``:
+the largest one, for fleets whose every pair must meet the floor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ByteSize, Field, model_validator
+
+from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.apply import check_plan_matches
+from moe_specialists.models.checkpoint import read_config, resolve_model
+from moe_specialists.models.plan import Plan, Recipe
+from moe_specialists.models.plan_loading import kept_weight_stats
+from moe_specialists.models.registry.store import Registry, default_registry_dir
+from moe_specialists.pruning.budget import check_budget, largest_within_bytes, plan_bytes, smallest_within
+from moe_specialists.pruning.config import CommaList, DataRef, Device, DType, JobConfig, ModelRef
+from moe_specialists.pruning.data import DEFAULT_DATA, read_parallel
+from moe_specialists.pruning.evaluate import EvaluationConfig, PairResult, evaluate, parse_directions
+from moe_specialists.pruning.methods import DEFAULT_METHOD, METHODS
+from moe_specialists.pruning.plan import make_plan
+from moe_specialists.pruning.stats import RoutingStats
+
+MIN_PASSAGES = 20  # fewer cannot tell 1 chrF from noise (a passage's chrF spreads by ~10 points)
+Criterion = Literal["mean", "worst"]
+
+
+class SearchConfig(JobConfig):
+    model: ModelRef
+    statistics: Path  # routing statistics of the model (`calibrate`) covering every direction
+    directions: CommaList = Field(min_length=1)
+    work_dir: Path  # cached evaluations, the report
+    max_loss: float | None = None  # chrF points below the parent, on `split`
+    max_bytes: ByteSize | None = None  # weight bytes as stored ("12GB", "7.5GiB" or a number)
+    criterion: Criterion = "mean"
+    method: str = DEFAULT_METHOD
+    resolution: int = Field(1, ge=1)  # experts in total between two drop levels
+    data_dir: DataRef = DEFAULT_DATA
+    split: str = "dev"
+    confirm_split: str | None = "devtest"
+    limit: int | None = Field(50, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
+    dtype: DType = "float32"
+    device: Device = "cpu"
+    out: Path | None = None  # the plan found (default: work_dir/plan.json)
+    register_name: str | None = None
+    registry: Path | None = None
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _valid(self) -> SearchConfig:
+        parse_directions(self.directions)
+        if self.max_loss is None and self.max_bytes is None:
+            raise ValueError("give a quality floor (max_loss, chrF points below the parent) or a budget (max_bytes)")
+        if self.max_loss is not None and self.max_loss < 0:
+            raise ValueError(f"max_loss is chrF points the specialist may lose (>= 0), got {self.max_loss}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {list(METHODS)}")
+        if self.out is None:
+            self.out = self.work_dir / "plan.json"
+        return self
+
+
+class Candidate(BaseModel):
+    kept_total: int
+    experts_per_layer: list[int]
+    weight_bytes: int
+    chrf: dict[str, float]  # split -> mean chrF over the directions
+    loss: dict[str, float]  # split -> loss against the parent (criterion)
+    pair_loss: dict[str, dict[str, float]]  # split -> direction -> loss
+    degenerate_rate: dict[str, float]
+
+
+class SearchResult(BaseModel):
+    plan: Path | None  # None: nothing meets both the floor and the budget
+    chosen: Candidate | None
+    parent: dict[str, float]  # split -> mean chrF
+    parent_bytes: int
+    candidates: list[Candidate]  # every one evaluated, by kept total
+    evaluations: int  # candidate evaluations on the search split (cached ones included)
+    new_evaluations: int  # of those, measured in this run
+    seconds: float
+    problem: str | None = None
+    registered: str | None = None
+
+
+class ModelBytes(BaseModel):
+    """Weight bytes of the model as stored: ``dense`` (no expert) and one expert per MoE layer."""
+
+    dense: int
+    per_expert: list[int]
+
+    @classmethod
+    def of(cls, model_dir: Path, layers: list[int]) -> ModelBytes:
+        _, dense = kept_weight_stats(model_dir, {layer: [] for layer in layers})
+        per_expert = [kept_weight_stats(model_dir, {m: [0] if m == layer else [] for m in layers})[1] - dense
+                      for layer in layers]
+        return cls(dense=dense, per_expert=per_expert)
+
+    def of_counts(self, counts: list[int]) -> int:
+        return plan_bytes(self.dense, self.per_expert, counts)
+
+
+def passage_counts(config: SearchConfig, split: str) -> int:
+    """Passages per direction on ``split``; refused below MIN_PASSAGES."""
+    langs = sorted({lang for pair in parse_directions(config.directions) for lang in pair})
+    n = min(len(v) for v in read_parallel(config.data_dir, split, langs, config.limit).values())
+    if n < MIN_PASSAGES:
+        raise ValueError(
+            f"{split} has {n} passages per direction: too few to tell a 1 chrF loss from noise; a search needs "
+            f"at least {MIN_PASSAGES} (a larger limit, or a split with more passages)"
+        )
+    return n
+
+
+class Search:
+    """The candidates and their cached evaluations for one ``SearchConfig``; ``run()`` does the job."""
+
+    def __init__(self, config: SearchConfig, log: Callable[[str], None] = print):
+        self.config, self.log = config, log
+        c = config
+        for split in {c.split, *([c.confirm_split] if c.confirm_split else [])}:
+            passage_counts(c, split)  # before any model loads
+        self.stats = RoutingStats.load(c.statistics)
+        self.stats.select_groups(c.directions)  # a direction it has no data for is refused here
+        self.model_dir, _ = resolve_model(c.model)
+        self.model_config = read_config(self.model_dir)
+        self.adapter = adapter_for(self.model_config)
+        self.num_experts, self.top_k = self.stats.num_experts, self.adapter.top_k(self.model_config)
+        self.layers = self.stats.layers
+        check_plan_matches(self.plan(len(self.layers) * self.num_experts), self.model_config, self.adapter)
+        self.bytes = ModelBytes.of(self.model_dir, self.layers)
+        if c.max_bytes is not None:
+            check_budget(int(c.max_bytes), self.bytes.dense,
+                         self.bytes.of_counts([self.top_k] * len(self.layers)))
+        self._generator: Any = None
+        self.evaluated: dict[int, Candidate] = {}
+        self.new_evaluations = 0
+
+    # -- candidates --
+
+    def plan(self, kept_total: int) -> Plan:
+        n, e = len(self.layers), self.num_experts
+        m = METHODS[self.config.method]
+        drop = (n * e - kept_total) // n
+        recipe = Recipe(ranking=m.ranking, allocation=m.allocation, invert=m.invert, drop=drop,
+                        kept_total=None if kept_total == n * (e - drop) else kept_total,
+                        directions=self.config.directions)
+        return make_plan(self.stats, recipe)
+
+    def scores(self, kept: dict[int, list[int]] | None, split: str) -> dict[str, PairResult]:
+        """Per direction results of the parent (``kept`` None) or the masked plan on ``split``, cached."""
+        c = self.config
+        files = {d: self._cache_file(kept, d, split) for d in c.directions}
+        missing = [d for d, f in files.items() if not f.exists()]
+        if missing:
+            from moe_specialists.models.masking import experts_masked  # torch: only when something is measured
+
+            self.new_evaluations += kept is not None and split == c.split
+            job = EvaluationConfig(model=self.model_dir, directions=missing, data_dir=c.data_dir, split=split,
+                                   limit=c.limit, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
+                                   dtype=c.dtype, device=c.device)
+            generator = self.generator()
+            with experts_masked(generator.model, self.adapter, kept or {}):
+                res = evaluate(job, generator)
+            for d in missing:
+                files[d].parent.mkdir(parents=True, exist_ok=True)
+                files[d].write_text(res.directions[d].model_dump_json(indent=1))
+        return {d: PairResult.model_validate_json(f.read_text()) for d, f in files.items()}
+
+    def _cache_file(self, kept: dict[int, list[int]] | None, direction: str, split: str) -> Path:
+        c = self.config
+        key = json.dumps([sorted(kept.items()) if kept else None, direction, split, c.limit, c.max_new_tokens,
+                          c.dtype, str(self.model_dir)])
+        return c.work_dir / "evals" / f"{direction}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def generator(self) -> Any:
+        if self._generator is None:
+            from moe_specialists.models.generation import TransformersGenerator
+
+            c = self.config
+            self._generator = TransformersGenerator.load(self.model_dir, c.dtype, c.device, c.batch_size)
+        return self._generator
+
+    def loss(self, parent: dict[str, PairResult], got: dict[str, PairResult]) -> tuple[float, dict[str, float]]:
+        pair = {d: parent[d].chrf - got[d].chrf for d in self.config.directions}
+        worst = self.config.criterion == "worst"
+        return (max(pair.values()) if worst else statistics.fmean(pair.values())), pair
+
+    def candidate(self, kept_total: int, splits: list[str]) -> Candidate:
+        plan = self.plan(kept_total)
+        kept = dict(zip(plan.layers, plan.kept, strict=True))
+        counts = [len(x) for x in plan.kept]
+        out = self.evaluated.get(kept_total) or Candidate(
+            kept_total=kept_total, experts_per_layer=counts, weight_bytes=self.bytes.of_counts(counts), chrf={},
+            loss={}, pair_loss={}, degenerate_rate={})
+        for split in splits:
+            if split in out.chrf:
+                continue
+            parent, got = self.scores(None, split), self.scores(kept, split)
+            out.loss[split], out.pair_loss[split] = self.loss(parent, got)
+            out.chrf[split] = statistics.fmean(r.chrf for r in got.values())
+            out.degenerate_rate[split] = statistics.fmean(r.degenerate_rate for r in got.values())
+            self.log(f"kept {kept_total}: {split} chrF {out.chrf[split]:.2f}, loss {out.loss[split]:+.2f}, "
+                     f"{out.weight_bytes / 1e6:.1f} MB")
+        self.evaluated[kept_total] = out
+        return out
+
+    # -- the job --
+
+    def run(self) -> SearchResult:
+        c, t = self.config, time.time()
+        n, e, k = len(self.layers), self.num_experts, self.top_k
+        full = n * e
+        cap = full
+        if c.max_bytes is not None:
+            cap = largest_within_bytes(n, e, k, lambda b: self.bytes.of_counts(
+                [len(x) for x in self.plan(b).kept]), int(c.max_bytes))
+        chosen: int | None = cap
+        problem = None
+        if c.max_loss is not None:
+            best = smallest_within(n, e, k, lambda b: self.candidate(b, [c.split]).loss[c.split] <= c.max_loss,
+                                   c.resolution)
+            if best > cap:
+                chosen, problem = None, (
+                    f"the smallest plan within {c.max_loss} chrF keeps {best} experts "
+                    f"({self.candidate(best, [c.split]).weight_bytes / 1e9:.3f} GB), more than the budget of "
+                    f"{int(c.max_bytes) / 1e9:.3f} GB allows ({cap} experts): loosen the floor or raise the budget")  # type: ignore[arg-type]
+            else:
+                chosen = best
+        result = SearchResult(plan=None, chosen=None, parent={}, parent_bytes=self.bytes.of_counts([e] * n),
+                              candidates=[], evaluations=0, new_evaluations=0, seconds=0.0, problem=problem)
+        if chosen is not None:
+            splits = [c.split, *([c.confirm_split] if c.confirm_split else [])]
+            result.chosen = self.candidate(chosen, splits) if chosen < full else None
+            result.plan = self.save(self.plan(chosen))
+            if c.register_name:
+                registry = Registry(c.registry if c.registry is not None else default_registry_dir())
+                registry.register_plan(c.register_name, result.plan, overwrite=c.overwrite,
+                                       directions=c.directions)
+                result.registered = c.register_name
+        for split in {c.split, *([c.confirm_split] if c.confirm_split and chosen else [])}:
+            result.parent[split] = statistics.fmean(r.chrf for r in self.scores(None, split).values())
+        result.candidates = [self.evaluated[b] for b in sorted(self.evaluated)]
+        result.evaluations = sum(c.split in x.chrf for x in result.candidates)
+        result.new_evaluations, result.seconds = self.new_evaluations, time.time() - t
+        return result
+
+    def save(self, plan: Plan) -> Path:
+        """The plan, written and read back (the same kept experts) before it is reported."""
+        out = self.config.out
+        assert out is not None
+        plan.save(out)
+        if Plan.load(out).kept != plan.kept:
+            raise RuntimeError(f"{out} does not read back as the plan written")
+        return out
+
+    def close(self) -> None:
+        self._generator = None
+
+
+def search(config: SearchConfig, log: Callable[[str], None] = print) -> SearchResult:
+    """Run ``config`` and write ``work_dir/search.json`` (the result), ``search.md`` (the Pareto table) and
+    ``search.png`` (bytes vs chrF)."""
+    job = Search(config, log)
+    try:
+        result = job.run()
+    finally:
+        job.close()
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    (config.work_dir / "search.json").write_text(result.model_dump_json(indent=1))
+    (config.work_dir / "search.md").write_text(render(config, result))
+    plot(config, result, config.work_dir / "search.png", log)
+    return result
+
+
+def pareto(candidates: list[Candidate], split: str) -> list[Candidate]:
+    """Candidates no other beats on both bytes (fewer) and chrF (higher or equal), by bytes."""
+    rows = sorted((x for x in candidates if split in x.chrf), key=lambda x: (x.weight_bytes, -x.chrf[split]))
+    front, best = [], float("-inf")
+    for x in rows:
+        if x.chrf[split] > best:
+            front.append(x)
+            best = x.chrf[split]
+    return front
+
+
+def render(config: SearchConfig, result: SearchResult) -> str:
+    c = config
+    front = {x.kept_total for x in pareto(result.candidates, c.split)}
+    lines = [
+        f"# search: {', '.join(c.directions)}",
+        "",
+        ("no floor" if c.max_loss is None else f"floor {c.max_loss} chrF ({c.criterion} over the directions)")
+        + f", budget {'none' if c.max_bytes is None else f'{int(c.max_bytes) / 1e9:.3f} GB'}; parent "
+        + ", ".join(f"{s} chrF {v:.2f}" for s, v in sorted(result.parent.items()))
+        + f", {result.parent_bytes / 1e9:.3f} GB. {result.evaluations} candidates evaluated on {c.split} "
+        f"({result.new_evaluations} measured in this run), {result.seconds / 60:.1f} min.",
+        "",
+        f"| kept experts | per layer | GB | {c.split} chrF | loss | degenerate | Pareto |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for x in result.candidates:
+        if c.split not in x.chrf:
+            continue
+        lines.append(
+            f"| {x.kept_total} | {' '.join(map(str, x.experts_per_layer))} | {x.weight_bytes / 1e9:.4f} | "
+            f"{x.chrf[c.split]:.2f} | {x.loss[c.split]:+.2f} | {x.degenerate_rate[c.split]:.3f} | "
+            f"{'yes' if x.kept_total in front else ''} |")
+    lines.append("")
+    if result.chosen is not None:
+        ch = result.chosen
+        lines.append(f"Chosen: {ch.kept_total} experts, {ch.weight_bytes / 1e9:.4f} GB ("
+                     f"{ch.weight_bytes / result.parent_bytes:.1%} of the parent); "
+                     + ", ".join(f"{s} loss {v:+.2f}" for s, v in sorted(ch.loss.items())) + f"; plan {result.plan}")
+    elif result.plan is not None:
+        lines.append(f"Chosen: the parent itself (nothing can be dropped within the floor); plan {result.plan}")
+    if result.problem:
+        lines.append(f"No plan: {result.problem}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(config: SearchConfig, result: SearchResult, out: Path, log: Callable[[str], None]) -> Path | None:
+    """Mean chrF against weight GB for every candidate (red: more than 1% degenerate outputs), the Pareto front,
+    the parent, the floor and the chosen plan; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no plot (pip install matplotlib)")
+        return None
+    c, split = config, config.split
+    rows = [x for x in result.candidates if split in x.chrf]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.scatter([x.weight_bytes / 1e9 for x in rows], [x.chrf[split] for x in rows], s=22,
+               c=["tab:red" if x.degenerate_rate[split] > 0.01 else "tab:blue" for x in rows], label="candidates")
+    front = pareto(rows, split)
+    ax.plot([x.weight_bytes / 1e9 for x in front], [x.chrf[split] for x in front], "-", color="tab:blue",
+            alpha=0.5, label="Pareto front")
+    if split in result.parent:
+        ax.scatter([result.parent_bytes / 1e9], [result.parent[split]], marker="s", color="black", label="parent")
+        if c.max_loss is not None and c.criterion == "mean":  # the worst pair's floor is not a line in the mean
+            ax.axhline(result.parent[split] - c.max_loss, ls="--", color="gray", label=f"floor ({c.max_loss} chrF)")
+    if c.max_bytes is not None:
+        ax.axvline(int(c.max_bytes) / 1e9, ls=":", color="gray", label="budget")
+    if result.chosen is not None and split in result.chosen.chrf:
+        ax.scatter([result.chosen.weight_bytes / 1e9], [result.chosen.chrf[split]], marker="*", s=160,
+                   color="tab:orange", label="chosen", zorder=3)
+    ax.set_xlabel("weight GB (as stored)")
+    ax.set_ylabel(f"mean chrF ({split}, {c.limit} passages per direction)")
+    ax.set_title(", ".join(c.directions), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+# -- fleets --
+
+FleetKind = Literal["direction", "language", "multilingual"]
+
+
+class FleetConfig(SearchConfig):
+    """A quality floor (``max_loss``, every pair) and a memory budget: ``gpus`` x ``gpu_memory``, ``kv_cache``
+    per engine. Each kind of specialist is searched for its pairs (one per direction, one per language, one for
+    them all), then ``pruning.fleet`` chooses the set to build."""
+
+    gpus: int = Field(1, ge=1)
+    gpu_memory: ByteSize
+    kv_cache: ByteSize
+    kinds: list[FleetKind] = ["direction", "language", "multilingual"]
+    criterion: Criterion = "worst"
+    pivot: str = "en"
+
+    @model_validator(mode="after")
+    def _floor(self) -> FleetConfig:
+        if self.max_loss is None:
+            raise ValueError("a fleet needs a quality floor: max_loss, chrF points every pair may lose")
+        return self
+
+
+class FleetResult(BaseModel):
+    candidates: list[dict[str, Any]]  # name, directions, weight_bytes, loss per pair
+    gpus: list[list[str]]  # engines per GPU, empty when nothing fits
+    routes: dict[str, str]
+    memory_share: list[float]
+    serve_commands: list[str]
+    registered: list[str]
+    problem: str | None = None
+
+
+def fleet_groups(directions: list[str], kinds: list[str], pivot: str) -> dict[str, list[str]]:
+    """Candidate name -> the directions it serves, for each kind asked (a language's group: its pairs)."""
+    pairs = parse_directions(directions)
+    groups: dict[str, list[str]] = {}
+    if "direction" in kinds:
+        groups |= {f"{a}-{b}": [f"{a}-{b}"] for a, b in pairs}
+    if "language" in kinds:
+        for lang in sorted({x for p in pairs for x in p} - {pivot}):
+            groups.setdefault(lang, [f"{a}-{b}" for a, b in pairs if lang in (a, b)])
+    if "multilingual" in kinds and len(pairs) > 1:
+        groups["multilingual"] = [f"{a}-{b}" for a, b in pairs]
+    return groups
+
+
+def search_fleet(config: FleetConfig, log: Callable[[str], None] = print) -> FleetResult:
+    """Search every candidate, choose the fleet, register its plans (``register_name`` is the prefix of their
+    names) and write ``work_dir/fleet.json`` and ``fleet.md`` (the serve commands, one gateway per GPU)."""
+    from moe_specialists.pruning.fleet import Budget, choose_fleet, what_would_fit
+    from moe_specialists.pruning.fleet import Candidate as Choice
+
+    c = config
+    budget = Budget(c.gpus, int(c.gpu_memory), int(c.kv_cache))
+    choices, plans = [], {}
+    for name, dirs in fleet_groups(c.directions, c.kinds, c.pivot).items():
+        one = SearchConfig(**{**c.model_dump(include=set(SearchConfig.model_fields)), "directions": dirs,
+                              "confirm_split": None, "register_name": None, "out": c.work_dir / "fleet" /
+                              f"{name}.plan.json", "max_bytes": None})
+        result = search(one, log)
+        chosen = result.chosen
+        loss = chosen.pair_loss[c.split] if chosen else dict.fromkeys(dirs, 0.0)
+        choices.append(Choice(name, chosen.weight_bytes if chosen else result.parent_bytes, loss))
+        plans[name] = (result.plan, dirs)
+    fleet = choose_fleet(choices, c.directions, c.max_loss, budget)  # type: ignore[arg-type]
+    out = FleetResult(candidates=[{"name": x.name, "directions": plans[x.name][1], "weight_bytes": x.weight_bytes,
+                                   "loss": x.loss} for x in choices], gpus=[], routes={}, memory_share=[],
+                      serve_commands=[], registered=[])
+    if fleet is None:
+        would = what_would_fit(choices, c.directions, c.max_loss, budget)  # type: ignore[arg-type]
+        out.problem = (f"no fleet serves every pair within {c.max_loss} chrF on {c.gpus} x "
+                       f"{int(c.gpu_memory) / 1e9:.2f} GB with {int(c.kv_cache) / 1e9:.2f} GB of KV cache per engine; "
+                       + (f"a floor of {would['floor']:.2f} would fit" if would["floor"] is not None
+                          else "no looser floor fits this memory")
+                       + (f", {would['gpus']} GPUs would at this floor" if would["gpus"] else ""))
+    else:
+        registry = Registry(c.registry if c.registry is not None else default_registry_dir())
+        prefix = c.register_name or "fleet-"
+        for gpu, group in enumerate(fleet.gpus):
+            options = []
+            for x in group:
+                served = [p for p, n in fleet.routes.items() if n == x.name]
+                entry = registry.register_plan(f"{prefix}{x.name}", plans[x.name][0], overwrite=c.overwrite,
+                                               directions=served)
+                out.registered.append(entry.name)
+                options.append(f"-s {entry.name}={entry.path}:{','.join(served)}")
+            share = fleet.memory_share(budget, gpu)
+            out.memory_share.append(share)
+            out.serve_commands.append(f"CUDA_VISIBLE_DEVICES={gpu} MOE_GPU_MEMORY_SHARE={share:.3f} "
+                                      f"moe-specialists serve --port {8000 + gpu} " + " ".join(options))
+        out.gpus = [[x.name for x in g] for g in fleet.gpus]
+        out.routes = fleet.routes
+    c.work_dir.mkdir(parents=True, exist_ok=True)
+    (c.work_dir / "fleet.json").write_text(out.model_dump_json(indent=1))
+    (c.work_dir / "fleet.md").write_text(render_fleet(c, out))
+    return out
+
+
+def render_fleet(config: FleetConfig, result: FleetResult) -> str:
+    c = config
+    lines = [f"# fleet: {', '.join(c.directions)}", "",
+             f"floor {c.max_loss} chrF on every pair; {c.gpus} x {int(c.gpu_memory) / 1e9:.2f} GB, "
+             f"{int(c.kv_cache) / 1e9:.2f} GB of KV cache per engine.", "",
+             "| candidate | serves | weight GB | worst loss | chosen |", "|---|---|---|---|---|"]
+    chosen = {n for g in result.gpus for n in g}
+    for x in result.candidates:
+        lines.append(f"| {x['name']} | {', '.join(x['directions'])} | {x['weight_bytes'] / 1e9:.4f} | "
+                     f"{max(x['loss'].values()):+.2f} | {'yes' if x['name'] in chosen else ''} |")
+    lines.append("")
+    if result.problem:
+        lines.append(f"No fleet: {result.problem}")
+    else:
+        lines += ["Routes: " + ", ".join(f"{p} -> {n}" for p, n in sorted(result.routes.items())), "",
+                  "One gateway per GPU:", "", "```sh", *result.serve_commands, "```"]
+    return "\n".join(lines) + "\n"
