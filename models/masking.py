@@ -9,6 +9,12 @@ are masked, l_e = -inf for e not in K:
 (Qwen3: a softmax over the kept experts, top-k, renormalised; GPT-OSS: top-k of the logits, softmax over them:
 the same numbers). The experts stay in memory under their original indices, so one loaded parent evaluates any
 number of plans: the search's candidates cost a generation each, not a slice and a load.
+
+Substitution (MoNE: a dropped expert answered by a constant) keeps the router's full width instead: a token is
+routed over all E experts as in the parent, the kept ones are computed, and each dropped one it selects adds
+its routing weight times that expert's constant c_e (its mean output on calibration data, ``pruning.stats``):
+
+    y_t = sum_{j: e_j in K} w_tj f_{e_j}(h_t) + sum_{j: e_j not in K} w_tj c_{e_j}
 """
 
 from __future__ import annotations
@@ -50,6 +56,49 @@ def experts_masked(model: nn.Module, adapter: FamilyAdapter, kept_by_layer: dict
     finally:
         for handle in handles:
             handle.remove()
+
+
+def substituted_routing(
+    weights: torch.Tensor, indices: torch.Tensor, allowed: torch.Tensor, constants: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights of the kept experts only [T, k], the dropped experts' part sum_j w_tj c_{e_j} [T, H]) of a
+    routing ``weights``/``indices`` [T, k] over all experts; ``constants`` [E, H] (rows of kept experts unused)."""
+    dropped = ~allowed[indices]
+    part = ((weights * dropped).unsqueeze(-1).float() * constants.float()[indices]).sum(1)
+    return weights.masked_fill(dropped, 0), part
+
+
+@contextlib.contextmanager
+def experts_substituted(
+    model: nn.Module, adapter: FamilyAdapter, kept_by_layer: dict[int, list[int]], constants: dict[int, torch.Tensor]
+) -> Iterator[None]:
+    """Within the block, every MoE layer of ``kept_by_layer`` routes over all its experts, computes the kept
+    ones and answers each dropped one by its row of ``constants[layer]`` [E, H] (module docstring): a hook on
+    the router zeroes the dropped weights and keeps their part, a hook on the experts adds it."""
+    handles = []
+    try:
+        for layer, kept in kept_by_layer.items():
+            router, experts = adapter.router(model, layer), adapter.experts(model, layer)
+            allowed = torch.zeros(router.weight.shape[0], dtype=torch.bool, device=router.weight.device)
+            allowed[kept] = True
+            part: list[torch.Tensor] = []
+            c = constants[layer].to(router.weight.device)
+            handles.append(router.register_forward_hook(_substituting_hook(allowed, c, part)))
+            handles.append(experts.register_forward_hook(lambda m, a, out, part=part: out + part.pop().to(out.dtype)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _substituting_hook(allowed: torch.Tensor, constants: torch.Tensor, part: list[torch.Tensor]):
+    def hook(module: nn.Module, args: Any, out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        logits, weights, indices = out[:3]
+        kept, extra = substituted_routing(weights, indices, allowed, constants)
+        part.append(extra)
+        return logits, kept, indices
+
+    return hook
 
 
 def _masking_hook(allowed: torch.Tensor, top_k: int):

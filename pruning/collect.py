@@ -3,7 +3,8 @@
 Every family's MoE block calls ``experts(hidden[T, H], top_k_index[T, k], top_k_weights[T, k])`` with the
 router's normalised weights, so one pre-hook on each experts module sees the routing exactly as the model
 computes it. Tokens are flattened batch-major (t = b * S + s); padding gets sequence id -1 and is ignored.
-REAP's ||f_e(h_t)|| is the model's own expert function applied to the token alone with weight 1.
+REAP's ||f_e(h_t)|| and the mean outputs (substitution) come from the model's own expert function applied to
+the token alone with weight 1.
 """
 
 from __future__ import annotations
@@ -25,16 +26,26 @@ from moe_specialists.pruning.data import CalibrationSequence, Routing, check_rou
 from moe_specialists.pruning.stats import RoutingStats, StatsAccumulator
 
 
-def expert_output_norms(experts: nn.Module, hidden: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """||f_e(h_t)||_2 for each token t and each of its selected experts e = indices[t, j]: [T, k] float64."""
+def expert_outputs(
+    experts: nn.Module, hidden: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, real: torch.Tensor,
+    num_experts: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's own expert function applied to each token alone, f_e(h_t) for every selected e = indices[t, j]:
+    (||f_e(h_t)||_2 [T, k] float64 (REAP), sum_{real t} w[t, j] f_e(h_t) [E, H] float32 and sum_{real t} w[t, j]
+    [E] float64 (the mean outputs, ``pruning.stats``)); ``real`` [T] marks the tokens that are no padding."""
     norms = torch.zeros(indices.shape, dtype=torch.float64, device=hidden.device)
+    out_sum = torch.zeros(num_experts, hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+    out_weight = torch.zeros(num_experts, dtype=torch.float64, device=hidden.device)
     for e in indices.unique().tolist():
         t, j = (indices == e).nonzero(as_tuple=True)
         one = torch.ones(len(t), 1, dtype=hidden.dtype, device=hidden.device)
         # .forward bypasses the hooks of this very module
         out = experts.forward(hidden[t], torch.full_like(t[:, None], e), one)
         norms[t, j] = out.double().norm(dim=-1)
-    return norms
+        w = weights[t, j].double() * real[t]
+        out_sum[e] = (w[:, None] * out.double()).sum(0).float()
+        out_weight[e] = w.sum()
+    return norms, out_sum, out_weight
 
 
 class RoutingHooks:
@@ -77,7 +88,11 @@ class RoutingHooks:
             hidden, indices, weights = (list(args) + [kwargs.get(n) for n in ("top_k_index", "top_k_weights")])[:3]
             if indices is None or weights is None:
                 raise RuntimeError(f"unexpected experts call signature in layer {self.layers[slot]}")
-            norms = expert_output_norms(module, hidden, indices) if self.reap and not self.passage else None
+            norms = outputs = None
+            if self.reap and not self.passage:
+                real = (self.seq_ids >= 0).to(hidden.device)
+                norms, *sums = expert_outputs(module, hidden, indices, weights, real, self.acc.num_experts)
+                outputs = (sums[0], sums[1])
             q = self.acc.add(
                 self.group,
                 slot,
@@ -87,6 +102,7 @@ class RoutingHooks:
                 self.num_sequences,
                 norms,
                 self.passage,
+                outputs,
             )
             if self.passage:
                 self.passage_q[slot] = q.cpu()
@@ -185,6 +201,7 @@ def collect_transformers(
         "collector": "transformers",
         "routing": routing,
         "has_reap": reap,
+        "has_mean_outputs": reap,
         "data_fingerprint": sequences_fingerprint(sequences),
     }
     return acc.result({**(header or {}), **info})

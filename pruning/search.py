@@ -40,6 +40,7 @@ from moe_specialists.pruning.stats import RoutingStats
 
 MIN_PASSAGES = 20  # fewer cannot tell 1 chrF from noise (a passage's chrF spreads by ~10 points)
 Criterion = Literal["mean", "worst"]
+Dropped = Literal["drop", "substitute"]
 
 
 class SearchConfig(JobConfig):
@@ -51,6 +52,7 @@ class SearchConfig(JobConfig):
     max_bytes: ByteSize | None = None  # weight bytes as stored ("12GB", "7.5GiB" or a number)
     criterion: Criterion = "mean"
     method: str = DEFAULT_METHOD
+    dropped: Dropped = "drop"  # substitute: each dropped expert answered by its mean output (models.masking)
     resolution: int = Field(1, ge=1)  # experts in total between two drop levels
     data_dir: DataRef = DEFAULT_DATA
     split: str = "dev"
@@ -74,6 +76,9 @@ class SearchConfig(JobConfig):
             raise ValueError(f"max_loss is chrF points the specialist may lose (>= 0), got {self.max_loss}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {list(METHODS)}")
+        if self.dropped == "substitute" and self.register_name:
+            raise ValueError("a plan with substituted experts cannot be registered yet (slicing drops them): "
+                             "search with dropped=substitute measures the candidates only")
         if self.out is None:
             self.out = self.work_dir / "plan.json"
         return self
@@ -107,16 +112,20 @@ class ModelBytes(BaseModel):
 
     dense: int
     per_expert: list[int]
+    num_experts: int = 0
+    per_substitute: int = 0  # a substituted expert: its router row and its constant, H values each, bf16
 
     @classmethod
-    def of(cls, model_dir: Path, layers: list[int]) -> ModelBytes:
+    def of(cls, model_dir: Path, layers: list[int], num_experts: int = 0, hidden: int = 0) -> ModelBytes:
         _, dense = kept_weight_stats(model_dir, {layer: [] for layer in layers})
         per_expert = [kept_weight_stats(model_dir, {m: [0] if m == layer else [] for m in layers})[1] - dense
                       for layer in layers]
-        return cls(dense=dense, per_expert=per_expert)
+        return cls(dense=dense, per_expert=per_expert, num_experts=num_experts, per_substitute=2 * 2 * hidden)
 
-    def of_counts(self, counts: list[int]) -> int:
-        return plan_bytes(self.dense, self.per_expert, counts)
+    def of_counts(self, counts: list[int], substitute: bool = False) -> int:
+        """plan_bytes; ``substitute``: + per_substitute for each of the (E - n_l) dropped experts of a layer."""
+        extra = sum(self.num_experts - n for n in counts) * self.per_substitute if substitute else 0
+        return plan_bytes(self.dense, self.per_expert, counts) + extra
 
 
 def passage_counts(config: SearchConfig, split: str) -> int:
@@ -141,13 +150,15 @@ class Search:
             passage_counts(c, split)  # before any model loads
         self.stats = RoutingStats.load(c.statistics)
         self.stats.select_groups(c.directions)  # a direction it has no data for is refused here
+        self.constants = self.stats.mean_outputs(c.directions) if c.dropped == "substitute" else None
         self.model_dir, _ = resolve_model(c.model)
         self.model_config = read_config(self.model_dir)
         self.adapter = adapter_for(self.model_config)
         self.num_experts, self.top_k = self.stats.num_experts, self.adapter.top_k(self.model_config)
         self.layers = self.stats.layers
         check_plan_matches(self.plan(len(self.layers) * self.num_experts), self.model_config, self.adapter)
-        self.bytes = ModelBytes.of(self.model_dir, self.layers)
+        self.bytes = ModelBytes.of(self.model_dir, self.layers, self.num_experts,
+                                   int(self.model_config["hidden_size"]))
         if c.max_bytes is not None:
             check_budget(int(c.max_bytes), self.bytes.dense,
                          self.bytes.of_counts([self.top_k] * len(self.layers)))
@@ -172,14 +183,19 @@ class Search:
         files = {d: self._cache_file(kept, d, split) for d in c.directions}
         missing = [d for d, f in files.items() if not f.exists()]
         if missing:
-            from moe_specialists.models.masking import experts_masked  # torch: only when something is measured
+            from moe_specialists.models.masking import experts_masked, experts_substituted  # torch: when measured
 
             self.new_evaluations += kept is not None and split == c.split
             job = EvaluationConfig(model=self.model_dir, directions=missing, data_dir=c.data_dir, split=split,
                                    limit=c.limit, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
                                    dtype=c.dtype, device=c.device)
             generator = self.generator()
-            with experts_masked(generator.model, self.adapter, kept or {}):
+            if self.constants is not None and kept:
+                constants = {layer: self.constants[slot] for slot, layer in enumerate(self.layers)}
+                routed = experts_substituted(generator.model, self.adapter, kept, constants)
+            else:
+                routed = experts_masked(generator.model, self.adapter, kept or {})
+            with routed:
                 res = evaluate(job, generator)
             for d in missing:
                 files[d].parent.mkdir(parents=True, exist_ok=True)
@@ -188,8 +204,11 @@ class Search:
 
     def _cache_file(self, kept: dict[int, list[int]] | None, direction: str, split: str) -> Path:
         c = self.config
-        key = json.dumps([sorted(kept.items()) if kept else None, direction, split, c.limit, c.max_new_tokens,
-                          c.dtype, str(self.model_dir)])
+        parts = [sorted(kept.items()) if kept else None, direction, split, c.limit, c.max_new_tokens, c.dtype,
+                 str(self.model_dir)]
+        if kept and c.dropped == "substitute":  # the constants are the statistics' (the drop key stays as it was)
+            parts += [c.dropped, str(c.statistics), c.statistics.stat().st_mtime_ns]
+        key = json.dumps(parts)
         return c.work_dir / "evals" / f"{direction}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
     def generator(self) -> Any:
@@ -199,6 +218,9 @@ class Search:
             c = self.config
             self._generator = TransformersGenerator.load(self.model_dir, c.dtype, c.device, c.batch_size)
         return self._generator
+
+    def weight_bytes(self, counts: list[int]) -> int:
+        return self.bytes.of_counts(counts, substitute=self.config.dropped == "substitute")
 
     def loss(self, parent: dict[str, PairResult], got: dict[str, PairResult]) -> tuple[float, dict[str, float]]:
         pair = {d: parent[d].chrf - got[d].chrf for d in self.config.directions}
@@ -210,7 +232,7 @@ class Search:
         kept = dict(zip(plan.layers, plan.kept, strict=True))
         counts = [len(x) for x in plan.kept]
         out = self.evaluated.get(kept_total) or Candidate(
-            kept_total=kept_total, experts_per_layer=counts, weight_bytes=self.bytes.of_counts(counts), chrf={},
+            kept_total=kept_total, experts_per_layer=counts, weight_bytes=self.weight_bytes(counts), chrf={},
             loss={}, pair_loss={}, degenerate_rate={})
         for split in splits:
             if split in out.chrf:
@@ -232,8 +254,8 @@ class Search:
         full = n * e
         cap = full
         if c.max_bytes is not None:
-            cap = largest_within_bytes(n, e, k, lambda b: self.bytes.of_counts(
-                [len(x) for x in self.plan(b).kept]), int(c.max_bytes))
+            cap = largest_within_bytes(n, e, k, lambda b: self.weight_bytes([len(x) for x in self.plan(b).kept]),
+                                       int(c.max_bytes))
         chosen: int | None = cap
         problem = None
         if c.max_loss is not None:
@@ -251,8 +273,12 @@ class Search:
         if chosen is not None:
             splits = [c.split, *([c.confirm_split] if c.confirm_split else [])]
             result.chosen = self.candidate(chosen, splits) if chosen < full else None
-            result.plan = self.save(self.plan(chosen))
-            if c.register_name:
+            if c.dropped == "substitute" and chosen < full:
+                result.problem = ("measured only: a plan with substituted experts cannot be written or served yet "
+                                  "(slicing drops them); the candidates above are the masked parent's")
+            else:
+                result.plan = self.save(self.plan(chosen))
+            if c.register_name and result.plan is not None:
                 registry = Registry(c.registry if c.registry is not None else default_registry_dir())
                 registry.register_plan(c.register_name, result.plan, overwrite=c.overwrite,
                                        directions=c.directions)

@@ -6,6 +6,10 @@ Per group of calibration sequences G (one direction, e.g. "en-de"), accumulated 
   mass_sum[l, e]   = sum_{x in G} q_l(x)[e]                 importance = mass_sum / num_sequences
   select[l, e]     = #tokens that select e                   frequency  = select / num_tokens
   reap_sum[l, e]   = sum_{t selects e} w[t,e] * ||f_e(h_t)||  REAP       = reap_sum / select
+  out_sum[l, e, :] = sum_{t selects e} w[t,e] * f_e(h_t)     (float32)
+  out_weight[l, e] = sum_{t selects e} w[t,e]                 mean output c_e = out_sum / out_weight
+(c_e, the routing-weighted mean output, is what a substituted expert answers: ``models.masking``; collected with
+REAP, in the same expert calls; files from before have none.)
 Plain passages (no prompt) keep one q_l per passage: passage_mass[lang] is [N, L, E], for the divergence.
 
 Saved as one safetensors file (tensors named ``calib/<src>-<tgt>/<stat>`` and ``passage/<lang>``) whose
@@ -51,6 +55,8 @@ class GroupStats:
     reap_sum: torch.Tensor
     num_sequences: int = 0
     num_tokens: int = 0
+    out_sum: torch.Tensor | None = None  # [L, E, H] float32, None: not collected
+    out_weight: torch.Tensor | None = None  # [L, E] float64
 
     @classmethod
     def zeros(cls, num_layers: int, num_experts: int) -> GroupStats:
@@ -58,12 +64,16 @@ class GroupStats:
         return cls(z(), z(), z())
 
     def merge(self, other: GroupStats) -> GroupStats:
+        """The sums of both; mean outputs only where both have them."""
+        outputs = self.out_sum is not None and other.out_sum is not None
         return GroupStats(
             self.mass_sum + other.mass_sum,
             self.select + other.select,
             self.reap_sum + other.reap_sum,
             self.num_sequences + other.num_sequences,
             self.num_tokens + other.num_tokens,
+            self.out_sum + other.out_sum if outputs else None,
+            self.out_weight + other.out_weight if outputs else None,
         )
 
 
@@ -87,15 +97,29 @@ class RoutingStats:
     def select_groups(self, directions: list[str]) -> GroupStats:
         """Sum of the groups for these directions ("en-de", ...); a clear error for missing ones."""
         missing = [d for d in directions if d not in self.groups]
+        if not directions:
+            raise ValueError(f"no directions given; these statistics cover {sorted(self.groups)}")
         if missing:
             raise ValueError(
                 f"no calibration statistics for {missing}; these statistics cover {sorted(self.groups)}. "
                 "Calibrate those directions first."
             )
-        total = GroupStats.zeros(len(self.layers), self.num_experts)
-        for d in directions:
-            total = total.merge(self.groups[d])
+        groups = [self.groups[d] for d in directions]
+        total = groups[0]
+        for g in groups[1:]:
+            total = total.merge(g)
         return total
+
+    def mean_outputs(self, directions: list[str]) -> torch.Tensor:
+        """c[l, e, :] = out_sum / out_weight over these directions' groups, float32 [L, E, H]; an expert no
+        calibration token selected answers 0 (it contributes nothing anyway)."""
+        g = self.select_groups(directions)
+        if g.out_sum is None or g.out_weight is None:
+            raise ValueError(
+                "these statistics have no mean expert outputs (written before substitution, or by the vLLM "
+                "collector): substitution needs a recalibration with `calibrate --backend transformers`"
+            )
+        return (g.out_sum.double() / g.out_weight.clamp_min(1e-30)[..., None]).float()
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -107,6 +131,9 @@ class RoutingStats:
             tensors[f"calib/{name}/reap_sum"] = g.reap_sum
             tensors[f"calib/{name}/num_sequences"] = torch.tensor([g.num_sequences], dtype=torch.int64)
             tensors[f"calib/{name}/num_tokens"] = torch.tensor([g.num_tokens], dtype=torch.int64)
+            if g.out_sum is not None and g.out_weight is not None:
+                tensors[f"calib/{name}/out_sum"] = g.out_sum.float()
+                tensors[f"calib/{name}/out_weight"] = g.out_weight
         for lang, q in self.passages.items():
             tensors[f"passage/{lang}"] = q.to(torch.float64).contiguous()
         tmp = path.with_name(path.name + ".tmp")
@@ -130,7 +157,8 @@ class RoutingStats:
         for name in sorted(names):
             t = {s: tensors[f"calib/{name}/{s}"] for s in CALIB_STATS}
             stats.groups[name] = GroupStats(
-                t["mass_sum"], t["select"], t["reap_sum"], int(t["num_sequences"]), int(t["num_tokens"])
+                t["mass_sum"], t["select"], t["reap_sum"], int(t["num_sequences"]), int(t["num_tokens"]),
+                tensors.get(f"calib/{name}/out_sum"), tensors.get(f"calib/{name}/out_weight"),
             )
         for k, v in tensors.items():
             if k.startswith("passage/"):
@@ -161,10 +189,12 @@ class StatsAccumulator:
         num_sequences: int,
         expert_norms: torch.Tensor | None = None,
         passage: bool = False,
+        expert_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Add one layer's routing for a batch; returns q [num_sequences, E] for that layer.
 
-        ``expert_norms`` [T, k]: ||f_e(h_t)|| of each selected expert (REAP), if collected. With
+        ``expert_norms`` [T, k]: ||f_e(h_t)|| of each selected expert (REAP), if collected;
+        ``expert_outputs``: (sum_t w[t, e] f_e(h_t) [E, H], sum_t w[t, e] [E]) over the batch's real tokens. With
         ``passage=True`` the per-sequence q is kept for the divergence instead of the calibration sums.
         """
         dense = dense_weights(indices, weights, self.num_experts)
@@ -181,6 +211,13 @@ class StatsAccumulator:
             reap = torch.zeros_like(dense)
             reap.scatter_(1, indices.long(), weights.to(torch.float64) * expert_norms.to(torch.float64))
             g.reap_sum[slot] += reap[valid].sum(0).cpu()
+        if expert_outputs is not None:
+            out_sum, out_weight = expert_outputs
+            if g.out_sum is None or g.out_weight is None:
+                g.out_sum = torch.zeros(self.num_layers, *out_sum.shape, dtype=torch.float32)
+                g.out_weight = torch.zeros(self.num_layers, self.num_experts, dtype=torch.float64)
+            g.out_sum[slot] += out_sum.float().cpu()
+            g.out_weight[slot] += out_weight.double().cpu()
         return q
 
     def finish_batch(self, group: str, num_sequences: int, num_tokens: int) -> None:

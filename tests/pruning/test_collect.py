@@ -58,6 +58,10 @@ def test_routing_mass_frequency_reap_by_hand():
         out = out + ex.down_proj_bias[expert].double()
         expected = (w * out.norm(dim=-1)).mean().item()
         assert (g.reap_sum[0, expert] / g.select[0, expert]).item() == pytest.approx(expected, rel=1e-4)
+        # the mean output: sum_t w f_e(h_t) / sum_t w, every token weighted alike here, so the plain mean
+        assert g.out_weight[0, expert].item() == pytest.approx(w * n_tokens)
+        assert torch.allclose(stats.mean_outputs(["en-de"])[0, expert].double(), out.mean(0), rtol=1e-4, atol=1e-6)
+    assert g.out_weight[0, 1] == g.out_weight[0, 3] == 0 and not stats.mean_outputs(["en-de"])[0, [1, 3]].any()
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])

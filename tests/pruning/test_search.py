@@ -17,6 +17,7 @@ from moe_specialists.pruning.budget import search_calls
 from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
 from moe_specialists.pruning.evaluate import EvaluationConfig, evaluate
 from moe_specialists.pruning.search import FleetConfig, Search, SearchConfig, search, search_fleet
+from moe_specialists.pruning.stats import RoutingStats
 
 TINY = "models/tiny_translator"
 FAST = {"limit": 20, "max_new_tokens": 24, "batch_size": 20}
@@ -104,3 +105,24 @@ def test_a_fleet_serves_every_pair_within_the_floor(stats, sample_dir, tmp_path)
     assert tight.gpus == [] and "no fleet serves every pair" in tight.problem
     assert json.loads((tmp_path / "work" / "fleet.json").read_text())["problem"] == tight.problem
     assert f"No fleet: {tight.problem}" in (tmp_path / "work" / "fleet.md").read_text()
+
+
+def test_substituted_candidates_are_measured_with_their_bytes_but_not_written(stats, sample_dir, tmp_path):
+    job = Search(config(stats, sample_dir, tmp_path / "work", max_loss=1.0, dropped="substitute"))
+    counts = [len(k) for k in job.plan(128).kept]
+    # each of the 128 dropped experts keeps its router row and gets a constant: 256 values each, bf16
+    assert job.weight_bytes(counts) == job.bytes.of_counts(counts) + 128 * 2 * 256 * 2
+    sub = job.candidate(128, ["dev"])
+    drop = Search(config(stats, sample_dir, tmp_path / "work", max_loss=1.0)).candidate(128, ["dev"])
+    assert sub.chrf["dev"] != drop.chrf["dev"]  # another model: the constants answer for the dropped experts
+    result = search(config(stats, sample_dir, tmp_path / "w2", max_loss=50.0, dropped="substitute",
+                           confirm_split=None))
+    assert result.plan is None and "measured only" in result.problem and not (tmp_path / "w2" / "plan.json").exists()
+    with pytest.raises(ValueError, match="cannot be registered yet"):
+        config(stats, sample_dir, tmp_path / "w3", max_loss=1.0, dropped="substitute", register_name="x")
+    old = RoutingStats.load(stats)
+    for g in old.groups.values():
+        g.out_sum = g.out_weight = None
+    with pytest.raises(ValueError, match="substitution needs a recalibration"):
+        Search(config(old.save(tmp_path / "old.safetensors"), sample_dir, tmp_path / "w4", max_loss=1.0,
+                      dropped="substitute"))

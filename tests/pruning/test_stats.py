@@ -1,5 +1,6 @@
 """Routing statistics maths, checked against values computed by hand."""
 
+import pytest
 import torch
 
 from moe_specialists.pruning.stats import GroupStats, RoutingStats, StatsAccumulator, dense_weights, sequence_mass
@@ -60,3 +61,26 @@ def test_load_rejects_other_files(tmp_path):
         assert "not a routing-statistics file" in str(e)
     else:
         raise AssertionError("corrupt statistics were accepted")
+
+
+def test_mean_outputs_by_hand_saved_and_merged_over_directions(tmp_path):
+    # 1 layer, 2 experts, hidden 2; en-de: e0 gave 0.5 * [2, 4] + 0.25 * [6, 0]; de-en: e0 gave 0.25 * [0, 8]
+    acc = StatsAccumulator(1, 2)
+    idx, w, seq = torch.tensor([[0, 1]]), torch.tensor([[0.5, 0.5]]), torch.tensor([0])
+    acc.add("en-de", 0, idx, w, seq, 1, expert_outputs=(torch.tensor([[2.5, 2.0], [0.0, 0.0]]),
+                                                        torch.tensor([0.75, 0.0])))
+    acc.add("de-en", 0, idx, w, seq, 1, expert_outputs=(torch.tensor([[0.0, 2.0], [1.0, 1.0]]),
+                                                        torch.tensor([0.25, 0.5])))
+    stats = acc.result({"layers": [0], "num_experts": 2})
+    # en-de: c0 = [2.5, 2] / 0.75; e1 never selected: 0
+    assert torch.allclose(stats.mean_outputs(["en-de"]), torch.tensor([[[10 / 3, 8 / 3], [0.0, 0.0]]]))
+    # both: c0 = ([2.5, 2] + [0, 2]) / (0.75 + 0.25) = [2.5, 4]; c1 = [1, 1] / 0.5 = [2, 2]
+    back = RoutingStats.load(stats.save(tmp_path / "s.safetensors"))
+    assert torch.allclose(back.mean_outputs(["en-de", "de-en"]), torch.tensor([[[2.5, 4.0], [2.0, 2.0]]]))
+
+
+def test_statistics_without_mean_outputs_say_substitution_needs_a_recalibration(tmp_path):
+    old = RoutingStats({"layers": [0], "num_experts": 2}, {"en-de": GroupStats.zeros(1, 2)})
+    back = RoutingStats.load(old.save(tmp_path / "old.safetensors"))
+    with pytest.raises(ValueError, match="no mean expert outputs .* substitution needs a recalibration"):
+        back.mean_outputs(["en-de"])
