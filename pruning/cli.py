@@ -346,6 +346,9 @@ def search(
     ] = None,
     registry: RegistryOption = None,
     overwrite: bool = False,
+    dropped: Annotated[str, typer.Option(
+        help="drop, or substitute: each dropped expert answered by its mean output (candidates measured only; "
+        "such plans are not written yet).")] = "drop",
     fleet: Annotated[bool, typer.Option(help="Choose a fleet of specialists for the pairs (--gpus ...).")] = False,
     gpus: Annotated[int, typer.Option(help="--fleet: GPUs to serve on.")] = 1,
     gpu_memory: Annotated[str | None, typer.Option(help="--fleet: memory of each GPU, e.g. 80GB.")] = None,
@@ -365,7 +368,7 @@ def search(
 
     names = {"data": "data_dir", "work": "work_dir", "register": "register_name"}
     options = dict(model=model, statistics=statistics, directions=directions, work=work, max_loss=max_loss,
-                   max_bytes=max_bytes, method=method, resolution=resolution, data=data, split=split,
+                   max_bytes=max_bytes, method=method, dropped=dropped, resolution=resolution, data=data, split=split,
                    confirm_split=confirm_split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                    dtype=dtype, device=device, out=out, register=register, registry=registry, overwrite=overwrite)
     try:

@@ -82,6 +82,8 @@ def test_bad_input_is_refused_before_any_evaluation(stats, sample_dir, tmp_path)
         ("-d", "en-es", "--max-loss", "1"): "no calibration statistics for ['en-es']",
         ("-d", "en-de", "--max-loss", "1", "--limit", "12"): "12 passages per direction: too few",
         ("-d", "en-de"): "give a quality floor",
+        ("-d", "en-de", "--max-loss", "1", "--dropped", "substitute", "--register", "x"): "cannot be registered yet",
+        ("-d", "en-de", "--max-loss", "1", "--dropped", "keep"): "'drop' or 'substitute'",
     }
     for args, message in cases.items():
         res = CliRunner().invoke(app, [*common, *args])
