@@ -116,8 +116,9 @@ class RoutingStats:
         g = self.select_groups(directions)
         if g.out_sum is None or g.out_weight is None:
             raise ValueError(
-                "these statistics have no mean expert outputs (written before substitution, or by the vLLM "
-                "collector): substitution needs a recalibration with `calibrate --backend transformers`"
+                "these statistics have no mean expert outputs (written before substitution, with --no-reap, or by "
+                "the vLLM collector): substitution needs a recalibration with `calibrate --backend transformers` "
+                "(REAP on, its default there)"
             )
         return (g.out_sum.double() / g.out_weight.clamp_min(1e-30)[..., None]).float()
 
