@@ -22,9 +22,10 @@ from tests.tiny import save_endless
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(READY_TIMEOUT_S + 180)]
 
-LONG = 4000  # tokens: about 10 s of generation here (the model never ends early), so the checks made while
-# it runs still find it running when this process is slowed down by a busy machine
-MAX_MODEL_LEN = 4096
+LONG = 12000  # tokens: 12 - 30 s of generation here (the model never ends early), so the checks made while it
+# runs still find it running when they are slowed down by a busy machine (4000 tokens drained in 4.2 s once, before
+# the three checks had their answers)
+MAX_MODEL_LEN = 12288
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def group_alive(pgid: int) -> bool:
 
 def test_sigterm_drains_in_flight_then_exits(model_dir, tmp_path):
     log = tmp_path / "gateway.log"
-    proc, url = start_gateway(model_dir, log, MOE_DRAIN_TIMEOUT_S="60")
+    proc, url = start_gateway(model_dir, log, MOE_DRAIN_TIMEOUT_S="150")
     events: list[str] = []
     during: dict[str, httpx.Response] = {}
     body = {"text": "The children are playing in the garden.", "source": "en", "target": "de"}
