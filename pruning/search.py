@@ -150,12 +150,15 @@ class Search:
             passage_counts(c, split)  # before any model loads
         self.stats = RoutingStats.load(c.statistics)
         self.stats.select_groups(c.directions)  # a direction it has no data for is refused here
-        self.constants = self.stats.mean_outputs(c.directions) if c.dropped == "substitute" else None
+        means = self.stats.mean_outputs(c.directions) if c.dropped == "substitute" else None
         self.model_dir, _ = resolve_model(c.model)
         self.model_config = read_config(self.model_dir)
         self.adapter = adapter_for(self.model_config)
         self.num_experts, self.top_k = self.stats.num_experts, self.adapter.top_k(self.model_config)
         self.layers = self.stats.layers
+        # decoder layer -> [E, H] constants of its dropped experts (substitute), None: dropped experts are masked
+        self.constants = None if means is None else {layer: means[slot] for slot, layer in enumerate(self.layers)}
+        self._plans: dict[int, Plan] = {}
         check_plan_matches(self.plan(len(self.layers) * self.num_experts), self.model_config, self.adapter)
         self.bytes = ModelBytes.of(self.model_dir, self.layers, self.num_experts,
                                    int(self.model_config["hidden_size"]))
@@ -169,13 +172,16 @@ class Search:
     # -- candidates --
 
     def plan(self, kept_total: int) -> Plan:
-        n, e = len(self.layers), self.num_experts
-        m = METHODS[self.config.method]
-        drop = (n * e - kept_total) // n
-        recipe = Recipe(ranking=m.ranking, allocation=m.allocation, invert=m.invert, drop=drop,
-                        kept_total=None if kept_total == n * (e - drop) else kept_total,
-                        directions=self.config.directions)
-        return make_plan(self.stats, recipe)
+        """The method's plan keeping ``kept_total`` experts in all (made once per total)."""
+        if kept_total not in self._plans:
+            n, e = len(self.layers), self.num_experts
+            m = METHODS[self.config.method]
+            drop = (n * e - kept_total) // n
+            recipe = Recipe(ranking=m.ranking, allocation=m.allocation, invert=m.invert, drop=drop,
+                            kept_total=None if kept_total == n * (e - drop) else kept_total,
+                            directions=self.config.directions)
+            self._plans[kept_total] = make_plan(self.stats, recipe)
+        return self._plans[kept_total]
 
     def scores(self, kept: dict[int, list[int]] | None, split: str) -> dict[str, PairResult]:
         """Per direction results of the parent (``kept`` None) or the masked plan on ``split``, cached."""
@@ -191,8 +197,7 @@ class Search:
                                    dtype=c.dtype, device=c.device)
             generator = self.generator()
             if self.constants is not None and kept:
-                constants = {layer: self.constants[slot] for slot, layer in enumerate(self.layers)}
-                routed = experts_substituted(generator.model, self.adapter, kept, constants)
+                routed = experts_substituted(generator.model, self.adapter, kept, self.constants)
             else:
                 routed = experts_masked(generator.model, self.adapter, kept or {})
             with routed:
