@@ -363,7 +363,8 @@ def search(
     WORK/search.md and search.png (--fleet: WORK/fleet.md, the specialists and serve commands per GPU)."""
     from pydantic import ValidationError
 
-    from moe_specialists.pruning.search import FleetConfig, SearchConfig, search_fleet
+    from moe_specialists.pruning.fleet_search import FleetConfig, search_fleet
+    from moe_specialists.pruning.search import SearchConfig
     from moe_specialists.pruning.search import search as run
 
     names = {"data": "data_dir", "work": "work_dir", "register": "register_name"}

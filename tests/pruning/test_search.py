@@ -16,7 +16,8 @@ from moe_specialists.models.registry.store import Registry
 from moe_specialists.pruning.budget import search_calls
 from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
 from moe_specialists.pruning.evaluate import EvaluationConfig, evaluate
-from moe_specialists.pruning.search import FleetConfig, Search, SearchConfig, search, search_fleet
+from moe_specialists.pruning.fleet_search import FleetConfig, search_fleet
+from moe_specialists.pruning.search import Search, SearchConfig, search
 from moe_specialists.pruning.stats import RoutingStats
 
 TINY = "models/tiny_translator"
