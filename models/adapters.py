@@ -25,6 +25,9 @@ from moe_specialists.models.checkpoint import read_config
 # config.json key holding the per-layer expert counts of a pruned specialist (one entry per decoder layer,
 # 0 for dense layers).
 EXPERTS_PER_LAYER_KEY = "num_experts_per_layer"
+# ... and of its substituted experts (a plan with dropped="substitute": the router keeps all E_l = c_l + s_l rows,
+# the kept experts' first, and tensor ``substitutes_tensor(l)`` holds the s_l constants).
+SUBSTITUTED_PER_LAYER_KEY = "num_substituted_experts_per_layer"
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,16 @@ class FamilyAdapter:
                 f"output. Expert pruning needs a model that renormalises ({self.renormalises_top_k}: true)."
             )
 
-    def pruned_config_dict(self, config: dict[str, Any], counts: list[int]) -> dict[str, Any]:
-        """config.json of a specialist: same model_type, pruned architecture, per-layer counts, scalar = max."""
+    def pruned_config_dict(
+        self, config: dict[str, Any], counts: list[int], substituted: list[int] | None = None
+    ) -> dict[str, Any]:
+        """config.json of a specialist: same model_type, pruned architecture, per-layer counts (and substituted
+        counts), scalar = max kept."""
         out = dict(config)
         out["architectures"] = [self.pruned_architecture]
         out[EXPERTS_PER_LAYER_KEY] = list(counts)
+        if substituted is not None:
+            out[SUBSTITUTED_PER_LAYER_KEY] = list(substituted)
         present = [k for k in self.num_experts_keys if k in out] or [self.num_experts_keys[0]]
         for key in present:
             out[key] = max(counts)
@@ -120,6 +128,10 @@ class FamilyAdapter:
 
     def router(self, model: nn.Module, layer: int) -> nn.Module:
         return getattr(self.moe_block(model, layer), self.router_attr)
+
+    def substitutes_tensor(self, layer: int) -> str:
+        """Checkpoint name of layer ``layer``'s substituted experts' constants [s_l, H]."""
+        return f"model.layers.{layer}.{self.mlp_attr}.substitutes"
 
     # ---- checkpoint ----
     def tensor_role(self, name: str) -> TensorRole | None:

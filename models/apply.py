@@ -51,16 +51,18 @@ DIR_MODE = 0o755
 @dataclass(frozen=True)
 class TensorCopy:
     """One tensor of a specialist shard: its name, dtype and shape there, and the byte ranges
-    (absolute offset, length) of the base shard it is made of, in order."""
+    (absolute offset, length) of the base shard it is made of, in order, or its bytes (``data``: a tensor the
+    base does not have, e.g. substitutes)."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     ranges: tuple[tuple[int, int], ...]
+    data: bytes = b""
 
     @property
     def nbytes(self) -> int:
-        return sum(n for _, n in self.ranges)
+        return len(self.data) if self.data else sum(n for _, n in self.ranges)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def read_shard_layout(path: Path) -> ShardLayout:
 
 
 def row_ranges(start: int, row_bytes: int, rows: list[int]) -> tuple[tuple[int, int], ...]:
-    """Byte ranges of rows ``rows`` (ascending) of a tensor stored from ``start``, consecutive rows merged:
+    """Byte ranges of rows ``rows`` (in that order) of a tensor stored from ``start``, consecutive rows merged:
     row r is [start + r * row_bytes, start + (r + 1) * row_bytes)."""
     ranges: list[tuple[int, int]] = []
     for r in rows:
@@ -106,15 +108,19 @@ def row_ranges(start: int, row_bytes: int, rows: list[int]) -> tuple[tuple[int, 
 
 
 def slice_entry(
-    adapter: FamilyAdapter, name: str, info: dict[str, Any], data_start: int, kept_by_layer: dict[int, list[int]]
+    adapter: FamilyAdapter, name: str, info: dict[str, Any], data_start: int, kept_by_layer: dict[int, list[int]],
+    router_rows: dict[int, list[int]] | None = None,
 ) -> TensorCopy | None:
-    """What the specialist stores for one base tensor, or None when it belongs to a dropped expert."""
+    """What the specialist stores for one base tensor, or None when it belongs to a dropped expert.
+    ``router_rows``: the router rows of a substitute plan (the kept experts, then the dropped ones)."""
     begin, end = info["data_offsets"]
     shape, start = tuple(info["shape"]), data_start + begin
     role = adapter.tensor_role(name)
     if role is None or role.layer not in kept_by_layer:
         return TensorCopy(name, info["dtype"], shape, ((start, end - begin),))
     kept = kept_by_layer[role.layer]
+    if role.kind == "router" and router_rows is not None:
+        kept = router_rows[role.layer]
     if role.kind in ("router", "packed"):
         row_bytes = (end - begin) // shape[0]
         return TensorCopy(name, info["dtype"], (len(kept), *shape[1:]), row_ranges(start, row_bytes, kept))
@@ -197,12 +203,36 @@ def copy_ranges(src: int, dst: int, ranges: list[tuple[int, int]], chunk: int | 
 
 
 def write_shard(src: Path, out: Path, tensors: list[TensorCopy]) -> int:
-    """Write ``tensors`` (byte ranges of ``src``) as the safetensors file ``out``; returns the data bytes."""
+    """Write ``tensors`` (byte ranges of ``src``, then those given by their bytes) as the safetensors file
+    ``out``; returns the data bytes."""
+    copied = [t for t in tensors if not t.data]
+    given = [t for t in tensors if t.data]
     with open(src, "rb") as fin, open(out, "wb") as fout:
-        fout.write(safetensors_header(tensors))
+        fout.write(safetensors_header(copied + given))
         fout.flush()
-        copy_ranges(fin.fileno(), fout.fileno(), [r for t in tensors for r in t.ranges])
+        copy_ranges(fin.fileno(), fout.fileno(), [r for t in copied for r in t.ranges])
+        for t in given:
+            fout.write(t.data)
     return sum(t.nbytes for t in tensors)
+
+
+def substitutes_copies(adapter: FamilyAdapter, constants: dict[int, Any], layers: set[int]) -> list[TensorCopy]:
+    """The constants [s_l, H] float32 of ``layers`` as tensors ``adapter.substitutes_tensor(l)``, given by bytes."""
+    return [TensorCopy(adapter.substitutes_tensor(lay), "F32", tuple(t.shape), (),
+                       t.contiguous().numpy().astype("<f4").tobytes())
+            for lay, t in sorted(constants.items()) if lay in layers]
+
+
+def check_substitutes(folder: Path, weight_map: dict[str, str], adapter: FamilyAdapter,
+                      constants: dict[int, Any]) -> None:
+    """Every substitutes tensor reads back from the written shards bit for bit (safetensors' own reader)."""
+    from safetensors import safe_open
+
+    for lay, t in constants.items():
+        name = adapter.substitutes_tensor(lay)
+        with safe_open(folder / weight_map[name], "pt") as f:
+            if not f.get_tensor(name).equal(t):
+                raise RuntimeError(f"{weight_map[name]}: {name} does not read back as written")
 
 
 def modeling_file() -> Path:
@@ -278,7 +308,9 @@ def model_card(plan: Plan, base_card: str | None, weight_bytes: int, fmt: str, q
         + (" inverted" if r.invert else "") + f", allocation {r.allocation}, {r.drop} experts dropped per layer"
         " on average",
         f"- calibration: {plan.collector}" + (f", data {plan.data_fingerprint}" if plan.data_fingerprint else ""),
-        f"- experts kept per MoE layer (of {max(plan.base.experts_per_layer)}): {counts}",
+        f"- experts kept per MoE layer (of {max(plan.base.experts_per_layer)}): {counts}"
+        + ("; each dropped expert is answered by a constant, its mean output on the calibration data "
+           "(substitution: the router keeps every row)" if r.dropped == "substitute" else ""),
         f"- parameters: {plan.parameters:,} of {plan.base.parameters:,} "
         f"({plan.parameters / plan.base.parameters:.1%})",
         f"- weight bytes: {weight_bytes:,}" + (f" ({saved:,} saved, {saved / plan.base.weight_bytes:.1%})"
@@ -326,6 +358,10 @@ def apply_plan(
     adapter.check_prunable(config)
     check_plan_matches(plan, config, adapter)
     kept_by_layer = dict(zip(plan.layers, plan.kept, strict=True))
+    substitute = plan.recipe.dropped == "substitute"
+    constants = plan.constants() if substitute else {}  # refused here when missing or changed
+    router_rows = ({lay: k + d for lay, k, d in zip(plan.layers, plan.kept, plan.dropped(), strict=True)}
+                   if substitute else None)
     layouts = [read_shard_layout(s) for s in shard_files(base_dir)]  # truncated files refused here
     fmt = storage_format(config, layouts)
     base_params, base_bytes = weight_totals(entry for lay in layouts for entry in lay.tensors.items())
@@ -346,14 +382,24 @@ def apply_plan(
         weight_map: dict[str, str] = {}
         total_size = 0
         for lay in layouts:
-            copies = [slice_entry(adapter, n, i, lay.data_start, kept_by_layer) for n, i in lay.tensors.items()]
+            copies = [slice_entry(adapter, n, i, lay.data_start, kept_by_layer, router_rows)
+                      for n, i in lay.tensors.items()]
             copies = sorted((c for c in copies if c is not None), key=lambda c: c.ranges[0][0])
+            if substitute:  # each layer's constants in the shard of its router
+                routers = {r.layer for n in lay.tensors if (r := adapter.tensor_role(n)) and r.kind == "router"}
+                copies += substitutes_copies(adapter, constants, routers)
             if copies:
                 total_size += write_shard(lay.path, tmp / lay.path.name, copies)
                 weight_map.update(dict.fromkeys((c.name for c in copies), lay.path.name))
+        substituted = None
+        if substitute:
+            check_substitutes(tmp, weight_map, adapter, constants)
+            substituted = [0] * len(plan.base.experts_per_layer)
+            for lay, t in constants.items():
+                substituted[lay] = t.shape[0]
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1))
-        pruned = adapter.pruned_config_dict(config, plan.experts_per_layer())
+        pruned = adapter.pruned_config_dict(config, plan.experts_per_layer(), substituted)
         pruned["auto_map"] = {"AutoModelForCausalLM": f"{MODELING_NAME[:-3]}.{adapter.pruned_architecture}"}
         (tmp / "config.json").write_text(json.dumps(pruned, indent=1))
         shutil.copyfile(modeling_file(), tmp / MODELING_NAME)

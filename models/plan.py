@@ -5,16 +5,22 @@ the pruning package."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from moe_specialists.models.checkpoint import checkpoint_summary, read_config
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 Ranking = Literal["routing-mass", "reap", "frequency", "random"]  # how experts are ranked (pruning.scores)
 Allocation = Literal["uniform", "dynamic", "inverse-dynamic"]  # how many each layer keeps (pruning.allocation)
+Dropped = Literal["drop", "substitute"]  # substitute: a dropped expert answers its mean output (models.masking)
+SUBSTITUTES_SUFFIX = ".substitutes.safetensors"  # beside the plan: <plan stem>.substitutes.safetensors
 
 
 class BaseRef(BaseModel):
@@ -42,10 +48,20 @@ class Recipe(BaseModel):
     kept_total: int | None = Field(None, description="experts kept over all MoE layers, when finer than drop "
                                    "(drop is then its floor); default N * (E - drop)")
     invert: bool = False  # control: drop the highest-ranked experts instead
+    dropped: Dropped = "drop"
     seed: int = 0
     directions: list[str] = Field(min_length=1)  # calibration groups used for importance, e.g. ["en-de"]
     divergence_languages: list[str] = []  # languages whose divergence from the pivot weights layers
     pivot: str = "en"
+
+
+class SubstitutesRef(BaseModel):
+    """The constants of a substitute plan's dropped experts: a safetensors file beside the plan, tensors
+    ``layers.<l>.substitutes`` [E - c_l, H] float32 (rows: the dropped experts, ascending)."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    sha256: str
 
 
 class Plan(BaseModel):
@@ -61,9 +77,14 @@ class Plan(BaseModel):
     divergence: list[float] | None = None
     parameters: int  # after pruning
     lineage: dict[str, Any] = {}  # recovery tuning etc.
+    substitutes: SubstitutesRef | None = None  # recipe.dropped == "substitute" only
+    _constants: dict[int, torch.Tensor] | None = PrivateAttr(None)  # decoder layer -> [E - c_l, H]
+    _source: Path | None = PrivateAttr(None)  # the file it was loaded from
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
+        if self.recipe.dropped == "drop" and self.substitutes is not None:
+            raise ValueError("a plan that drops its experts has no substitutes (recipe.dropped is 'drop')")
         if len(self.kept) != len(self.layers) or len(self.scores) != len(self.layers):
             raise ValueError(f"plan has {len(self.layers)} MoE layers but {len(self.kept)} kept lists")
         for slot, (layer, kept) in enumerate(zip(self.layers, self.kept, strict=True)):
@@ -82,9 +103,37 @@ class Plan(BaseModel):
             counts[layer] = len(kept)
         return counts
 
+    def dropped(self) -> list[list[int]]:
+        """Original indices of the dropped experts, per MoE layer, ascending."""
+        return [sorted(set(range(self.base.experts_per_layer[lay])) - set(k)) for lay, k in
+                zip(self.layers, self.kept, strict=True)]
+
+    def with_constants(self, constants: dict[int, torch.Tensor]) -> Plan:
+        """A substitute plan: each dropped expert of layer l answered by its row of ``constants[l]``
+        [E - c_l, H] (dropped experts ascending); written beside the plan by ``save``."""
+        out = self.model_copy(update={"recipe": self.recipe.model_copy(update={"dropped": "substitute"})})
+        out._constants = check_constants(self, constants)
+        return out
+
+    def constants(self) -> dict[int, torch.Tensor]:
+        """The substitutes of a substitute plan (read once from beside the file it was loaded from, its
+        sha256 checked), decoder layer -> [E - c_l, H] float32."""
+        if self.recipe.dropped != "substitute":
+            raise ValueError("this plan drops its experts: it has no substitutes")
+        if self._constants is None:
+            if self.substitutes is None or self._source is None:
+                raise ValueError("this substitute plan has no constants: make it again from statistics with mean "
+                                 "outputs (`moe-specialists plan ... --dropped substitute`)")
+            self._constants = load_constants(self, self._source.parent / self.substitutes.file)
+        return self._constants
+
     def save(self, path: str | Path) -> Path:
+        """The plan as JSON at ``path``; a substitute plan's constants beside it (``SUBSTITUTES_SUFFIX``)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if self.recipe.dropped == "substitute":
+            side = path.with_name(path.name.removesuffix(".json") + SUBSTITUTES_SUFFIX)
+            self.substitutes = SubstitutesRef(file=side.name, sha256=save_constants(self.constants(), side))
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(self.model_dump_json(indent=1))
         tmp.replace(path)
@@ -93,9 +142,53 @@ class Plan(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         try:
-            return cls.model_validate_json(Path(path).read_text())
+            plan = cls.model_validate_json(Path(path).read_text())
         except OSError as e:
             raise ValueError(f"cannot read plan {path}: {e}") from e
+        plan._source = Path(path)
+        return plan
+
+
+def check_constants(plan: Plan, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """``constants`` as float32, refused unless it has [E - c_l, H] rows for every MoE layer of ``plan``
+    (one H for all)."""
+    import torch
+
+    widths = {int(t.shape[-1]) for t in constants.values()}
+    for layer, dropped in zip(plan.layers, plan.dropped(), strict=True):
+        t = constants.get(layer)
+        if t is None or t.dim() != 2 or t.shape[0] != len(dropped) or len(widths) != 1:
+            raise ValueError(
+                f"substitutes disagree with the plan in layer {layer}: it drops {len(dropped)} experts, so it needs "
+                f"[{len(dropped)}, hidden_size] constants; got {None if t is None else list(t.shape)}"
+            )
+    return {layer: constants[layer].to(torch.float32).contiguous() for layer in plan.layers}
+
+
+def save_constants(constants: dict[int, torch.Tensor], path: Path) -> str:
+    """Write the constants as safetensors (``layers.<l>.substitutes``), atomically; returns the file's sha256."""
+    from safetensors.torch import save
+
+    raw = save({f"layers.{layer}.substitutes": t for layer, t in sorted(constants.items())})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(raw)
+    tmp.replace(path)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def load_constants(plan: Plan, path: Path) -> dict[int, torch.Tensor]:
+    """The constants file of ``plan``, refused when missing, changed (sha256) or of the wrong shapes."""
+    from safetensors.torch import load
+
+    assert plan.substitutes is not None
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"the plan's substitutes {path} cannot be read ({e}): keep it beside the plan") from e
+    if hashlib.sha256(raw).hexdigest() != plan.substitutes.sha256:
+        raise ValueError(f"{path} is not the substitutes file this plan was made with (sha256 mismatch)")
+    tensors = load(raw)
+    return check_constants(plan, {int(name.split(".")[1]): t for name, t in tensors.items()})
 
 
 def pruned_parameters(base: BaseRef, layers: list[int], counts: list[int]) -> int:

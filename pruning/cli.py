@@ -119,7 +119,8 @@ def calibrate(
 
 
 def _make_plan(
-    stats_path: Path, drop: int, ranking: str, allocation: str, directions: str | None, invert: bool, seed: int
+    stats_path: Path, drop: int, ranking: str, allocation: str, directions: str | None, invert: bool, seed: int,
+    dropped: str = "drop",
 ):
     """The plan of a recipe over saved statistics (default directions: every calibrated one)."""
     from moe_specialists.models.plan import Recipe
@@ -128,7 +129,8 @@ def _make_plan(
 
     stats = RoutingStats.load(stats_path)
     dirs = comma_list(directions) if directions else sorted(stats.groups)
-    recipe = Recipe(ranking=ranking, allocation=allocation, drop=drop, invert=invert, seed=seed, directions=dirs)
+    recipe = Recipe(ranking=ranking, allocation=allocation, drop=drop, invert=invert, seed=seed, directions=dirs,
+                    dropped=dropped)
     return make_plan(stats, recipe)
 
 
@@ -145,12 +147,16 @@ def plan(
     ] = None,
     invert: Annotated[bool, typer.Option(help="Control: drop the MOST important experts.")] = False,
     seed: int = 0,
+    dropped: Annotated[str, typer.Option(
+        help="drop, or substitute: each dropped expert answered by its mean output on the directions (MoNE; the "
+             "constants are written beside the plan as <name>.substitutes.safetensors; statistics from "
+             "`calibrate --backend transformers`).")] = "drop",
 ) -> None:
     """Decide which experts each layer keeps; no model is loaded."""
     from pydantic import ValidationError
 
     try:
-        p = _make_plan(stats, drop, ranking, allocation, directions, invert, seed)
+        p = _make_plan(stats, drop, ranking, allocation, directions, invert, seed, dropped)
     except (ValueError, ValidationError) as e:
         fail(e)
     p.save(out)

@@ -12,7 +12,9 @@ from moe_specialists.pruning.stats import RoutingStats
 
 
 def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
-    """Rank experts per layer, allocate per-layer counts, keep the top experts of each layer."""
+    """Rank experts per layer, allocate per-layer counts, keep the top experts of each layer; with
+    ``recipe.dropped == "substitute"``, each dropped expert's constant is its mean output on the recipe's
+    directions (``RoutingStats.mean_outputs``; statistics without them are refused)."""
     base = BaseRef(**stats.header["base"])
     if (config := find_config(base.id, base.revision)) is not None:  # else `apply` refuses it
         adapter_for(config).check_prunable(config)
@@ -30,7 +32,7 @@ def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
         recipe = recipe.model_copy(update={"divergence_languages": langs})
     counts = allocate(len(layers), E, k, recipe.drop, recipe.allocation, divergence, recipe.kept_total)
     kept = [keep_top(scores[slot], counts[slot], recipe.invert) for slot in range(len(layers))]
-    return Plan(
+    plan = Plan(
         base=base,
         recipe=recipe,
         data_fingerprint=stats.header["data_fingerprint"],
@@ -41,3 +43,8 @@ def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
         divergence=divergence,
         parameters=pruned_parameters(base, layers, counts),
     )
+    if recipe.dropped == "drop":
+        return plan
+    means = stats.mean_outputs(recipe.directions)  # [L, E, H]
+    return plan.with_constants({layer: means[slot, dropped] for slot, (layer, dropped) in
+                                enumerate(zip(layers, plan.dropped(), strict=True))})

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ByteSize, Field, model_validator
 from moe_specialists.models.adapters import adapter_for
 from moe_specialists.models.apply import check_plan_matches
 from moe_specialists.models.checkpoint import read_config, resolve_model
-from moe_specialists.models.plan import Plan, Recipe
+from moe_specialists.models.plan import Dropped, Plan, Recipe
 from moe_specialists.models.plan_loading import kept_weight_stats
 from moe_specialists.models.registry.store import Registry, default_registry_dir
 from moe_specialists.pruning.budget import check_budget, largest_within_bytes, plan_bytes, smallest_within
@@ -41,7 +41,6 @@ from moe_specialists.pruning.stats import RoutingStats
 
 MIN_PASSAGES = 20  # fewer cannot tell 1 chrF from noise (a passage's chrF spreads by ~10 points)
 Criterion = Literal["mean", "worst"]
-Dropped = Literal["drop", "substitute"]
 
 
 class SearchConfig(JobConfig):

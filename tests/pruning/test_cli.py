@@ -90,3 +90,27 @@ def test_an_unusable_device_is_refused_before_anything_loads(tmp_path, monkeypat
             said = " ".join(r.output.replace("│", " ").split())  # the message may wrap inside a box
             assert r.exit_code == 2 and why in said, r.output
     assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_substitute_plan_takes_its_constants_from_the_mean_outputs(tmp_path, sample_dir):
+    from moe_specialists.models.plan import Plan
+    from moe_specialists.pruning.stats import RoutingStats
+
+    base = save_tiny("gpt_oss", tmp_path / "base")
+    stats, old = tmp_path / "stats.safetensors", tmp_path / "old.safetensors"
+    cli("calibrate", base, "--out", stats, "-l", "de", "--data", sample_dir, "--limit", 3)
+    cli("plan", stats, "--out", tmp_path / "de.plan.json", "--drop", 8, "--dropped", "substitute")
+    plan = Plan.load(tmp_path / "de.plan.json")
+    means = RoutingStats.load(stats).mean_outputs(["en-de"])
+    for slot, (layer, dropped) in enumerate(zip(plan.layers, plan.dropped(), strict=True)):
+        torch.testing.assert_close(plan.constants()[layer], means[slot, dropped], rtol=0, atol=0)
+    cli("apply", tmp_path / "de.plan.json", "--out", tmp_path / "spec")
+    config = json.loads((tmp_path / "spec" / "config.json").read_text())
+    assert [c + s for c, s in zip(config["num_experts_per_layer"], config["num_substituted_experts_per_layer"],
+                                  strict=True)] == [16] * 4
+
+    cli("calibrate", base, "--out", old, "-l", "de", "--data", sample_dir, "--limit", 2, "--no-reap")
+    r = cli("plan", old, "--out", tmp_path / "x.json", "--drop", 8, "--dropped", "substitute", ok=False)
+    assert r.exit_code != 0 and "substitution needs a recalibration" in r.output and not (tmp_path / "x.json").exists()
+    r = cli("plan", stats, "--out", tmp_path / "x.json", "--drop", 8, "--dropped", "constant", ok=False)
+    assert r.exit_code != 0 and "'drop' or 'substitute'" in r.output

@@ -1,0 +1,140 @@
+"""Substitute plans (dropped experts answered by constants) written and loaded: the plan's constants file, the
+specialist `apply` writes (full routers, kept rows first, ``mlp.substitutes``), and the transformers classes
+computing exactly what the parent computes with ``models.masking.experts_substituted``, for both families and
+for GPT-OSS in the released MXFP4 layout. Disagreements are refused by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from moe_specialists.models.adapters import adapter_for
+from moe_specialists.models.apply import apply_plan
+from moe_specialists.models.masking import experts_substituted
+from moe_specialists.models.plan import Plan, plan_from_kept
+from moe_specialists.models.pruned import load_causal_lm
+from tests.models.test_vllm_serving import FAMILIES, PROMPTS, build_tiny
+from tests.released import save_released_gpt_oss
+
+KEPT = [[0, 3, 5, 7, 9, 11, 13, 15], [1, 2, 3, 4, 5, 6], list(range(12)), [2, 4, 6, 8]]  # of 16, top-4
+HIDDEN = 128
+
+
+def substitute_plan(base: Path, out: Path, seed: int = 0) -> Plan:
+    """``KEPT`` of ``base`` with random constants for the dropped experts, saved at ``out`` and read back."""
+    plan = plan_from_kept(base, KEPT)
+    g = torch.Generator().manual_seed(seed)
+    constants = {lay: torch.randn(len(d), HIDDEN, generator=g) * 0.5 for lay, d in zip(plan.layers, plan.dropped(),
+                                                                                      strict=True)}
+    plan.with_constants(constants).save(out)
+    return Plan.load(out)
+
+
+def parent_constants(plan: Plan) -> dict[int, torch.Tensor]:
+    """[E, H] per layer: the plan's constants in the dropped experts' rows (``experts_substituted``'s form)."""
+    out = {}
+    for lay, dropped in zip(plan.layers, plan.dropped(), strict=True):
+        full = torch.zeros(plan.base.experts_per_layer[lay], HIDDEN)
+        full[dropped] = plan.constants()[lay]
+        out[lay] = full
+    return out
+
+
+def test_plan_constants_are_saved_beside_it_and_checked(tmp_path):
+    base = build_tiny(tmp_path / "base", "qwen3_moe")
+    plan = substitute_plan(base, tmp_path / "en-de.plan.json")
+    side = tmp_path / "en-de.plan.substitutes.safetensors"
+    assert plan.recipe.dropped == "substitute" and plan.substitutes.file == side.name
+    assert [t.shape[0] for t in plan.constants().values()] == [8, 10, 4, 12]  # 16 - kept
+    assert plan.dropped()[0] == [1, 2, 4, 6, 8, 10, 12, 14]
+    raw = bytearray(side.read_bytes())
+    raw[-1] ^= 1
+    side.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        Plan.load(tmp_path / "en-de.plan.json").constants()
+    side.unlink()
+    with pytest.raises(ValueError, match="keep it beside the plan"):
+        Plan.load(tmp_path / "en-de.plan.json").constants()
+    with pytest.raises(ValueError, match=r"layer 1: it drops 10 experts, so it needs \[10, hidden_size\]"):
+        plan_from_kept(base, KEPT).with_constants({0: torch.zeros(8, HIDDEN), 1: torch.zeros(9, HIDDEN)})
+    drop_plan = plan_from_kept(base, KEPT)
+    with pytest.raises(ValueError, match="drops its experts: it has no substitutes"):
+        drop_plan.constants()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_substituted_specialist_computes_what_the_substituted_parent_computes(family, tmp_path):
+    base = build_tiny(tmp_path / "base", family)
+    plan = substitute_plan(base, tmp_path / "plan.json")
+    spec = apply_plan(tmp_path / "plan.json", tmp_path / "spec")
+    config = json.loads((spec / "config.json").read_text())
+    assert config["num_experts_per_layer"] == [8, 6, 12, 4]
+    assert config["num_substituted_experts_per_layer"] == [8, 10, 4, 12]
+    router = "gate" if family == "qwen3_moe" else "router"
+    with safe_open(spec / "model.safetensors", "pt") as f:  # the base's one shard, sliced
+        weight = f.get_tensor(f"model.layers.1.mlp.{router}.weight")
+        substitutes = f.get_tensor("model.layers.3.mlp.substitutes")
+    with safe_open(next(base.glob("*.safetensors")), "pt") as f:
+        base_weight = f.get_tensor(f"model.layers.1.mlp.{router}.weight")
+    order = KEPT[1] + plan.dropped()[1]  # kept rows first, then the dropped ones
+    torch.testing.assert_close(weight, base_weight[order], rtol=0, atol=0)
+    torch.testing.assert_close(substitutes, plan.constants()[3], rtol=0, atol=0)
+    assert (spec / "plan.substitutes.safetensors").is_file()  # the specialist's plan.json keeps its constants
+
+    specialist = load_causal_lm(spec).eval()
+    parent = load_causal_lm(base).eval()
+    kept = dict(zip(plan.layers, plan.kept, strict=True))
+    ids = torch.tensor([PROMPTS[2]])
+    with torch.no_grad():
+        got = specialist(ids).logits
+        with experts_substituted(parent, adapter_for(parent.config), kept, parent_constants(plan)):
+            want = parent(ids).logits
+        dropped = load_causal_lm(apply_plan(plan_from_kept(base, KEPT), tmp_path / "dropped")).eval()(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, dropped, atol=1e-3)  # the constants are used
+
+
+def test_an_mxfp4_gpt_oss_substitutes_with_its_kept_experts_in_mxfp4(tmp_path):
+    base = save_released_gpt_oss(tmp_path / "base")
+    plan = substitute_plan(base, tmp_path / "plan.json")
+    spec = apply_plan(tmp_path / "plan.json", tmp_path / "spec")
+    index = json.loads((spec / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.mlp.experts.gate_up_proj_blocks" in index  # the kept experts stay MXFP4
+    parent = load_causal_lm(base, dtype="bfloat16").eval()
+    specialist = load_causal_lm(spec, dtype="bfloat16").eval()
+    ids = torch.tensor([PROMPTS[1]])
+    with torch.no_grad():
+        got = specialist(ids).logits.float()
+        constants = {lay: c.bfloat16() for lay, c in parent_constants(plan).items()}  # the specialist's dtype
+        with experts_substituted(parent, adapter_for(parent.config), dict(zip(plan.layers, plan.kept, strict=True)),
+                                 constants):
+            want = parent(ids).logits.float()
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # bf16: the same sums in other orders
+
+
+@pytest.mark.parametrize("change", ["router rows", "substitutes missing", "substitutes width"])
+def test_a_specialist_whose_substitutes_disagree_with_its_config_is_refused(change, tmp_path):
+    base = build_tiny(tmp_path / "base", "qwen3_moe")
+    substitute_plan(base, tmp_path / "plan.json")
+    spec = apply_plan(tmp_path / "plan.json", tmp_path / "spec")
+    config = json.loads((spec / "config.json").read_text())
+    if change == "router rows":
+        config["num_substituted_experts_per_layer"][1] = 9
+        message = r"layer 1: config.json num_experts_per_layer\[1\] = 6, num_substituted_experts_per_layer\[1\] = 9"
+    elif change == "substitutes missing":
+        config.pop("num_substituted_experts_per_layer")
+        message = "routes over 16 experts"
+    else:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(spec / "model.safetensors")
+        tensors["model.layers.2.mlp.substitutes"] = tensors["model.layers.2.mlp.substitutes"][:, :64].contiguous()
+        save_file(tensors, spec / "model.safetensors")
+        message = r"model.layers.2.mlp.substitutes has shape \[4, 64\] \(expected \[4, 128\]\)"
+    (spec / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        load_causal_lm(spec)
