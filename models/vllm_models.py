@@ -14,6 +14,13 @@ expert placement assumes one expert count for every layer.
 A plan view (``models.plan_loading.plan_view``: the base's shards linked, the kept lists in config.json) is
 sliced while it streams in, so a specialist can be served from its base and a plan without a sliced copy.
 
+Substitution (config.json ``num_substituted_experts_per_layer``, ``models.modeling_pruned``): a substituting
+layer's router keeps c_l + s_l rows, vLLM's FusedMoE holds the c_l kept experts and is routed by
+``kept_routing`` (the parent's top-k, a slot past the kept experts sent to expert 0 with weight 0, as vLLM's own
+zero experts are), and the block adds ``substitutes_part``: sum_j w_tj * substitutes[i_tj - c_l] over those
+slots (one gather and sum per layer). Supported where FusedMoE's router takes a custom routing function (vLLM's
+CPU router); refused elsewhere.
+
 Imported lazily by vLLM through ``models.vllm_plugin.register`` ("module:Class" strings).
 """
 
@@ -44,6 +51,7 @@ from vllm.model_executor.models.qwen3_moe import (
 from vllm.model_executor.models.utils import extract_layer_index, maybe_prefix
 
 from moe_specialists.models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter
+from moe_specialists.models.modeling_pruned import SUBSTITUTED_KEY, substituted_counts
 from moe_specialists.models.plan_loading import sliced_stream, view_kept
 from moe_specialists.models.pruned import check_expert_counts, layer_config
 
@@ -78,6 +86,94 @@ def layer_vllm_config(vllm_config: VllmConfig, adapter: FamilyAdapter, layer: in
     return out
 
 
+# ---- substitution ----
+def routed_over_all(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights float32 [T, k], ids [T, k]) of the parent's routing over every router row: the top-k of
+    softmax(logits), renormalised to sum 1 when ``renormalize`` (vLLM's softmax top-k)."""
+    weights, ids = torch.topk(torch.softmax(logits.float(), dim=-1), top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+def kept_routing(kept: int):
+    """FusedMoE's custom routing function for a layer of ``kept`` experts: the parent's routing with every slot
+    past them sent to expert 0 with weight 0 (``substitutes_part`` answers it)."""
+
+    def route(hidden_states: torch.Tensor, gating_output: torch.Tensor, topk: int, renormalize: bool):
+        weights, ids = routed_over_all(gating_output, topk, renormalize)
+        dropped = ids >= kept
+        return weights.masked_fill(dropped, 0.0), ids.masked_fill(dropped, 0).to(torch.int32)
+
+    return route
+
+
+def substitutes_part(
+    logits: torch.Tensor, top_k: int, renormalize: bool, kept: int, substitutes: torch.Tensor
+) -> torch.Tensor:
+    """sum_{j: i_tj >= kept} w_tj * substitutes[i_tj - kept], float32 [T, H]."""
+    weights, ids = routed_over_all(logits, top_k, renormalize)
+    dropped = ids >= kept
+    rows = substitutes.float()[(ids - kept).clamp(min=0)]  # [T, k, H]
+    return ((weights * dropped).unsqueeze(-1) * rows).sum(dim=1)
+
+
+def make_substituting(block: nn.Module, gate_attr: str, kept: int, count: int, hidden: int) -> None:
+    """Widen ``block``'s router to kept + count rows, route its FusedMoE (``block.experts``) with
+    ``kept_routing``, and give it ``substitutes`` [count, hidden] (in the model's dtype) and ``substitute_kept``."""
+    gate = getattr(block, gate_attr)
+    width = kept + count
+    gate.weight.data = gate.weight.data.new_empty(width, gate.weight.shape[1])
+    if getattr(gate, "bias", None) is not None:
+        gate.bias.data = gate.bias.data.new_empty(width)
+    gate.output_size, gate.output_partition_sizes = width, [width]
+    router = block.experts.router
+    if not hasattr(router, "custom_routing_function"):
+        raise ValueError(
+            f"substituted specialists ({SUBSTITUTED_KEY}) are served where vLLM's MoE router takes a custom "
+            f"routing function (its CPU router); this platform's is {type(router).__name__}: not supported yet. "
+            "Serve the plan with dropped experts (`plan --dropped drop`) here."
+        )
+    router.custom_routing_function = kept_routing(kept)
+    block.substitutes = nn.Parameter(torch.empty(count, hidden), requires_grad=False)
+    block.substitute_kept = kept
+
+
+def add_substitutes(block: nn.Module, gate: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` [T, H] plus the substitutes part of tokens ``x`` [T, H], routed by ``gate`` (the router called
+    again: [T, H] x [H, E], small next to the experts; its own call, as vLLM may repack its weight after loading)."""
+    logits = gate(x)
+    logits = logits[0] if isinstance(logits, tuple) else logits  # GateLinear's (output, bias) form
+    part = substitutes_part(logits, block.experts.router.top_k, block.experts.router.renormalize,
+                            block.substitute_kept, block.substitutes)
+    return out + part.to(out.dtype)
+
+
+def load_substitutes(
+    model: nn.Module, adapter: FamilyAdapter, weights: Iterable[tuple[str, torch.Tensor]], loaded: set[str]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """``weights`` without the substitutes tensors, each copied into its block's parameter (shape checked) and
+    its name added to ``loaded``."""
+    for name, tensor in weights:
+        role = _SUBSTITUTES.search(name)
+        if role is None:
+            yield name, tensor
+            continue
+        block = adapter.moe_block(model, int(role.group(1)))
+        param = getattr(block, "substitutes", None)
+        if param is None or param.shape != tensor.shape:
+            raise ValueError(
+                f"specialist config and tensors disagree in layer {role.group(1)}: {name} has shape "
+                f"{list(tensor.shape)}, config.json {SUBSTITUTED_KEY} asks for "
+                f"{None if param is None else list(param.shape)}. Re-run `apply` or fix config.json."
+            )
+        param.data.copy_(tensor)
+        loaded.add(name)
+
+
+_SUBSTITUTES = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.substitutes$")
+
+
 class ExpertCountCheck:
     """Compares checkpoint tensors with ``num_experts_per_layer`` while they stream into vLLM.
 
@@ -88,6 +184,7 @@ class ExpertCountCheck:
     def __init__(self, adapter: FamilyAdapter, hf_config: Any):
         self.adapter = adapter
         self.counts = check_expert_counts(hf_config, adapter)
+        self.substituted = substituted_counts(hf_config)
         self.seen: dict[int, set[int]] = {}
 
     def _mismatch(self, layer: int, name: str, what: str) -> ValueError:
@@ -105,7 +202,11 @@ class ExpertCountCheck:
                 f"checkpoint tensor {name} belongs to layer {role.layer}, but config.json has "
                 f"{len(self.counts)} layers ({EXPERTS_PER_LAYER_KEY} has {len(self.counts)} entries)"
             )
-        if role.kind in ("router", "packed"):
+        if role.kind == "router":
+            if tensor.shape[0] != self.counts[role.layer] + self.substituted[role.layer]:
+                raise self._mismatch(role.layer, name, f"the router has {tensor.shape[0]} rows ("
+                                     f"{SUBSTITUTED_KEY}[{role.layer}] = {self.substituted[role.layer]})")
+        elif role.kind == "packed":
             if tensor.shape[0] != self.counts[role.layer]:
                 raise self._mismatch(role.layer, name, f"the tensor holds {tensor.shape[0]} experts on dim 0")
         else:
@@ -151,12 +252,27 @@ def _moe_attributes(model: nn.Module, moe_blocks: list[nn.Module], counts: list[
 
 
 # ---- Qwen3-MoE ----
+class SubstitutingQwen3MoeSparseMoeBlock(Qwen3MoeSparseMoeBlock):
+    """vLLM's Qwen3-MoE block plus the substitutes part (``make_substituting`` made it one)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = super().forward(hidden_states)
+        x = hidden_states.view(-1, hidden_states.shape[-1])
+        return add_substitutes(self, self.gate, x, out.view(x.shape)).view(out.shape)
+
+
 class PrunedQwen3MoeDecoderLayer(Qwen3MoeDecoderLayer):
-    """Qwen3-MoE decoder layer built from its own expert count."""
+    """Qwen3-MoE decoder layer built from its own expert count (and substitutes)."""
 
     def __init__(self, vllm_config: VllmConfig, prefix: str = "", **kwargs: Any) -> None:
         layer = extract_layer_index(prefix)
         super().__init__(vllm_config=layer_vllm_config(vllm_config, QWEN3_MOE, layer), prefix=prefix, **kwargs)
+        config = vllm_config.model_config.hf_text_config
+        count = substituted_counts(config)[layer]
+        if count:
+            self.mlp.__class__ = SubstitutingQwen3MoeSparseMoeBlock  # the same block, its forward adds the part
+            make_substituting(self.mlp, "gate", check_expert_counts(config, QWEN3_MOE)[layer], count,
+                              config.hidden_size)
 
 
 class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
@@ -190,9 +306,11 @@ class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         check = ExpertCountCheck(QWEN3_MOE, self.config)
-        loaded = super().load_weights(check.watch(_from_view(QWEN3_MOE, self.config, weights)))
+        substitutes: set[str] = set()
+        stream = load_substitutes(self, QWEN3_MOE, _from_view(QWEN3_MOE, self.config, weights), substitutes)
+        loaded = super().load_weights(check.watch(stream))
         check.finish()
-        return loaded
+        return loaded | substitutes
 
 
 # ---- GPT-OSS ----
@@ -201,6 +319,17 @@ class PrunedMLPBlock(MLPBlock):
 
     def __init__(self, vllm_config: VllmConfig, layer_idx: int, prefix: str = ""):
         super().__init__(layer_vllm_config(vllm_config, GPT_OSS, layer_idx), layer_idx, prefix=prefix)
+        config = vllm_config.model_config.hf_config
+        count = substituted_counts(config)[layer_idx]
+        if count:
+            make_substituting(self, "router", check_expert_counts(config, GPT_OSS)[layer_idx], count,
+                              config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if getattr(self, "substitutes", None) is None:
+            return out
+        return add_substitutes(self, self.router, x[:, : self.hidden_size], out)
 
 
 class PrunedTransformerBlock(TransformerBlock):
@@ -245,6 +374,8 @@ class PrunedGptOssForCausalLM(GptOssForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         check = ExpertCountCheck(GPT_OSS, self.config)
-        loaded = super().load_weights(check.watch(_from_view(GPT_OSS, self.config, weights)))
+        substitutes: set[str] = set()
+        stream = load_substitutes(self, GPT_OSS, _from_view(GPT_OSS, self.config, weights), substitutes)
+        loaded = super().load_weights(check.watch(stream))
         check.finish()
-        return loaded
+        return loaded | substitutes

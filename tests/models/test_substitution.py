@@ -138,3 +138,18 @@ def test_a_specialist_whose_substitutes_disagree_with_its_config_is_refused(chan
     (spec / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         load_causal_lm(spec)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vllm_serves_a_substituted_specialist_with_the_tokens_of_transformers(family, tmp_path):
+    from tests.models.test_vllm_serving import hf_greedy, vllm_engine, vllm_greedy
+
+    base = build_tiny(tmp_path / "base", family)
+    substitute_plan(base, tmp_path / "plan.json", seed=1)
+    spec = apply_plan(tmp_path / "plan.json", tmp_path / "spec")
+    dropped = apply_plan(plan_from_kept(base, KEPT), tmp_path / "dropped")
+    expected = hf_greedy(spec, PROMPTS, max_new_tokens=12)
+    assert expected != hf_greedy(dropped, PROMPTS, max_new_tokens=12)  # the constants change the tokens
+    with vllm_engine(spec) as llm:
+        got = vllm_greedy(llm, PROMPTS, max_new_tokens=12)
+    assert got == expected
