@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -22,10 +23,10 @@ from tests.tiny import save_endless
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(READY_TIMEOUT_S + 180)]
 
-LONG = 12000  # tokens: 12 - 30 s of generation here (the model never ends early), so the checks made while it
-# runs still find it running when they are slowed down by a busy machine (4000 tokens drained in 4.2 s once, before
-# the three checks had their answers)
-MAX_MODEL_LEN = 12288
+LONG = 16000  # tokens: 10 - 30 s of generation here (the model never ends early), so the checks made while it
+# runs (at once, in parallel) still find it running on a busy machine (4000 tokens drained in 4.2 s once, 12000 in
+# 6.3 s once, before the three checks made one after the other had their answers)
+MAX_MODEL_LEN = 16384
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +90,17 @@ def test_sigterm_drains_in_flight_then_exits(model_dir, tmp_path):
                     proc.send_signal(signal.SIGTERM)
                     signalled = time.monotonic()
                     during["signalled"] = r
-                    try:
-                        with httpx.Client(base_url=url, timeout=10) as other:  # a new connection, while draining
-                            during["readyz"] = other.get("/readyz")
-                            during["new"] = other.post("/v1/translate", json={**body, "max_tokens": 4})
-                            during["healthz"] = other.get("/healthz")
+                    checks = {"healthz": ("GET", "/healthz", None),
+                              "new": ("POST", "/v1/translate", {**body, "max_tokens": 4})}
+                    try:  # new connections while draining: once /readyz says so (the signal is handled), at once
+                        while (ready := httpx.get(f"{url}/readyz", timeout=10)).status_code == 200:
+                            assert time.monotonic() - signalled < 5, "/readyz still 200 5 s after SIGTERM"
+                            time.sleep(0.05)
+                        during["readyz"] = ready
+                        with ThreadPoolExecutor(len(checks)) as pool:
+                            asked = {k: pool.submit(httpx.request, m, url + p, json=j, timeout=10)
+                                     for k, (m, p, j) in checks.items()}
+                            during |= {k: f.result() for k, f in asked.items()}
                     except httpx.TransportError as e:
                         pytest.fail(f"no answer {time.monotonic() - signalled:.2f} s after SIGTERM ({e!r}) while "
                                     f"the stream was still open:\n{log.read_text()[-3000:]}")
