@@ -12,6 +12,10 @@ copy on disk.
 
 Before anything loads, the base's files are checked against the sha256 the plan recorded
 (``check_base_files``): a different or missing shard is refused with what differs.
+
+A substitute plan (``Plan.constants``) keeps every router row, the kept experts' first (``router_order``, as
+``apply`` writes them), and its constants: in memory for transformers, in the view's ``substitutes.safetensors``
+for vLLM (the plugin adds them to the stream).
 """
 
 from __future__ import annotations
@@ -26,31 +30,43 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from moe_specialists.models.adapters import FamilyAdapter, adapter_for
+from moe_specialists.models.adapters import SUBSTITUTED_PER_LAYER_KEY, FamilyAdapter, adapter_for
 from moe_specialists.models.apply import check_plan_matches
 from moe_specialists.models.checkpoint import (
+    INDEX_NAME,
     header_entries,
     read_config,
+    read_header,
     resolve_model,
     shard_files,
     weight_totals,
 )
 from moe_specialists.models.file_hashes import FileHashes
-from moe_specialists.models.plan import Plan
+from moe_specialists.models.plan import Plan, save_constants
 
 PLAN_KEPT_KEY = "plan_kept_experts"  # config.json of a plan view: {"<layer>": [original expert ids]}
+VIEW_SUBSTITUTES = "substitutes.safetensors"  # a substitute plan view's constants, ``substitutes_tensor`` names
+
+
+def router_order(kept: list[int], experts: int) -> list[int]:
+    """Router rows of a substituting layer: the kept experts, then the dropped ones, each ascending."""
+    return kept + sorted(set(range(experts)) - set(kept))
 
 
 def slice_tensor(
-    adapter: FamilyAdapter, name: str, tensor: torch.Tensor, kept_by_layer: dict[int, list[int]]
+    adapter: FamilyAdapter, name: str, tensor: torch.Tensor, kept_by_layer: dict[int, list[int]],
+    substitute: bool = False,
 ) -> tuple[str, torch.Tensor] | None:
     """The specialist's (name, tensor) for one base tensor, or None when it belongs to a dropped expert: router
-    rows and experts stacked on dim 0 keep rows ``kept``; a kept per-expert tensor is renumbered to its
-    position in ``kept``; every other tensor is unchanged (``apply`` does the same on the bytes)."""
+    rows and experts stacked on dim 0 keep rows ``kept`` (a ``substitute`` router: every row, ``router_order``);
+    a kept per-expert tensor is renumbered to its position in ``kept``; every other tensor is unchanged
+    (``apply`` does the same on the bytes)."""
     role = adapter.tensor_role(name)
     if role is None or role.layer not in kept_by_layer:
         return name, tensor
     kept = kept_by_layer[role.layer]
+    if role.kind == "router" and substitute:
+        kept = router_order(kept, tensor.shape[0])
     if role.kind in ("router", "packed"):
         return name, tensor.index_select(0, torch.tensor(kept, dtype=torch.long)).contiguous()
     if role.expert not in kept:
@@ -59,11 +75,12 @@ def slice_tensor(
 
 
 def sliced_stream(
-    adapter: FamilyAdapter, weights: Iterable[tuple[str, torch.Tensor]], kept_by_layer: dict[int, list[int]]
+    adapter: FamilyAdapter, weights: Iterable[tuple[str, torch.Tensor]], kept_by_layer: dict[int, list[int]],
+    substitute: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """``slice_tensor`` over a stream of base tensors, dropped experts left out."""
     for name, tensor in weights:
-        if (sliced := slice_tensor(adapter, name, tensor, kept_by_layer)) is not None:
+        if (sliced := slice_tensor(adapter, name, tensor, kept_by_layer, substitute)) is not None:
             yield sliced
 
 
@@ -98,10 +115,12 @@ def check_base_files(base_dir: Path, expected: dict[str, str], cache: Path | Non
 
 
 def read_kept_tensors(
-    base_dir: Path, adapter: FamilyAdapter, kept_by_layer: dict[int, list[int]]
+    base_dir: Path, adapter: FamilyAdapter, kept_by_layer: dict[int, list[int]],
+    constants: dict[int, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The specialist's tensors read from the base: dropped per-expert tensors are skipped unread, stacked
-    expert tensors and routers are read one run of kept rows at a time (``runs``)."""
+    expert tensors and routers are read one run of kept rows at a time (``runs``); with ``constants`` (a
+    substitute plan) every router row in ``router_order`` and the constants as ``substitutes_tensor``."""
     out: dict[str, torch.Tensor] = {}
     for shard in shard_files(base_dir):
         with safe_open(shard, "pt") as f:
@@ -111,47 +130,65 @@ def read_kept_tensors(
                     out[name] = f.get_tensor(name)
                     continue
                 kept = kept_by_layer[role.layer]
+                if role.kind == "router" and constants is not None:
+                    full = f.get_tensor(name)
+                    out[name] = full[router_order(kept, full.shape[0])].contiguous()
+                    continue
                 if role.kind in ("router", "packed"):
                     part = f.get_slice(name)
                     out[name] = torch.cat([part[a:b] for a, b in runs(kept)]).contiguous()
                 elif role.expert in kept:
                     out[adapter.renumber_expert(name, kept.index(role.expert))] = f.get_tensor(name)
+    for layer, t in (constants or {}).items():
+        out[adapter.substitutes_tensor(layer)] = t
     return out
 
 
-def specialist_config(base_config: dict[str, Any], kept_by_layer: dict[int, list[int]]) -> dict[str, Any]:
-    """config.json of the specialist: the base's with the pruned architecture and per-layer counts."""
+def specialist_config(
+    base_config: dict[str, Any], kept_by_layer: dict[int, list[int]], substitute: bool = False
+) -> dict[str, Any]:
+    """config.json of the specialist: the base's with the pruned architecture and per-layer counts (and, for a
+    substitute plan, the substituted counts E_l - c_l)."""
     adapter = adapter_for(base_config)
-    counts = adapter.experts_per_layer(base_config)
-    counts = [len(kept_by_layer[i]) if i in kept_by_layer else c for i, c in enumerate(counts)]
-    return adapter.pruned_config_dict(base_config, counts)
+    full = adapter.experts_per_layer(base_config)
+    counts = [len(kept_by_layer[i]) if i in kept_by_layer else c for i, c in enumerate(full)]
+    substituted = [e - c for e, c in zip(full, counts, strict=True)] if substitute else None
+    return adapter.pruned_config_dict(base_config, counts, substituted)
 
 
 def load_from_base(
-    base_dir: Path, kept_by_layer: dict[int, list[int]], dtype: str = "float32", device: str = "cpu"
+    base_dir: Path, kept_by_layer: dict[int, list[int]], dtype: str = "float32", device: str = "cpu",
+    constants: dict[int, torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """The pruned transformers model of ``kept_by_layer`` built from the base checkpoint's kept tensors only,
-    loaded by ``load_causal_lm``'s policy (MXFP4 dequantized, every parameter in ``dtype``)."""
+    """The pruned transformers model of ``kept_by_layer`` (and ``constants``: a substitute plan's) built from the
+    base checkpoint's kept tensors only, loaded by ``load_causal_lm``'s policy (MXFP4 dequantized, every
+    parameter in ``dtype``)."""
     from transformers import AutoConfig
 
     from moe_specialists.models.pruned import PRUNED_CLASSES, cast_floats, loading_policy
 
     base_config = read_config(base_dir)
     adapter = adapter_for(base_config)
-    config = AutoConfig.for_model(**specialist_config(base_config, kept_by_layer))
-    state = read_kept_tensors(base_dir, adapter, kept_by_layer)
+    config = AutoConfig.for_model(**specialist_config(base_config, kept_by_layer, constants is not None))
+    state = read_kept_tensors(base_dir, adapter, kept_by_layer, constants)
     model = PRUNED_CLASSES[adapter.pruned_architecture].from_pretrained(
         None, config=config, state_dict=state, dtype=getattr(torch, dtype), **loading_policy(config)
     )
     return cast_floats(model, dtype).to(device).eval()
 
 
-def plan_view(base_dir: Path, kept_by_layer: dict[int, list[int]], view_dir: Path, plan_json: str) -> Path:
+def plan_view(
+    base_dir: Path, kept_by_layer: dict[int, list[int]], view_dir: Path, plan_json: str,
+    constants: dict[int, torch.Tensor] | None = None,
+) -> Path:
     """A folder vLLM loads as the specialist: its config.json (kept lists under ``PLAN_KEPT_KEY``), plan.json,
-    and links to the base's shards, index and side files (tokenizer, chat template, generation config)."""
+    links to the base's shards, index and side files (tokenizer, chat template, generation config), and a
+    substitute plan's constants (``VIEW_SUBSTITUTES``)."""
+    from safetensors.torch import save_file
+
     base_dir = base_dir.resolve()
     base_config = read_config(base_dir)
-    config = specialist_config(base_config, kept_by_layer)
+    config = specialist_config(base_config, kept_by_layer, constants is not None)
     config[PLAN_KEPT_KEY] = {str(layer): kept for layer, kept in sorted(kept_by_layer.items())}
     tmp = view_dir.with_name(f".{view_dir.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
@@ -160,6 +197,15 @@ def plan_view(base_dir: Path, kept_by_layer: dict[int, list[int]], view_dir: Pat
             (tmp / item.name).symlink_to(item)
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
     (tmp / "plan.json").write_text(plan_json)
+    if constants is not None:  # for vLLM, and beside plan.json as the plan names them
+        if not (base_dir / INDEX_NAME).is_file():  # an index, so no loader takes these files for weight shards
+            weight_map = {name: shard.name for shard in shard_files(base_dir) for name in read_header(shard)}
+            (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+        adapter = adapter_for(base_config)
+        save_file({adapter.substitutes_tensor(lay): t.contiguous() for lay, t in sorted(constants.items())},
+                  tmp / VIEW_SUBSTITUTES)
+        if ref := json.loads(plan_json).get("substitutes"):
+            save_constants(constants, tmp / ref["file"])
     if view_dir.exists():  # an older view of the same plan: replace it
         for item in view_dir.iterdir():
             item.unlink()
@@ -168,20 +214,33 @@ def plan_view(base_dir: Path, kept_by_layer: dict[int, list[int]], view_dir: Pat
     return view_dir
 
 
-def kept_weight_stats(base_dir: Path, kept_by_layer: dict[int, list[int]]) -> tuple[int, int]:
+def kept_weight_stats(
+    base_dir: Path, kept_by_layer: dict[int, list[int]], substitute: bool = False
+) -> tuple[int, int]:
     """(parameters, weight bytes) of the specialist that ``kept_by_layer`` cuts from ``base_dir``, from the
-    base's safetensors headers alone: a stacked expert tensor or router counts len(kept) / E of its size, a
-    per-expert tensor counts when its expert is kept: the numbers of the sliced copy."""
-    adapter = adapter_for(read_config(base_dir))
+    base's safetensors headers alone: a stacked expert tensor or router counts len(kept) / E of its size (a
+    ``substitute`` router all of it, plus (E - len(kept)) * H float32 constants), a per-expert tensor counts
+    when its expert is kept: the numbers of the sliced copy."""
+    config = read_config(base_dir)
+    adapter = adapter_for(config)
+    entries = list(header_entries(base_dir))
 
     def share(name: str, info: dict[str, Any]) -> float:
         role = adapter.tensor_role(name)
         if role is None or role.layer not in kept_by_layer:
             return 1.0
         kept = kept_by_layer[role.layer]
+        if role.kind == "router" and substitute:
+            return 1.0
         return len(kept) / info["shape"][0] if role.kind in ("router", "packed") else float(role.expert in kept)
 
-    return weight_totals(header_entries(base_dir), share)
+    parameters, nbytes = weight_totals(entries, share)
+    if substitute:  # E_l: the base router's rows (a view's config says the kept counts)
+        rows = {r.layer: info["shape"][0] for name, info in entries
+                if (r := adapter.tensor_role(name)) and r.kind == "router" and len(info["shape"]) == 2}
+        constants = sum(rows[lay] - len(kept) for lay, kept in kept_by_layer.items()) * int(config["hidden_size"])
+        parameters, nbytes = parameters + constants, nbytes + 4 * constants
+    return parameters, nbytes
 
 
 def plan_file_of(path: Path) -> Path | None:
@@ -202,6 +261,13 @@ def view_kept(config: Any) -> dict[int, list[int]] | None:
     """The kept lists of a plan view's config (None for a sliced specialist or a base)."""
     kept = config.get(PLAN_KEPT_KEY) if isinstance(config, dict) else getattr(config, PLAN_KEPT_KEY, None)
     return None if kept is None else {int(layer): list(ids) for layer, ids in kept.items()}
+
+
+def view_substitutes(config: Any) -> bool:
+    """Whether a specialist's config substitutes experts (``SUBSTITUTED_PER_LAYER_KEY`` with a count > 0)."""
+    counts = config.get(SUBSTITUTED_PER_LAYER_KEY) if isinstance(config, dict) else getattr(
+        config, SUBSTITUTED_PER_LAYER_KEY, None)
+    return bool(counts) and any(counts)
 
 
 def checked_base(plan: Plan, base: str | Path | None = None, cache: Path | None = None) -> Path:
@@ -226,10 +292,14 @@ def view_of_plan(plan: Plan, cache_root: Path, base: str | Path | None = None) -
     base_dir = checked_base(plan, base, cache_root / "hashes.json")
     if not (view / "plan.json").is_file() or (view / "plan.json").read_text() != plan_json:
         cache_root.mkdir(parents=True, exist_ok=True)
-        plan_view(base_dir, plan_kept(plan), view, plan_json)
+        plan_view(base_dir, plan_kept(plan), view, plan_json, plan_constants(plan))
     return view
+
+
+def plan_constants(plan: Plan) -> dict[int, torch.Tensor] | None:
+    return plan.constants() if plan.recipe.dropped == "substitute" else None
 
 
 def load_from_plan(plan: Plan, base: str | Path | None = None, dtype: str = "float32", device: str = "cpu"):
     """transformers: the specialist of ``plan`` read from its (checked) base, no sliced copy written."""
-    return load_from_base(checked_base(plan, base), plan_kept(plan), dtype, device)
+    return load_from_base(checked_base(plan, base), plan_kept(plan), dtype, device, plan_constants(plan))

@@ -27,8 +27,10 @@ Imported lazily by vLLM through ``models.vllm_plugin.register`` ("module:Class" 
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,7 +54,7 @@ from vllm.model_executor.models.utils import extract_layer_index, maybe_prefix
 
 from moe_specialists.models.adapters import EXPERTS_PER_LAYER_KEY, GPT_OSS, QWEN3_MOE, FamilyAdapter
 from moe_specialists.models.modeling_pruned import SUBSTITUTED_KEY, substituted_counts
-from moe_specialists.models.plan_loading import sliced_stream, view_kept
+from moe_specialists.models.plan_loading import VIEW_SUBSTITUTES, sliced_stream, view_kept, view_substitutes
 from moe_specialists.models.pruned import check_expert_counts, layer_config
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -204,7 +206,7 @@ class ExpertCountCheck:
             )
         if role.kind == "router":
             if tensor.shape[0] != self.counts[role.layer] + self.substituted[role.layer]:
-                raise self._mismatch(role.layer, name, f"the router has {tensor.shape[0]} rows ("
+                raise self._mismatch(role.layer, name, f"the router routes over {tensor.shape[0]} experts ("
                                      f"{SUBSTITUTED_KEY}[{role.layer}] = {self.substituted[role.layer]})")
         elif role.kind == "packed":
             if tensor.shape[0] != self.counts[role.layer]:
@@ -233,11 +235,20 @@ class ExpertCountCheck:
 
 
 def _from_view(
-    adapter: FamilyAdapter, config: Any, weights: Iterable[tuple[str, torch.Tensor]]
+    adapter: FamilyAdapter, config: Any, weights: Iterable[tuple[str, torch.Tensor]], folder: str
 ) -> Iterable[tuple[str, torch.Tensor]]:
-    """A plan view streams the BASE's tensors: keep the kept experts' rows, renumber them (as ``apply`` does)."""
+    """A plan view streams the BASE's tensors: keep the kept experts' rows, renumber them (as ``apply`` does);
+    a substitute view's constants follow from its own file."""
     kept = view_kept(config)
-    return weights if kept is None else sliced_stream(adapter, weights, kept)
+    if kept is None:
+        return weights
+    substitute = view_substitutes(config)
+    stream = sliced_stream(adapter, weights, kept, substitute)
+    if not substitute:
+        return stream
+    from safetensors.torch import load_file
+
+    return itertools.chain(stream, load_file(Path(folder) / VIEW_SUBSTITUTES).items())
 
 
 def _moe_attributes(model: nn.Module, moe_blocks: list[nn.Module], counts: list[int]) -> None:
@@ -281,6 +292,7 @@ class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         refuse_expert_parallel(vllm_config, QWEN3_MOE)
         nn.Module.__init__(self)  # Qwen3MoeForCausalLM.__init__ hard-codes its decoder layer
+        self.folder = vllm_config.model_config.model
         config = vllm_config.model_config.hf_text_config
         self.config, self.quant_config = config, vllm_config.quant_config
         self.counts = check_expert_counts(config, QWEN3_MOE)
@@ -307,7 +319,8 @@ class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         check = ExpertCountCheck(QWEN3_MOE, self.config)
         substitutes: set[str] = set()
-        stream = load_substitutes(self, QWEN3_MOE, _from_view(QWEN3_MOE, self.config, weights), substitutes)
+        stream = load_substitutes(self, QWEN3_MOE, _from_view(QWEN3_MOE, self.config, weights, self.folder),
+                                  substitutes)
         loaded = super().load_weights(check.watch(stream))
         check.finish()
         return loaded | substitutes
@@ -362,6 +375,7 @@ class PrunedGptOssForCausalLM(GptOssForCausalLM):
     def __init__(self, vllm_config: VllmConfig, prefix: str = ""):
         refuse_expert_parallel(vllm_config, GPT_OSS)
         nn.Module.__init__(self)  # GptOssForCausalLM.__init__ hard-codes its model class
+        self.folder = vllm_config.model_config.model
         self.vllm_config = vllm_config
         self.config = vllm_config.model_config.hf_config
         self.counts = check_expert_counts(self.config, GPT_OSS)
@@ -375,7 +389,8 @@ class PrunedGptOssForCausalLM(GptOssForCausalLM):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         check = ExpertCountCheck(GPT_OSS, self.config)
         substitutes: set[str] = set()
-        stream = load_substitutes(self, GPT_OSS, _from_view(GPT_OSS, self.config, weights), substitutes)
+        stream = load_substitutes(self, GPT_OSS, _from_view(GPT_OSS, self.config, weights, self.folder),
+                                  substitutes)
         loaded = super().load_weights(check.watch(stream))
         check.finish()
         return loaded | substitutes

@@ -108,9 +108,13 @@ def weight_stats(folder: str | Path) -> tuple[int, int]:
     experts, as its sliced copy would (``plan_loading.kept_weight_stats``)."""
     config = read_config(Path(folder), _NO_CONFIG)
     if "plan_kept_experts" in config:
-        from moe_specialists.models.plan_loading import kept_weight_stats, view_kept  # torch: only for views
+        from moe_specialists.models.plan_loading import (  # torch: only for views
+            kept_weight_stats,
+            view_kept,
+            view_substitutes,
+        )
 
-        return kept_weight_stats(Path(folder), view_kept(config))
+        return kept_weight_stats(Path(folder), view_kept(config), view_substitutes(config))
     return weight_totals(header_entries(Path(folder)))
 
 

@@ -153,3 +153,42 @@ def test_vllm_serves_a_substituted_specialist_with_the_tokens_of_transformers(fa
     with vllm_engine(spec) as llm:
         got = vllm_greedy(llm, PROMPTS, max_new_tokens=12)
     assert got == expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_substitute_plan_loads_from_its_base_as_the_sliced_copy(family, tmp_path):
+    from moe_specialists.models.plan_loading import kept_weight_stats, load_from_plan
+    from moe_specialists.models.registry.entries import weight_stats
+    from moe_specialists.models.registry.store import Registry
+
+    base = build_tiny(tmp_path / "base", family)
+    plan = substitute_plan(base, tmp_path / "plan.json")
+    copy = apply_plan(tmp_path / "plan.json", tmp_path / "copy")
+    want = load_causal_lm(copy).state_dict()
+    got = load_from_plan(plan).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    kept = dict(zip(plan.layers, plan.kept, strict=True))
+    assert kept_weight_stats(base, kept, substitute=True) == weight_stats(copy)
+    assert weight_stats(copy)[1] - kept_weight_stats(base, kept)[1] == sum(
+        (16 - len(k)) * (HIDDEN * 4 + (HIDDEN + (family == "gpt_oss")) * 4) for k in KEPT)  # constants + router rows
+    registry = Registry(tmp_path / "registry")
+    as_plan = registry.register_plan("as-plan", tmp_path / "plan.json", directions=["en-de"])
+    as_copy = registry.register_dir("as-copy", copy, directions=["en-de"])
+    assert (as_plan.weight_bytes, as_plan.parameters) == (as_copy.weight_bytes, as_copy.parameters)
+    view = Path(as_plan.path)
+    assert Plan.load(view / "plan.json").constants().keys() == plan.constants().keys()
+
+
+def test_vllm_serves_a_substitute_plan_view_like_the_sliced_copy(tmp_path):
+    from moe_specialists.models.plan_loading import view_of_plan
+    from tests.models.test_vllm_serving import vllm_engine, vllm_greedy
+
+    base = build_tiny(tmp_path / "base", "qwen3_moe")
+    plan = substitute_plan(base, tmp_path / "plan.json", seed=2)
+    copy = apply_plan(tmp_path / "plan.json", tmp_path / "copy")
+    view = view_of_plan(plan, tmp_path / "views")
+    with vllm_engine(copy) as llm:
+        expected = vllm_greedy(llm, PROMPTS, max_new_tokens=10)
+    with vllm_engine(view) as llm:
+        got = vllm_greedy(llm, PROMPTS, max_new_tokens=10)
+    assert got == expected
