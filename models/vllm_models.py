@@ -90,12 +90,14 @@ def layer_vllm_config(vllm_config: VllmConfig, adapter: FamilyAdapter, layer: in
 
 # ---- substitution ----
 def routed_over_all(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights float32 [T, k], ids [T, k]) of the parent's routing over every router row: the top-k of
-    softmax(logits), renormalised to sum 1 when ``renormalize`` (vLLM's softmax top-k)."""
-    weights, ids = torch.topk(torch.softmax(logits.float(), dim=-1), top_k, dim=-1)
+    """(weights float32 [T, k], ids [T, k]) of the parent's routing over every router row, as vLLM's softmax
+    top-k computes it: the top-k logits, their softmax when ``renormalize`` (= the renormalised top-k of the
+    softmax), else their share of the softmax over all rows."""
+    top, ids = torch.topk(logits, top_k, dim=-1)
+    top = top.float()
     if renormalize:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights, ids
+        return torch.softmax(top, dim=-1), ids
+    return (top - torch.logsumexp(logits.float(), dim=-1, keepdim=True)).exp(), ids
 
 
 def kept_routing(kept: int):
@@ -113,11 +115,12 @@ def kept_routing(kept: int):
 def substitutes_part(
     logits: torch.Tensor, top_k: int, renormalize: bool, kept: int, substitutes: torch.Tensor
 ) -> torch.Tensor:
-    """sum_{j: i_tj >= kept} w_tj * substitutes[i_tj - kept], float32 [T, H]."""
+    """sum_{j: i_tj >= kept} w_tj * substitutes[i_tj - kept] [T, H], in the substitutes' dtype: the routing
+    weights scattered over the router rows [T, E], those past the kept experts times ``substitutes`` [E - kept, H]
+    (one small matmul)."""
     weights, ids = routed_over_all(logits, top_k, renormalize)
-    dropped = ids >= kept
-    rows = substitutes.float()[(ids - kept).clamp(min=0)]  # [T, k, H]
-    return ((weights * dropped).unsqueeze(-1) * rows).sum(dim=1)
+    dense = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device).scatter_(1, ids, weights)
+    return dense[:, kept:].to(substitutes.dtype) @ substitutes
 
 
 def make_substituting(block: nn.Module, gate_attr: str, kept: int, count: int, hidden: int) -> None:

@@ -353,8 +353,8 @@ def search(
     registry: RegistryOption = None,
     overwrite: bool = False,
     dropped: Annotated[str, typer.Option(
-        help="drop, or substitute: each dropped expert answered by its mean output (candidates measured only; "
-        "such plans are not written yet).")] = "drop",
+        help="drop; substitute: each dropped expert answered by its mean output (the plan carries the constants); "
+        "either: each candidate measured both ways, the one that loses less kept.")] = "drop",
     fleet: Annotated[bool, typer.Option(help="Choose a fleet of specialists for the pairs (--gpus ...).")] = False,
     gpus: Annotated[int, typer.Option(help="--fleet: GPUs to serve on.")] = 1,
     gpu_memory: Annotated[str | None, typer.Option(help="--fleet: memory of each GPU, e.g. 80GB.")] = None,

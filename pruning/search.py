@@ -10,6 +10,10 @@ grid). Every evaluation is cached per (kept experts, direction, split, limit, de
 
 The loss of B over the directions is the mean of the parent's chrF minus the candidate's (``criterion="worst"``:
 the largest one, for fleets whose every pair must meet the floor).
+
+``dropped``: "drop" (the experts are removed), "substitute" (each answered by its mean output, ``models.masking``;
+the plan written carries the constants), or "either": every candidate is measured both ways and keeps the one
+that loses less (drop on a tie: fewer bytes).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from moe_specialists.pruning.stats import RoutingStats
 
 MIN_PASSAGES = 20  # fewer cannot tell 1 chrF from noise (a passage's chrF spreads by ~10 points)
 Criterion = Literal["mean", "worst"]
+DroppedChoice = Literal["drop", "substitute", "either"]
 
 
 class SearchConfig(JobConfig):
@@ -52,7 +57,7 @@ class SearchConfig(JobConfig):
     max_bytes: ByteSize | None = None  # weight bytes as stored ("12GB", "7.5GiB" or a number)
     criterion: Criterion = "mean"
     method: str = DEFAULT_METHOD
-    dropped: Dropped = "drop"  # substitute: each dropped expert answered by its mean output (models.masking)
+    dropped: DroppedChoice = "drop"  # substitute / either: module docstring
     resolution: int = Field(1, ge=1)  # experts in total between two drop levels
     data_dir: DataRef = DEFAULT_DATA
     split: str = "dev"
@@ -76,9 +81,6 @@ class SearchConfig(JobConfig):
             raise ValueError(f"max_loss is chrF points the specialist may lose (>= 0), got {self.max_loss}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {list(METHODS)}")
-        if self.dropped == "substitute" and self.register_name:
-            raise ValueError("a plan with substituted experts cannot be registered yet (slicing drops them): "
-                             "search with dropped=substitute measures the candidates only")
         if self.out is None:
             self.out = self.work_dir / "plan.json"
         return self
@@ -86,6 +88,7 @@ class SearchConfig(JobConfig):
 
 class Candidate(BaseModel):
     kept_total: int
+    dropped: Dropped = "drop"
     experts_per_layer: list[int]
     weight_bytes: int
     chrf: dict[str, float]  # split -> mean chrF over the directions
@@ -113,14 +116,17 @@ class ModelBytes(BaseModel):
     dense: int
     per_expert: list[int]
     num_experts: int = 0
-    per_substitute: int = 0  # a substituted expert: its router row and its constant, H values each, bf16
+    per_substitute: int = 0  # a substituted expert: its router row (as stored) and its constant (H float32)
 
     @classmethod
-    def of(cls, model_dir: Path, layers: list[int], num_experts: int = 0, hidden: int = 0) -> ModelBytes:
-        _, dense = kept_weight_stats(model_dir, {layer: [] for layer in layers})
+    def of(cls, model_dir: Path, layers: list[int], num_experts: int = 0) -> ModelBytes:
+        none = {layer: [] for layer in layers}
+        _, dense = kept_weight_stats(model_dir, none)
         per_expert = [kept_weight_stats(model_dir, {m: [0] if m == layer else [] for m in layers})[1] - dense
                       for layer in layers]
-        return cls(dense=dense, per_expert=per_expert, num_experts=num_experts, per_substitute=2 * 2 * hidden)
+        substituted = kept_weight_stats(model_dir, none, substitute=True)[1] - dense  # every expert substituted
+        return cls(dense=dense, per_expert=per_expert, num_experts=num_experts,
+                   per_substitute=substituted // max(1, len(layers) * num_experts))
 
     def of_counts(self, counts: list[int], substitute: bool = False) -> int:
         """plan_bytes; ``substitute``: + per_substitute for each of the (E - n_l) dropped experts of a layer."""
@@ -150,7 +156,8 @@ class Search:
             passage_counts(c, split)  # before any model loads
         self.stats = RoutingStats.load(c.statistics)
         self.stats.select_groups(c.directions)  # a direction it has no data for is refused here
-        means = self.stats.mean_outputs(c.directions) if c.dropped == "substitute" else None
+        self.modes: list[Dropped] = ["drop", "substitute"] if c.dropped == "either" else [c.dropped]
+        means = self.stats.mean_outputs(c.directions) if "substitute" in self.modes else None
         self.model_dir, _ = resolve_model(c.model)
         self.model_config = read_config(self.model_dir)
         self.adapter = adapter_for(self.model_config)
@@ -158,35 +165,36 @@ class Search:
         self.layers = self.stats.layers
         # decoder layer -> [E, H] constants of its dropped experts (substitute), None: dropped experts are masked
         self.constants = None if means is None else {layer: means[slot] for slot, layer in enumerate(self.layers)}
-        self._plans: dict[int, Plan] = {}
+        self._plans: dict[tuple[int, str], Plan] = {}
         check_plan_matches(self.plan(len(self.layers) * self.num_experts), self.model_config, self.adapter)
-        self.bytes = ModelBytes.of(self.model_dir, self.layers, self.num_experts,
-                                   int(self.model_config["hidden_size"]))
+        self.bytes = ModelBytes.of(self.model_dir, self.layers, self.num_experts)
         if c.max_bytes is not None:
             check_budget(int(c.max_bytes), self.bytes.dense,
                          self.bytes.of_counts([self.top_k] * len(self.layers)))
         self._generator: Any = None
-        self.evaluated: dict[int, Candidate] = {}
+        self.evaluated: dict[int, Candidate] = {}  # kept total -> the better of its modes
+        self.measured: dict[tuple[int, str], Candidate] = {}  # (kept total, mode) -> every one measured
         self.new_evaluations = 0
 
     # -- candidates --
 
-    def plan(self, kept_total: int) -> Plan:
-        """The method's plan keeping ``kept_total`` experts in all (made once per total)."""
-        if kept_total not in self._plans:
+    def plan(self, kept_total: int, mode: Dropped = "drop") -> Plan:
+        """The method's plan keeping ``kept_total`` experts in all, its dropped ones ``mode`` (made once each)."""
+        if (kept_total, mode) not in self._plans:
             n, e = len(self.layers), self.num_experts
             m = METHODS[self.config.method]
             drop = (n * e - kept_total) // n
             recipe = Recipe(ranking=m.ranking, allocation=m.allocation, invert=m.invert, drop=drop,
                             kept_total=None if kept_total == n * (e - drop) else kept_total,
-                            directions=self.config.directions)
-            self._plans[kept_total] = make_plan(self.stats, recipe)
-        return self._plans[kept_total]
+                            directions=self.config.directions, dropped=mode if kept_total < n * e else "drop")
+            self._plans[kept_total, mode] = make_plan(self.stats, recipe)
+        return self._plans[kept_total, mode]
 
-    def scores(self, kept: dict[int, list[int]] | None, split: str) -> dict[str, PairResult]:
-        """Per direction results of the parent (``kept`` None) or the masked plan on ``split``, cached."""
+    def scores(self, kept: dict[int, list[int]] | None, split: str, mode: Dropped = "drop") -> dict[str, PairResult]:
+        """Per direction results of the parent (``kept`` None) or the plan on ``split`` (its dropped experts
+        masked, or substituted), cached."""
         c = self.config
-        files = {d: self._cache_file(kept, d, split) for d in c.directions}
+        files = {d: self._cache_file(kept, d, split, mode) for d in c.directions}
         missing = [d for d, f in files.items() if not f.exists()]
         if missing:
             from moe_specialists.models.masking import experts_masked, experts_substituted  # torch: when measured
@@ -196,7 +204,8 @@ class Search:
                                    limit=c.limit, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
                                    dtype=c.dtype, device=c.device)
             generator = self.generator()
-            if self.constants is not None and kept:
+            if mode == "substitute" and kept:
+                assert self.constants is not None
                 routed = experts_substituted(generator.model, self.adapter, kept, self.constants)
             else:
                 routed = experts_masked(generator.model, self.adapter, kept or {})
@@ -207,12 +216,12 @@ class Search:
                 files[d].write_text(res.directions[d].model_dump_json(indent=1))
         return {d: PairResult.model_validate_json(f.read_text()) for d, f in files.items()}
 
-    def _cache_file(self, kept: dict[int, list[int]] | None, direction: str, split: str) -> Path:
+    def _cache_file(self, kept: dict[int, list[int]] | None, direction: str, split: str, mode: Dropped) -> Path:
         c = self.config
         parts = [sorted(kept.items()) if kept else None, direction, split, c.limit, c.max_new_tokens, c.dtype,
                  str(self.model_dir)]
-        if kept and c.dropped == "substitute":  # the constants are the statistics' (the drop key stays as it was)
-            parts += [c.dropped, str(c.statistics), c.statistics.stat().st_mtime_ns]
+        if kept and mode == "substitute":  # the constants are the statistics' (the drop key stays as it was)
+            parts += [mode, str(c.statistics), c.statistics.stat().st_mtime_ns]
         key = json.dumps(parts)
         return c.work_dir / "evals" / f"{direction}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
@@ -224,8 +233,9 @@ class Search:
             self._generator = TransformersGenerator.load(self.model_dir, c.dtype, c.device, c.batch_size)
         return self._generator
 
-    def weight_bytes(self, counts: list[int]) -> int:
-        return self.bytes.of_counts(counts, substitute=self.config.dropped == "substitute")
+    def weight_bytes(self, counts: list[int], mode: Dropped | None = None) -> int:
+        """Bytes of a plan with these counts, ``mode`` (default: the config's; "either": the larger, substitute)."""
+        return self.bytes.of_counts(counts, substitute=(mode or self.modes[-1]) == "substitute")
 
     def loss(self, parent: dict[str, PairResult], got: dict[str, PairResult]) -> tuple[float, dict[str, float]]:
         pair = {d: parent[d].chrf - got[d].chrf for d in self.config.directions}
@@ -233,22 +243,32 @@ class Search:
         return (max(pair.values()) if worst else statistics.fmean(pair.values())), pair
 
     def candidate(self, kept_total: int, splits: list[str]) -> Candidate:
-        plan = self.plan(kept_total)
+        """The candidate keeping ``kept_total`` experts, measured on ``splits``: of its modes, the one that loses
+        less on the search split (each mode measured there; the other splits only for the one kept)."""
+        c = self.config
+        if kept_total not in self.evaluated:
+            measured = [self.measure(kept_total, mode, [c.split]) for mode in self.modes]
+            self.evaluated[kept_total] = min(measured, key=lambda x: x.loss[c.split])  # the first (drop) on a tie
+        best = self.evaluated[kept_total]
+        return self.measure(kept_total, best.dropped, splits)
+
+    def measure(self, kept_total: int, mode: Dropped, splits: list[str]) -> Candidate:
+        plan = self.plan(kept_total, mode)
         kept = dict(zip(plan.layers, plan.kept, strict=True))
         counts = [len(x) for x in plan.kept]
-        out = self.evaluated.get(kept_total) or Candidate(
-            kept_total=kept_total, experts_per_layer=counts, weight_bytes=self.weight_bytes(counts), chrf={},
-            loss={}, pair_loss={}, degenerate_rate={})
+        out = self.measured.get((kept_total, mode)) or Candidate(
+            kept_total=kept_total, dropped=mode, experts_per_layer=counts, weight_bytes=self.weight_bytes(counts, mode),
+            chrf={}, loss={}, pair_loss={}, degenerate_rate={})
         for split in splits:
             if split in out.chrf:
                 continue
-            parent, got = self.scores(None, split), self.scores(kept, split)
+            parent, got = self.scores(None, split), self.scores(kept, split, mode)
             out.loss[split], out.pair_loss[split] = self.loss(parent, got)
             out.chrf[split] = statistics.fmean(r.chrf for r in got.values())
             out.degenerate_rate[split] = statistics.fmean(r.degenerate_rate for r in got.values())
-            self.log(f"kept {kept_total}: {split} chrF {out.chrf[split]:.2f}, loss {out.loss[split]:+.2f}, "
+            self.log(f"kept {kept_total} ({mode}): {split} chrF {out.chrf[split]:.2f}, loss {out.loss[split]:+.2f}, "
                      f"{out.weight_bytes / 1e6:.1f} MB")
-        self.evaluated[kept_total] = out
+        self.measured[kept_total, mode] = out
         return out
 
     # -- the job --
@@ -260,7 +280,7 @@ class Search:
         cap = full
         if c.max_bytes is not None:
             cap = largest_within_bytes(n, e, k, lambda b: self.weight_bytes([len(x) for x in self.plan(b).kept]),
-                                       int(c.max_bytes))
+                                       int(c.max_bytes))  # "either": the cap of the larger mode
         chosen: int | None = cap
         problem = None
         if c.max_loss is not None:
@@ -278,11 +298,7 @@ class Search:
         if chosen is not None:
             splits = [c.split, *([c.confirm_split] if c.confirm_split else [])]
             result.chosen = self.candidate(chosen, splits) if chosen < full else None
-            if c.dropped == "substitute" and chosen < full:
-                result.problem = ("measured only: a plan with substituted experts cannot be written or served yet "
-                                  "(slicing drops them); the candidates above are the masked parent's")
-            else:
-                result.plan = self.save(self.plan(chosen))
+            result.plan = self.save(self.plan(chosen, result.chosen.dropped if result.chosen else "drop"))
             if c.register_name and result.plan is not None:
                 registry = Registry(c.registry if c.registry is not None else default_registry_dir())
                 registry.register_plan(c.register_name, result.plan, overwrite=c.overwrite,
@@ -290,7 +306,7 @@ class Search:
                 result.registered = c.register_name
         for split in {c.split, *([c.confirm_split] if c.confirm_split and chosen else [])}:
             result.parent[split] = statistics.fmean(r.chrf for r in self.scores(None, split).values())
-        result.candidates = [self.evaluated[b] for b in sorted(self.evaluated)]
+        result.candidates = [self.measured[key] for key in sorted(self.measured)]
         result.evaluations = sum(c.split in x.chrf for x in result.candidates)
         result.new_evaluations, result.seconds = self.new_evaluations, time.time() - t
         return result
@@ -300,7 +316,9 @@ class Search:
         out = self.config.out
         assert out is not None
         plan.save(out)
-        if Plan.load(out).kept != plan.kept:
+        back = Plan.load(out)
+        if back.kept != plan.kept or (plan.recipe.dropped == "substitute" and any(
+                not back.constants()[lay].equal(t) for lay, t in plan.constants().items())):
             raise RuntimeError(f"{out} does not read back as the plan written")
         return out
 

@@ -24,7 +24,7 @@ def pareto(candidates: list[Candidate], split: str) -> list[Candidate]:
 
 def render(config: SearchConfig, result: SearchResult) -> str:
     c = config
-    front = {x.kept_total for x in pareto(result.candidates, c.split)}
+    front = {(x.kept_total, x.dropped) for x in pareto(result.candidates, c.split)}
     lines = [
         f"# search: {', '.join(c.directions)}",
         "",
@@ -34,20 +34,20 @@ def render(config: SearchConfig, result: SearchResult) -> str:
         + f", {result.parent_bytes / 1e9:.3f} GB. {result.evaluations} candidates evaluated on {c.split} "
         f"({result.new_evaluations} measured in this run), {result.seconds / 60:.1f} min.",
         "",
-        f"| kept experts | per layer | GB | {c.split} chrF | loss | degenerate | Pareto |",
-        "|---|---|---|---|---|---|---|",
+        f"| kept experts | dropped experts | per layer | GB | {c.split} chrF | loss | degenerate | Pareto |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for x in result.candidates:
         if c.split not in x.chrf:
             continue
         lines.append(
-            f"| {x.kept_total} | {' '.join(map(str, x.experts_per_layer))} | {x.weight_bytes / 1e9:.4f} | "
-            f"{x.chrf[c.split]:.2f} | {x.loss[c.split]:+.2f} | {x.degenerate_rate[c.split]:.3f} | "
-            f"{'yes' if x.kept_total in front else ''} |")
+            f"| {x.kept_total} | {x.dropped} | {' '.join(map(str, x.experts_per_layer))} | {x.weight_bytes / 1e9:.4f} "
+            f"| {x.chrf[c.split]:.2f} | {x.loss[c.split]:+.2f} | {x.degenerate_rate[c.split]:.3f} | "
+            f"{'yes' if (x.kept_total, x.dropped) in front else ''} |")
     lines.append("")
     if result.chosen is not None:
         ch = result.chosen
-        lines.append(f"Chosen: {ch.kept_total} experts, {ch.weight_bytes / 1e9:.4f} GB ("
+        lines.append(f"Chosen: {ch.kept_total} experts (the others {ch.dropped}ped), {ch.weight_bytes / 1e9:.4f} GB ("
                      f"{ch.weight_bytes / result.parent_bytes:.1%} of the parent); "
                      + ", ".join(f"{s} loss {v:+.2f}" for s, v in sorted(ch.loss.items())) + f"; plan {result.plan}")
     elif result.plan is not None:

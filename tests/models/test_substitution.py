@@ -6,6 +6,7 @@ for GPT-OSS in the released MXFP4 layout. Disagreements are refused by name."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,19 @@ def test_vllm_serves_a_substitute_plan_view_like_the_sliced_copy(tmp_path):
     with vllm_engine(view) as llm:
         got = vllm_greedy(llm, PROMPTS, max_new_tokens=10)
     assert got == expected
+
+
+def test_vllm_routing_of_a_substituting_layer_by_hand():
+    from moe_specialists.models.vllm_models import kept_routing, substitutes_part
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, 3.0]])  # experts 0, 1 kept; 2, 3 substituted by rows 0, 1
+    substitutes = torch.tensor([[9.0, 9.0], [4.0, -8.0]])
+    e = math.e
+    weights, ids = kept_routing(2)(hidden_states=None, gating_output=logits, topk=2, renormalize=True)
+    # top-2: expert 3 (e / (e + 1)) and expert 0 (1 / (e + 1)); 3 is substituted: weight 0 on expert 0
+    assert ids[0].tolist() == [0, 0] and sorted(weights[0].tolist()) == pytest.approx([0.0, 1 / (e + 1)])
+    part = substitutes_part(logits, 2, True, 2, substitutes)
+    torch.testing.assert_close(part, torch.tensor([[4.0, -8.0]]) * e / (e + 1))
+    unnormalised = substitutes_part(logits, 2, False, 2, substitutes)  # share of the softmax over all four
+    z = e ** 2 + e + 1 + e ** 3
+    torch.testing.assert_close(unnormalised, torch.tensor([[4.0, -8.0]]) * e ** 3 / z)

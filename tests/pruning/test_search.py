@@ -83,8 +83,7 @@ def test_bad_input_is_refused_before_any_evaluation(stats, sample_dir, tmp_path)
         ("-d", "en-es", "--max-loss", "1"): "no calibration statistics for ['en-es']",
         ("-d", "en-de", "--max-loss", "1", "--limit", "12"): "12 passages per direction: too few",
         ("-d", "en-de"): "give a quality floor",
-        ("-d", "en-de", "--max-loss", "1", "--dropped", "substitute", "--register", "x"): "cannot be registered yet",
-        ("-d", "en-de", "--max-loss", "1", "--dropped", "keep"): "'drop' or 'substitute'",
+        ("-d", "en-de", "--max-loss", "1", "--dropped", "keep"): "'drop', 'substitute' or 'either'",
     }
     for args, message in cases.items():
         res = CliRunner().invoke(app, [*common, *args])
@@ -110,19 +109,26 @@ def test_a_fleet_serves_every_pair_within_the_floor(stats, sample_dir, tmp_path)
     assert f"No fleet: {tight.problem}" in (tmp_path / "work" / "fleet.md").read_text()
 
 
-def test_substituted_candidates_are_measured_with_their_bytes_but_not_written(stats, sample_dir, tmp_path):
+def test_substituted_candidates_are_measured_written_and_registered(stats, sample_dir, tmp_path):
     job = Search(config(stats, sample_dir, tmp_path / "work", max_loss=1.0, dropped="substitute"))
     counts = [len(k) for k in job.plan(128).kept]
-    # each of the 128 dropped experts keeps its router row and gets a constant: 256 values each, bf16
-    assert job.weight_bytes(counts) == job.bytes.of_counts(counts) + 128 * 2 * 256 * 2
+    # each of the 128 dropped experts keeps its router row (256 bf16 values) and gets a constant (256 float32)
+    assert job.weight_bytes(counts) == job.bytes.of_counts(counts) + 128 * (256 * 2 + 256 * 4)
     sub = job.candidate(128, ["dev"])
     drop = Search(config(stats, sample_dir, tmp_path / "work", max_loss=1.0)).candidate(128, ["dev"])
     assert sub.chrf["dev"] != drop.chrf["dev"]  # another model: the constants answer for the dropped experts
+    either = Search(config(stats, sample_dir, tmp_path / "work", max_loss=1.0, dropped="either"))
+    best = either.candidate(128, ["dev"])
+    want = min((drop, sub), key=lambda x: x.loss["dev"])  # drop first: it wins a tie (fewer bytes)
+    assert (best.dropped, best.chrf["dev"]) == (want.dropped, want.chrf["dev"])
+    assert {key[1] for key in either.measured} == {"drop", "substitute"} and either.new_evaluations == 0  # cached
     result = search(config(stats, sample_dir, tmp_path / "w2", max_loss=50.0, dropped="substitute",
-                           confirm_split=None))
-    assert result.plan is None and "measured only" in result.problem and not (tmp_path / "w2" / "plan.json").exists()
-    with pytest.raises(ValueError, match="cannot be registered yet"):
-        config(stats, sample_dir, tmp_path / "w3", max_loss=1.0, dropped="substitute", register_name="x")
+                           confirm_split=None, register_name="sub", registry=tmp_path / "registry"))
+    plan = Plan.load(result.plan)
+    assert plan.recipe.dropped == "substitute" and result.chosen.dropped == "substitute"
+    assert (tmp_path / "w2" / "plan.substitutes.safetensors").is_file()
+    entry = Registry(tmp_path / "registry").get("sub")
+    assert entry.weight_bytes == result.chosen.weight_bytes  # the registry counts what the search counted
     old = RoutingStats.load(stats)
     for g in old.groups.values():
         g.out_sum = g.out_weight = None
