@@ -15,11 +15,12 @@ A plan view (``models.plan_loading.plan_view``: the base's shards linked, the ke
 sliced while it streams in, so a specialist can be served from its base and a plan without a sliced copy.
 
 Substitution (config.json ``num_substituted_experts_per_layer``, ``models.modeling_pruned``): a substituting
-layer's router keeps c_l + s_l rows, vLLM's FusedMoE holds the c_l kept experts and is routed by
-``kept_routing`` (the parent's top-k, a slot past the kept experts sent to expert 0 with weight 0, as vLLM's own
-zero experts are), and the block adds ``substitutes_part``: sum_j w_tj * substitutes[i_tj - c_l] over those
-slots (one gather and sum per layer). Supported where FusedMoE's router takes a custom routing function (vLLM's
-CPU router); refused elsewhere.
+layer's router keeps c_l + s_l rows and vLLM's FusedMoE holds the c_l kept experts. Its routing is a
+``SubstitutingRouter``: vLLM's zero-expert router contract (LongCat-Flash's "zero experts": the MoE runner adds
+the router's ``zero_expert_output`` to the experts' sum), with constants instead: the parent's top-k over all
+rows, a slot past the kept experts sent to expert 0 with weight 0, and ``substitutes_part``, sum_j w_tj *
+substitutes[i_tj - c_l] over those slots (one small matmul), as the extra output. Kernels that route inside
+themselves (vLLM's "monolithic" MoE kernels) cannot take it and are refused.
 
 Imported lazily by vLLM through ``models.vllm_plugin.register`` ("module:Class" strings).
 """
@@ -36,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 from vllm.config import VllmConfig
+from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
+from vllm.model_executor.layers.fused_moe.router.zero_expert_router import ZeroExpertRouter
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 from vllm.model_executor.models.gpt_oss import (
@@ -100,58 +103,61 @@ def routed_over_all(logits: torch.Tensor, top_k: int, renormalize: bool) -> tupl
     return (top - torch.logsumexp(logits.float(), dim=-1, keepdim=True)).exp(), ids
 
 
-def kept_routing(kept: int):
-    """FusedMoE's custom routing function for a layer of ``kept`` experts: the parent's routing with every slot
-    past them sent to expert 0 with weight 0 (``substitutes_part`` answers it)."""
-
-    def route(hidden_states: torch.Tensor, gating_output: torch.Tensor, topk: int, renormalize: bool):
-        weights, ids = routed_over_all(gating_output, topk, renormalize)
-        dropped = ids >= kept
-        return weights.masked_fill(dropped, 0.0), ids.masked_fill(dropped, 0).to(torch.int32)
-
-    return route
-
-
 def substitutes_part(
-    logits: torch.Tensor, top_k: int, renormalize: bool, kept: int, substitutes: torch.Tensor
+    weights: torch.Tensor, ids: torch.Tensor, rows: int, kept: int, substitutes: torch.Tensor
 ) -> torch.Tensor:
-    """sum_{j: i_tj >= kept} w_tj * substitutes[i_tj - kept] [T, H], in the substitutes' dtype: the routing
-    weights scattered over the router rows [T, E], those past the kept experts times ``substitutes`` [E - kept, H]
-    (one small matmul)."""
-    weights, ids = routed_over_all(logits, top_k, renormalize)
-    dense = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device).scatter_(1, ids, weights)
+    """sum_{j: i_tj >= kept} w_tj * substitutes[i_tj - kept] [T, H], in the substitutes' dtype, of a routing
+    ``weights``/``ids`` [T, k] over ``rows`` router rows: the weights scattered over the rows [T, rows], those past
+    the kept experts times ``substitutes`` [rows - kept, H] (one small matmul)."""
+    dense = torch.zeros(weights.shape[0], rows, dtype=torch.float32, device=weights.device).scatter_(1, ids, weights)
     return dense[:, kept:].to(substitutes.dtype) @ substitutes
 
 
+class SubstitutingRouter(ZeroExpertRouter):
+    """The routing of a substituting layer of ``kept`` experts (module docstring); ``substitutes`` [E - kept, H]
+    is the block's parameter, read at each call (it is loaded after the router is made)."""
+
+    def __init__(self, top_k: int, kept: int, renormalize: bool, substitutes: nn.Parameter):
+        BaseRouter.__init__(self, top_k=top_k, global_num_experts=kept)  # none of ZeroExpertRouter's own state
+        self.kept, self.renormalize, self.substitutes = kept, renormalize, substitutes
+        self._zero_expert_output: torch.Tensor | None = None
+
+    def _compute_routing(
+        self, hidden_states: torch.Tensor, router_logits: torch.Tensor, indices_type: torch.dtype | None,
+        *, input_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        weights, ids = routed_over_all(router_logits, self.top_k, self.renormalize)
+        self._zero_expert_output = substitutes_part(weights, ids, router_logits.shape[-1], self.kept,
+                                                    self.substitutes)
+        dropped = ids >= self.kept
+        return weights.masked_fill(dropped, 0.0), ids.masked_fill(dropped, 0).to(indices_type or torch.int32)
+
+
 def make_substituting(block: nn.Module, gate_attr: str, kept: int, count: int, hidden: int) -> None:
-    """Widen ``block``'s router to kept + count rows, route its FusedMoE (``block.experts``) with
-    ``kept_routing``, and give it ``substitutes`` [count, hidden] (in the model's dtype) and ``substitute_kept``."""
+    """Widen ``block``'s router to kept + count rows, give it ``substitutes`` [count, hidden] (in the model's
+    dtype) and route its FusedMoE (``block.experts``, vLLM's MoE runner) with a ``SubstitutingRouter``."""
     gate = getattr(block, gate_attr)
     width = kept + count
     gate.weight.data = gate.weight.data.new_empty(width, gate.weight.shape[1])
     if getattr(gate, "bias", None) is not None:
         gate.bias.data = gate.bias.data.new_empty(width)
     gate.output_size, gate.output_partition_sizes = width, [width]
-    router = block.experts.router
-    if not hasattr(router, "custom_routing_function"):
-        raise ValueError(
-            f"substituted specialists ({SUBSTITUTED_KEY}) are served where vLLM's MoE router takes a custom "
-            f"routing function (its CPU router); this platform's is {type(router).__name__}: not supported yet. "
-            "Serve the plan with dropped experts (`plan --dropped drop`) here."
-        )
-    router.custom_routing_function = kept_routing(kept)
     block.substitutes = nn.Parameter(torch.empty(count, hidden), requires_grad=False)
-    block.substitute_kept = kept
+    old = block.experts.router
+    block.experts.router = SubstitutingRouter(old.top_k, kept, bool(getattr(old, "renormalize", True)),
+                                              block.substitutes)
 
 
-def add_substitutes(block: nn.Module, gate: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out`` [T, H] plus the substitutes part of tokens ``x`` [T, H], routed by ``gate`` (the router called
-    again: [T, H] x [H, E], small next to the experts; its own call, as vLLM may repack its weight after loading)."""
-    logits = gate(x)
-    logits = logits[0] if isinstance(logits, tuple) else logits  # GateLinear's (output, bias) form
-    part = substitutes_part(logits, block.experts.router.top_k, block.experts.router.renormalize,
-                            block.substitute_kept, block.substitutes)
-    return out + part.to(out.dtype)
+def refuse_monolithic(blocks: Iterable[nn.Module]) -> None:
+    """Substituting blocks whose MoE kernel routes by itself (and so would never call the router) are refused."""
+    for block in blocks:
+        method = block.experts.routed_experts.quant_method
+        if isinstance(block.experts.router, SubstitutingRouter) and method.is_monolithic:
+            raise ValueError(
+                f"substituted specialists ({SUBSTITUTED_KEY}) need a MoE kernel that takes the router's choice; "
+                f"this one ({type(method).__name__}) routes by itself: not supported. Serve the plan with dropped "
+                "experts (`plan --dropped drop`) here."
+            )
 
 
 def load_substitutes(
@@ -266,15 +272,6 @@ def _moe_attributes(model: nn.Module, moe_blocks: list[nn.Module], counts: list[
 
 
 # ---- Qwen3-MoE ----
-class SubstitutingQwen3MoeSparseMoeBlock(Qwen3MoeSparseMoeBlock):
-    """vLLM's Qwen3-MoE block plus the substitutes part (``make_substituting`` made it one)."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        out = super().forward(hidden_states)
-        x = hidden_states.view(-1, hidden_states.shape[-1])
-        return add_substitutes(self, self.gate, x, out.view(x.shape)).view(out.shape)
-
-
 class PrunedQwen3MoeDecoderLayer(Qwen3MoeDecoderLayer):
     """Qwen3-MoE decoder layer built from its own expert count (and substitutes)."""
 
@@ -284,7 +281,6 @@ class PrunedQwen3MoeDecoderLayer(Qwen3MoeDecoderLayer):
         config = vllm_config.model_config.hf_text_config
         count = substituted_counts(config)[layer]
         if count:
-            self.mlp.__class__ = SubstitutingQwen3MoeSparseMoeBlock  # the same block, its forward adds the part
             make_substituting(self.mlp, "gate", check_expert_counts(config, QWEN3_MOE)[layer], count,
                               config.hidden_size)
 
@@ -326,6 +322,7 @@ class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
                                   substitutes)
         loaded = super().load_weights(check.watch(stream))
         check.finish()
+        refuse_monolithic(m for m in self.modules() if hasattr(m, "substitutes"))
         return loaded | substitutes
 
 
@@ -340,12 +337,6 @@ class PrunedMLPBlock(MLPBlock):
         if count:
             make_substituting(self, "router", check_expert_counts(config, GPT_OSS)[layer_idx], count,
                               config.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
-        if getattr(self, "substitutes", None) is None:
-            return out
-        return add_substitutes(self, self.router, x[:, : self.hidden_size], out)
 
 
 class PrunedTransformerBlock(TransformerBlock):
@@ -396,4 +387,5 @@ class PrunedGptOssForCausalLM(GptOssForCausalLM):
                                   substitutes)
         loaded = super().load_weights(check.watch(stream))
         check.finish()
+        refuse_monolithic(m for m in self.modules() if hasattr(m, "substitutes"))
         return loaded | substitutes

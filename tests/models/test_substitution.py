@@ -196,16 +196,20 @@ def test_vllm_serves_a_substitute_plan_view_like_the_sliced_copy(tmp_path):
 
 
 def test_vllm_routing_of_a_substituting_layer_by_hand():
-    from moe_specialists.models.vllm_models import kept_routing, substitutes_part
+    import torch.nn as nn
+
+    from moe_specialists.models.vllm_models import SubstitutingRouter
 
     logits = torch.tensor([[2.0, 1.0, 0.0, 3.0]])  # experts 0, 1 kept; 2, 3 substituted by rows 0, 1
-    substitutes = torch.tensor([[9.0, 9.0], [4.0, -8.0]])
+    substitutes = nn.Parameter(torch.tensor([[9.0, 9.0], [4.0, -8.0]]), requires_grad=False)
     e = math.e
-    weights, ids = kept_routing(2)(hidden_states=None, gating_output=logits, topk=2, renormalize=True)
+    router = SubstitutingRouter(top_k=2, kept=2, renormalize=True, substitutes=substitutes)
+    weights, ids = router.select_experts(torch.zeros(1, 2), logits)
     # top-2: expert 3 (e / (e + 1)) and expert 0 (1 / (e + 1)); 3 is substituted: weight 0 on expert 0
     assert ids[0].tolist() == [0, 0] and sorted(weights[0].tolist()) == pytest.approx([0.0, 1 / (e + 1)])
-    part = substitutes_part(logits, 2, True, 2, substitutes)
-    torch.testing.assert_close(part, torch.tensor([[4.0, -8.0]]) * e / (e + 1))
-    unnormalised = substitutes_part(logits, 2, False, 2, substitutes)  # share of the softmax over all four
+    torch.testing.assert_close(router.zero_expert_output, torch.tensor([[4.0, -8.0]]) * e / (e + 1))
+    assert router.zero_expert_output is None  # taken once, by the MoE runner
+    unnormalised = SubstitutingRouter(top_k=2, kept=2, renormalize=False, substitutes=substitutes)
+    unnormalised.select_experts(torch.zeros(1, 2), logits)  # share of the softmax over all four
     z = e ** 2 + e + 1 + e ** 3
-    torch.testing.assert_close(unnormalised, torch.tensor([[4.0, -8.0]]) * e ** 3 / z)
+    torch.testing.assert_close(unnormalised.zero_expert_output, torch.tensor([[4.0, -8.0]]) * e ** 3 / z)
