@@ -213,3 +213,22 @@ def test_vllm_routing_of_a_substituting_layer_by_hand():
     unnormalised.select_experts(torch.zeros(1, 2), logits)  # share of the softmax over all four
     z = e ** 2 + e + 1 + e ** 3
     torch.testing.assert_close(unnormalised.zero_expert_output, torch.tensor([[4.0, -8.0]]) * e ** 3 / z)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_released_layouts_substituted_agree_between_transformers_and_vllm(family, tmp_path):
+    """Qwen3-MoE as released (per-expert tensors) in fp32: the same tokens. GPT-OSS as released (MXFP4 kept
+    experts, bf16: vLLM's MXFP4 backend runs bf16 only) where vLLM can serve MXFP4 (a CPU with AMX)."""
+    from tests.models.test_vllm_serving import hf_greedy, require_vllm_mxfp4, vllm_engine, vllm_greedy
+    from tests.released import save_released_qwen3_moe
+
+    base = (save_released_qwen3_moe if family == "qwen3_moe" else save_released_gpt_oss)(tmp_path / "base")
+    substitute_plan(base, tmp_path / "plan.json", seed=3)
+    spec = apply_plan(tmp_path / "plan.json", tmp_path / "spec")
+    dtype = "float32" if family == "qwen3_moe" else "bfloat16"
+    expected = hf_greedy(spec, PROMPTS, max_new_tokens=8, dtype=dtype)
+    if family == "gpt_oss":
+        require_vllm_mxfp4()  # everything above ran; vLLM's MXFP4 half needs AMX on a CPU
+    with vllm_engine(spec, dtype=dtype) as llm:
+        got = vllm_greedy(llm, PROMPTS, max_new_tokens=8)
+    assert got == expected
