@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import traceback
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,41 @@ def test_released_layouts_substituted_agree_between_transformers_and_vllm(family
     with vllm_engine(spec, dtype=dtype) as llm:
         got = vllm_greedy(llm, PROMPTS, max_new_tokens=8)
     assert got == expected
+
+
+def test_the_bundled_translator_substituted_agrees_between_transformers_and_vllm(tmp_path):
+    """The bundled translator (GPT-OSS family, 32 experts, top-4), half its experts substituted: greedy tokens of
+    a real translation prompt, fp32, equal in both engines."""
+    from transformers import AutoTokenizer
+
+    from moe_specialists.models.prompts import render
+    from moe_specialists.models.tiny_translator import BUNDLED_MODEL_DIR
+    from tests.models.test_vllm_serving import hf_greedy, vllm_engine, vllm_greedy
+
+    plan = plan_from_kept(BUNDLED_MODEL_DIR, [list(range(0, 32, 2))] * 8)
+    g = torch.Generator().manual_seed(4)
+    plan.with_constants({lay: torch.randn(16, 256, generator=g) * 0.05 for lay in plan.layers}).save(
+        tmp_path / "plan.json")
+    spec = apply_plan(tmp_path / "plan.json", tmp_path / "spec")
+    tokenizer = AutoTokenizer.from_pretrained(spec)
+    prompts = [tokenizer(render(tokenizer, "en", "de", text), add_special_tokens=False)["input_ids"]
+               for text in ("The garden is full of roses.", "We will meet at the station tomorrow.")]
+    expected = hf_greedy(spec, prompts, max_new_tokens=16)
+    with vllm_engine(spec, max_model_len=512) as llm:
+        got = vllm_greedy(llm, prompts, max_new_tokens=16)
+    assert got == expected
+
+
+def test_vllm_refuses_a_specialist_whose_substitutes_disagree_with_its_config(tmp_path):
+    from tests.models.test_vllm_serving import vllm_engine
+
+    base = build_tiny(tmp_path / "base", "gpt_oss")
+    substitute_plan(base, tmp_path / "plan.json")
+    spec = apply_plan(tmp_path / "plan.json", tmp_path / "spec")
+    config = json.loads((spec / "config.json").read_text())
+    config["num_substituted_experts_per_layer"][2] = 5
+    (spec / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception) as info, vllm_engine(spec):  # noqa: B017 (vLLM may wrap the error)
+        pass
+    err = "".join(traceback.format_exception(info.value))
+    assert "layer 2" in err and "routes over 16 experts" in err and "num_substituted_experts_per_layer[2] = 5" in err
