@@ -326,7 +326,10 @@ def sweep(
 def search(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Argument(help="Base model folder (or hub id).")] = None,
-    statistics: Annotated[Path | None, typer.Option(help="Routing statistics of MODEL (from calibrate).")] = None,
+    statistics: Annotated[Path | None, typer.Option(
+        help="Routing statistics of MODEL (from calibrate); default: calibrated first into WORK/stats.safetensors "
+             "(--calibration-limit dev passages per direction).")] = None,
+    calibration_limit: Annotated[int, typer.Option(help="Without --statistics: dev passages per direction.")] = 100,
     directions: Annotated[str | None, typer.Option("--directions", "-d", help="Pairs to serve: en-de,de-en.")] = None,
     work: Annotated[Path | None, typer.Option(help="Folder of cached evaluations and the report.")] = None,
     max_loss: Annotated[
@@ -374,7 +377,8 @@ def search(
     from moe_specialists.pruning.search import search as run
 
     names = {"data": "data_dir", "work": "work_dir", "register": "register_name"}
-    options = dict(model=model, statistics=statistics, directions=directions, work=work, max_loss=max_loss,
+    options = dict(model=model, statistics=statistics, calibration_limit=calibration_limit, directions=directions,
+                   work=work, max_loss=max_loss,
                    max_bytes=max_bytes, method=method, dropped=dropped, resolution=resolution, data=data, split=split,
                    confirm_split=confirm_split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                    dtype=dtype, device=device, out=out, register=register, registry=registry, overwrite=overwrite)

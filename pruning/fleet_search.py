@@ -14,7 +14,7 @@ from moe_specialists.models.registry.store import Registry, default_registry_dir
 from moe_specialists.pruning.evaluate import parse_directions
 from moe_specialists.pruning.fleet import Budget, choose_fleet, what_would_fit
 from moe_specialists.pruning.fleet import Candidate as Choice
-from moe_specialists.pruning.search import Criterion, SearchConfig, search
+from moe_specialists.pruning.search import Criterion, SearchConfig, search, with_statistics
 
 FleetKind = Literal["direction", "language", "multilingual"]
 
@@ -65,7 +65,7 @@ def fleet_groups(directions: list[str], kinds: list[str], pivot: str) -> dict[st
 def search_fleet(config: FleetConfig, log: Callable[[str], None] = print) -> FleetResult:
     """Search every candidate, choose the fleet, register its plans (``register_name`` is the prefix of their
     names) and write ``work_dir/fleet.json`` and ``fleet.md`` (the serve commands, one gateway per GPU)."""
-    c = config
+    c = with_statistics(config, log)  # once, for every pair: each candidate's search shares them
     budget = Budget(c.gpus, int(c.gpu_memory), int(c.kv_cache))
     choices, plans = [], {}
     for name, dirs in fleet_groups(c.directions, c.kinds, c.pivot).items():

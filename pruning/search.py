@@ -14,6 +14,10 @@ the largest one, for fleets whose every pair must meet the floor).
 ``dropped``: "drop" (the experts are removed), "substitute" (each answered by its mean output, ``models.masking``;
 the plan written carries the constants), or "either": every candidate is measured both ways and keeps the one
 that loses less (drop on a tie: fewer bytes).
+
+Without ``statistics`` the job calibrates the model first (``pruning.calibrate``, transformers, REAP and mean
+outputs on: the first ``calibration_limit`` passages of the dev split in each direction) into
+``work_dir/stats.safetensors``, reused while it covers the directions.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ DroppedChoice = Literal["drop", "substitute", "either"]
 
 class SearchConfig(JobConfig):
     model: ModelRef
-    statistics: Path  # routing statistics of the model (`calibrate`) covering every direction
+    statistics: Path | None = None  # routing statistics covering every direction (None: calibrated first)
+    calibration_limit: int = Field(100, ge=1)  # dev passages per direction when the job calibrates
     directions: CommaList = Field(min_length=1)
     work_dir: Path  # cached evaluations, the report
     max_loss: float | None = None  # chrF points below the parent, on `split`
@@ -150,8 +155,9 @@ class Search:
     """The candidates and their cached evaluations for one ``SearchConfig``; ``run()`` does the job."""
 
     def __init__(self, config: SearchConfig, log: Callable[[str], None] = print):
-        self.config, self.log = config, log
-        c = config
+        self.config, self.log = with_statistics(config, log), log
+        c = self.config
+        assert c.statistics is not None
         for split in {c.split, *([c.confirm_split] if c.confirm_split else [])}:
             passage_counts(c, split)  # before any model loads
         self.stats = RoutingStats.load(c.statistics)
@@ -326,9 +332,37 @@ class Search:
         self._generator = None
 
 
+def with_statistics(config: SearchConfig, log: Callable[[str], None] = print) -> SearchConfig:
+    """``config`` with its statistics: as given, else ``work_dir/stats.safetensors``, calibrated when missing or
+    short of a direction (module docstring)."""
+    if config.statistics is not None:
+        return config
+    from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
+
+    out = config.work_dir / "stats.safetensors"
+    if out.is_file() and set(RoutingStats.load(out).groups) >= set(config.directions):
+        log(f"statistics: {out} (calibrated before)")
+    else:
+        pairs = parse_directions(config.directions)
+        pivot = "en" if any("en" in p for p in pairs) else pairs[0][0]
+        if any(pivot not in p for p in pairs):
+            raise ValueError(f"the job calibrates pairs with one pivot; {config.directions} have none in common: "
+                             "calibrate them (`calibrate`) and pass --statistics")
+        sides = {"to" if a == pivot else "from" for a, _ in pairs}
+        direction = sides.pop() if len(sides) == 1 else "both"
+        languages = sorted({x for p in pairs for x in p} - {pivot})
+        log(f"statistics: calibrating {config.model} on {languages} ({direction} {pivot}), "
+            f"{config.calibration_limit} dev passages each, into {out}")
+        calibrate(CalibrationConfig(model=config.model, out=out, languages=languages, direction=direction,
+                                    pivot=pivot, data_dir=config.data_dir, split="dev",
+                                    limit=config.calibration_limit, dtype=config.dtype, device=config.device))
+    return config.model_copy(update={"statistics": out})
+
+
 def search(config: SearchConfig, log: Callable[[str], None] = print) -> SearchResult:
     """Run ``config`` and write ``work_dir/search.json`` (the result), ``search.md`` (the Pareto table) and
     ``search.png`` (bytes vs chrF)."""
+    config = with_statistics(config, log)  # here too: the report below names them
     job = Search(config, log)
     try:
         result = job.run()

@@ -55,7 +55,8 @@ def test_the_smallest_plan_within_the_floor(stats, sample_dir, tmp_path):
     entry = Registry(registry).get("en-de-1chrf")
     assert entry.plan is not None and entry.directions == ["en-de"]
     report = (tmp_path / "work" / "search.md").read_text()
-    assert "| kept experts | per layer | GB |" in report and f"Chosen: {ch.kept_total} experts" in report
+    assert "| kept experts | dropped experts | per layer | GB |" in report
+    assert f"Chosen: {ch.kept_total} experts (the others dropped)" in report
     assert (tmp_path / "work" / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a rerun (another floor too) measures only what is new
     again = search(c.model_copy(update={"register_name": None}))
@@ -135,3 +136,16 @@ def test_substituted_candidates_are_measured_written_and_registered(stats, sampl
     with pytest.raises(ValueError, match="substitution needs a recalibration"):
         Search(config(old.save(tmp_path / "old.safetensors"), sample_dir, tmp_path / "w4", max_loss=1.0,
                       dropped="substitute"))
+
+
+def test_without_statistics_the_search_calibrates_first_then_reuses_them(sample_dir, tmp_path):
+    logs: list[str] = []
+    c = SearchConfig(model=TINY, directions=["en-de", "de-en"], data_dir=sample_dir, work_dir=tmp_path / "work",
+                     max_bytes="30MB", calibration_limit=20, confirm_split=None, **FAST)
+    result = search(c, log=logs.append)
+    assert set(RoutingStats.load(tmp_path / "work" / "stats.safetensors").groups) == {"en-de", "de-en"}
+    assert any("calibrating" in x and "['de'] (both en), 20 dev passages each" in x for x in logs), logs
+    assert result.plan is not None and result.chosen.weight_bytes <= 30e6
+    logs.clear()
+    search(c, log=logs.append)
+    assert any("calibrated before" in x for x in logs) and not any("calibrating" in x for x in logs)
