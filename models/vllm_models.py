@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +260,22 @@ def _from_view(
     return itertools.chain(stream, load_file(Path(folder) / VIEW_SUBSTITUTES).items())
 
 
+def load_checked(
+    model: nn.Module, adapter: FamilyAdapter, weights: Iterable[tuple[str, torch.Tensor]],
+    load: Callable[[Iterable[tuple[str, torch.Tensor]]], set[str]],
+) -> set[str]:
+    """``load`` (the family's own loader) over ``weights``: a plan view's sliced, the substitutes taken out,
+    every expert tensor checked against the per-layer counts; substituting blocks on a kernel that routes by
+    itself refused."""
+    check = ExpertCountCheck(adapter, model.config)
+    substitutes: set[str] = set()
+    stream = load_substitutes(model, adapter, _from_view(adapter, model.config, weights, model.folder), substitutes)
+    loaded = load(check.watch(stream))
+    check.finish()
+    refuse_monolithic(m for m in model.modules() if hasattr(m, "substitutes"))
+    return loaded | substitutes
+
+
 def _moe_attributes(model: nn.Module, moe_blocks: list[nn.Module], counts: list[int]) -> None:
     """vLLM's MixtureOfExperts bookkeeping (used by EPLB, which is refused): the max count stands for all."""
     model.moe_layers = [b.experts for b in moe_blocks]
@@ -316,14 +332,7 @@ class PrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
         _moe_attributes(self, blocks, self.counts)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        check = ExpertCountCheck(QWEN3_MOE, self.config)
-        substitutes: set[str] = set()
-        stream = load_substitutes(self, QWEN3_MOE, _from_view(QWEN3_MOE, self.config, weights, self.folder),
-                                  substitutes)
-        loaded = super().load_weights(check.watch(stream))
-        check.finish()
-        refuse_monolithic(m for m in self.modules() if hasattr(m, "substitutes"))
-        return loaded | substitutes
+        return load_checked(self, QWEN3_MOE, weights, super().load_weights)
 
 
 # ---- GPT-OSS ----
@@ -381,11 +390,4 @@ class PrunedGptOssForCausalLM(GptOssForCausalLM):
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        check = ExpertCountCheck(GPT_OSS, self.config)
-        substitutes: set[str] = set()
-        stream = load_substitutes(self, GPT_OSS, _from_view(GPT_OSS, self.config, weights, self.folder),
-                                  substitutes)
-        loaded = super().load_weights(check.watch(stream))
-        check.finish()
-        refuse_monolithic(m for m in self.modules() if hasattr(m, "substitutes"))
-        return loaded | substitutes
+        return load_checked(self, GPT_OSS, weights, super().load_weights)
