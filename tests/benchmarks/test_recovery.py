@@ -4,6 +4,8 @@ bundled translator (one FLORES line, one training step: it checks the plumbing, 
 import gzip
 import json
 
+import pytest
+
 from benchmarks.recovery import parser, prepare, run, table
 from moe_specialists.models.plan import Plan
 from moe_specialists.pruning.pairs import read_pairs, read_passages
@@ -60,6 +62,7 @@ def test_prepare_slices_pairs_and_other_passages(tmp_path, sample_dir):
     prepare(corpus, sample_dir, tmp_path / "out", ["de", "fr"], sft_per_language=2, passages=10)  # rerun overwrites
 
 
+@pytest.mark.slow  # make test-fast skips it: a recovery run end to end
 def test_run_resumes_and_shares_the_distilled_data(tmp_path, sample_dir):
     corpus = tmp_path / "pairs.jsonl.gz"
     _write_corpus(corpus)

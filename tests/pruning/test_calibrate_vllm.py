@@ -16,6 +16,8 @@ from moe_specialists.pruning.stats import RoutingStats
 from tests.pruning.test_collect_vllm import assert_same_stats
 from tests.tiny import save_tiny
 
+pytestmark = pytest.mark.slow  # make test-fast skips it: calibration inside vLLM engines end to end
+
 runner = CliRunner()
 
 

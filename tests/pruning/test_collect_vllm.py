@@ -17,6 +17,8 @@ from moe_specialists.pruning.data import CalibrationSequence
 from moe_specialists.pruning.stats import RoutingStats
 from tests.models.test_vllm_serving import COUNTS, FAMILIES, build_tiny, byte_tokenizer, vllm_engine
 
+pytestmark = pytest.mark.slow  # make test-fast skips it: statistics collected inside vLLM engines end to end
+
 TEXTS = [
     "Translate this passage from English to German.\n\nThe cat sat on the mat.",
     "Hallo Welt, wie geht es dir heute?",

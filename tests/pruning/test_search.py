@@ -20,6 +20,8 @@ from moe_specialists.pruning.fleet_search import FleetConfig, search_fleet
 from moe_specialists.pruning.search import Search, SearchConfig, search
 from moe_specialists.pruning.stats import RoutingStats
 
+pytestmark = pytest.mark.slow  # make test-fast skips it: end-to-end search jobs, each generating translations
+
 TINY = "models/tiny_translator"
 FAST = {"limit": 20, "max_new_tokens": 24, "batch_size": 20}
 

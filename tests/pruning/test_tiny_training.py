@@ -19,6 +19,8 @@ from moe_specialists.pruning import tiny_training as training
 from moe_specialists.pruning.evaluate import EvalResults, PairResult
 from moe_specialists.pruning.tiny_scores import average, card_results, code_loss, evaluate_tasks, render_prompt
 
+pytestmark = pytest.mark.slow  # make test-fast skips it: the bundled translator's training recipe end to end
+
 
 @pytest.fixture(scope="module")
 def tokenizer():

@@ -24,7 +24,8 @@ from moe_specialists.service.quotas import Quotas
 from tests.service.conftest import READY_TIMEOUT_S, metric
 from tests.service.servers import SPECIALIST, gateway
 
-pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 300)
+pytestmark = [pytest.mark.timeout(READY_TIMEOUT_S + 300), pytest.mark.slow]
+# (slow: make test-fast skips it: the real client libraries against running gateways)
 KEY = "client-key"
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -10,6 +10,8 @@ import pytest
 
 from tests.service.conftest import serve_command
 
+pytestmark = pytest.mark.slow  # make test-fast skips it: the serve command end to end
+
 # Our own sentences with our own reference translations (no evaluation data in the repository).
 EN_DE = [
     ("The weather is nice today.", "Das Wetter ist heute schön."),

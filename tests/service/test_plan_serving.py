@@ -29,6 +29,8 @@ from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings, SpecialistSpec
 from tests.service.conftest import READY_TIMEOUT_S, VllmServer, flip_last_byte, metric, wait_for, wait_ready
 
+pytestmark = pytest.mark.slow  # make test-fast skips it: plans served end to end by gateways
+
 TEXT = "My brother bought a new car yesterday."  # both specialists answer it unlike the base
 
 

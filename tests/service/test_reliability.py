@@ -39,7 +39,8 @@ from tests.service.conftest import (
 )
 from tests.service.fuzzing import fuzz_operations
 
-pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 300)
+pytestmark = [pytest.mark.timeout(READY_TIMEOUT_S + 300), pytest.mark.slow]
+# (slow: make test-fast skips it: fault injection against running gateways)
 
 
 @pytest.fixture(scope="module")

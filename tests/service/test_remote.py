@@ -16,6 +16,8 @@ from moe_specialists.service.app import create_app
 from moe_specialists.service.settings import Settings, SpecialistSpec
 from tests.service.conftest import VllmServer, wait_ready
 
+pytestmark = pytest.mark.slow  # make test-fast skips it: remote vLLM servers end to end
+
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir, tmp_path_factory):
