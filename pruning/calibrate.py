@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,27 @@ def collect_in_vllm(
             header=header,
             end_ids=generator.end_ids,
         )
+
+
+def calibrated_for(
+    model: Any, pairs: list[tuple[str, str]], out: Path, data_dir: Any, limit: int, dtype: str, device: str,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Statistics at ``out`` covering ``pairs``: the file there when it does, else a calibration (transformers,
+    REAP and mean outputs on) on the first ``limit`` dev passages of each pair, with the pivot they share (en
+    when present) and the orientation they ask (to / from / both)."""
+    directions = [f"{a}-{b}" for a, b in pairs]
+    if out.is_file() and set(RoutingStats.load(out).groups) >= set(directions):
+        log(f"statistics: {out} (calibrated before)")
+        return out
+    pivot = "en" if any("en" in p for p in pairs) else pairs[0][0]
+    if any(pivot not in p for p in pairs):
+        raise ValueError(f"pairs calibrated together share one pivot; {directions} have none in common: calibrate "
+                         "them (`calibrate`) and pass the statistics")
+    sides = {"to" if a == pivot else "from" for a, _ in pairs}
+    direction = sides.pop() if len(sides) == 1 else "both"
+    languages = sorted({x for p in pairs for x in p} - {pivot})
+    log(f"statistics: calibrating {model} on {languages} ({direction} {pivot}), {limit} dev passages each, "
+        f"into {out}")
+    return calibrate(CalibrationConfig(model=model, out=out, languages=languages, direction=direction, pivot=pivot,
+                                       data_dir=data_dir, split="dev", limit=limit, dtype=dtype, device=device))

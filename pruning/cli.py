@@ -339,6 +339,9 @@ def search(
         str | None, typer.Option(help="Budget of weight bytes as stored: 12GB, 7.5GiB or a number.")
     ] = None,
     criterion: Annotated[str, typer.Option(help="mean (of the directions' losses) or worst.")] = "mean",
+    metric: Annotated[str, typer.Option(help="What --max-loss is in: chrf, or comet (with --comet).")] = "chrf",
+    comet: Annotated[str | None, typer.Option(help="COMET model for --metric comet, e.g. Unbabel/XCOMET-XL.")] = None,
+    comet_python: Annotated[str | None, typer.Option(help="A Python with unbabel-comet (its own venv).")] = None,
     method: Annotated[str, typer.Option(help="Plan method (see sweep): rm-dynamic by default.")] = "rm-dynamic",
     resolution: Annotated[int, typer.Option(help="Experts in total between candidates below a drop level.")] = 1,
     data: DataDir = DEFAULT_DATA,
@@ -381,7 +384,8 @@ def search(
                    work=work, max_loss=max_loss,
                    max_bytes=max_bytes, method=method, dropped=dropped, resolution=resolution, data=data, split=split,
                    confirm_split=confirm_split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                   dtype=dtype, device=device, out=out, register=register, registry=registry, overwrite=overwrite)
+                   dtype=dtype, device=device, out=out, register=register, registry=registry, overwrite=overwrite,
+                   metric=metric, comet_model=comet, comet_python=comet_python)
     try:
         if fleet:
             job = job_config(ctx, FleetConfig, config, names, **options, gpus=gpus, gpu_memory=gpu_memory,

@@ -8,16 +8,12 @@ grid). Every evaluation is cached per (kept experts, direction, split, limit, de
 ``work_dir/evals``, so a rerun, another floor or a fleet reuses what was measured. The plan found is confirmed on
 ``confirm_split`` (devtest), saved (and read back), and with ``register`` put in the registry as a plan entry.
 
-The loss of B over the directions is the mean of the parent's chrF minus the candidate's (``criterion="worst"``:
-the largest one, for fleets whose every pair must meet the floor).
-
-``dropped``: "drop" (the experts are removed), "substitute" (each answered by its mean output, ``models.masking``;
-the plan written carries the constants), or "either": every candidate is measured both ways and keeps the one
-that loses less (drop on a tie: fewer bytes).
-
-Without ``statistics`` the job calibrates the model first (``pruning.calibrate``, transformers, REAP and mean
-outputs on: the first ``calibration_limit`` passages of the dev split in each direction) into
-``work_dir/stats.safetensors``, reused while it covers the directions.
+The loss of B over the directions is the mean of the parent's score minus the candidate's (``criterion="worst"``:
+the largest one, for fleets whose every pair must meet the floor), in chrF points or, with ``metric="comet"``, in
+COMET points x 100 (``comet_model``, e.g. Unbabel/XCOMET-XL, in ``comet_python``: ``pruning.comet``).
+``dropped``: "drop" (experts removed), "substitute" (each answered by its mean output, ``models.masking``; the plan
+carries the constants) or "either" (each candidate measured both ways, the one that loses less kept; drop on a
+tie). Without ``statistics`` the model is calibrated first (``pruning.calibrate.calibrated_for``).
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,12 +41,14 @@ from moe_specialists.pruning.data import DEFAULT_DATA, read_parallel
 from moe_specialists.pruning.evaluate import EvaluationConfig, PairResult, evaluate, parse_directions
 from moe_specialists.pruning.methods import DEFAULT_METHOD, METHODS
 from moe_specialists.pruning.plan import make_plan
+from moe_specialists.pruning.quality import SegmentScorer
 from moe_specialists.pruning.search_report import plot, render
 from moe_specialists.pruning.stats import RoutingStats
 
 MIN_PASSAGES = 20  # fewer cannot tell 1 chrF from noise (a passage's chrF spreads by ~10 points)
 Criterion = Literal["mean", "worst"]
 DroppedChoice = Literal["drop", "substitute", "either"]
+Metric = Literal["chrf", "comet"]
 
 
 class SearchConfig(JobConfig):
@@ -61,6 +60,9 @@ class SearchConfig(JobConfig):
     max_loss: float | None = None  # chrF points below the parent, on `split`
     max_bytes: ByteSize | None = None  # weight bytes as stored ("12GB", "7.5GiB" or a number)
     criterion: Criterion = "mean"
+    metric: Metric = "chrf"
+    comet_model: str | None = None  # metric "comet": hub id or local checkpoint of a COMET model
+    comet_python: str = sys.executable  # a Python with unbabel-comet (it pins transformers < 5)
     method: str = DEFAULT_METHOD
     dropped: DroppedChoice = "drop"  # substitute / either: module docstring
     resolution: int = Field(1, ge=1)  # experts in total between two drop levels
@@ -84,6 +86,8 @@ class SearchConfig(JobConfig):
             raise ValueError("give a quality floor (max_loss, chrF points below the parent) or a budget (max_bytes)")
         if self.max_loss is not None and self.max_loss < 0:
             raise ValueError(f"max_loss is chrF points the specialist may lose (>= 0), got {self.max_loss}")
+        if self.metric == "comet" and not self.comet_model:
+            raise ValueError("metric comet needs a COMET model: comet_model (e.g. Unbabel/XCOMET-XL)")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {list(METHODS)}")
         if self.out is None:
@@ -97,7 +101,8 @@ class Candidate(BaseModel):
     experts_per_layer: list[int]
     weight_bytes: int
     chrf: dict[str, float]  # split -> mean chrF over the directions
-    loss: dict[str, float]  # split -> loss against the parent (criterion)
+    comet: dict[str, float] = {}  # split -> mean COMET x 100 (metric "comet")
+    loss: dict[str, float]  # split -> loss against the parent in the metric (criterion)
     pair_loss: dict[str, dict[str, float]]  # split -> direction -> loss
     degenerate_rate: dict[str, float]
 
@@ -106,6 +111,7 @@ class SearchResult(BaseModel):
     plan: Path | None  # None: nothing meets both the floor and the budget
     chosen: Candidate | None
     parent: dict[str, float]  # split -> mean chrF
+    parent_comet: dict[str, float] = {}  # split -> mean COMET x 100 (metric "comet")
     parent_bytes: int
     candidates: list[Candidate]  # every one evaluated, by kept total
     evaluations: int  # candidate evaluations on the search split (cached ones included)
@@ -154,8 +160,11 @@ def passage_counts(config: SearchConfig, split: str) -> int:
 class Search:
     """The candidates and their cached evaluations for one ``SearchConfig``; ``run()`` does the job."""
 
-    def __init__(self, config: SearchConfig, log: Callable[[str], None] = print):
+    def __init__(self, config: SearchConfig, log: Callable[[str], None] = print, comet: SegmentScorer | None = None):
+        """``comet``: a loaded segment scorer for metric "comet" (default: ``CometScorer`` of the config's model,
+        started at the first evaluation)."""
         self.config, self.log = with_statistics(config, log), log
+        self._comet = comet
         c = self.config
         assert c.statistics is not None
         for split in {c.split, *([c.confirm_split] if c.confirm_split else [])}:
@@ -210,13 +219,14 @@ class Search:
                                    limit=c.limit, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
                                    dtype=c.dtype, device=c.device)
             generator = self.generator()
+            scorer = self.comet_scorer() if c.metric == "comet" else None
             if mode == "substitute" and kept:
                 assert self.constants is not None
                 routed = experts_substituted(generator.model, self.adapter, kept, self.constants)
             else:
                 routed = experts_masked(generator.model, self.adapter, kept or {})
             with routed:
-                res = evaluate(job, generator)
+                res = evaluate(job, generator, comet=scorer)
             for d in missing:
                 files[d].parent.mkdir(parents=True, exist_ok=True)
                 files[d].write_text(res.directions[d].model_dump_json(indent=1))
@@ -228,8 +238,25 @@ class Search:
                  str(self.model_dir)]
         if kept and mode == "substitute":  # the constants are the statistics' (the drop key stays as it was)
             parts += [mode, str(c.statistics), c.statistics.stat().st_mtime_ns]
+        if c.metric == "comet":  # results with COMET scores (chrF-only keys stay as they were)
+            parts += ["comet", c.comet_model]
         key = json.dumps(parts)
         return c.work_dir / "evals" / f"{direction}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def comet_scorer(self) -> SegmentScorer:
+        if self._comet is None:
+            from moe_specialists.pruning.comet import CometScorer
+
+            c = self.config
+            self._comet = CometScorer(c.comet_model, c.comet_python)  # type: ignore[arg-type]
+        return self._comet
+
+    def value(self, r: PairResult) -> float:
+        """A direction's result in the metric."""
+        if self.config.metric == "chrf":
+            return r.chrf
+        assert r.comet is not None
+        return r.comet
 
     def generator(self) -> Any:
         if self._generator is None:
@@ -244,7 +271,7 @@ class Search:
         return self.bytes.of_counts(counts, substitute=(mode or self.modes[-1]) == "substitute")
 
     def loss(self, parent: dict[str, PairResult], got: dict[str, PairResult]) -> tuple[float, dict[str, float]]:
-        pair = {d: parent[d].chrf - got[d].chrf for d in self.config.directions}
+        pair = {d: self.value(parent[d]) - self.value(got[d]) for d in self.config.directions}
         worst = self.config.criterion == "worst"
         return (max(pair.values()) if worst else statistics.fmean(pair.values())), pair
 
@@ -271,6 +298,8 @@ class Search:
             parent, got = self.scores(None, split), self.scores(kept, split, mode)
             out.loss[split], out.pair_loss[split] = self.loss(parent, got)
             out.chrf[split] = statistics.fmean(r.chrf for r in got.values())
+            if self.config.metric == "comet":
+                out.comet[split] = statistics.fmean(self.value(r) for r in got.values())
             out.degenerate_rate[split] = statistics.fmean(r.degenerate_rate for r in got.values())
             self.log(f"kept {kept_total} ({mode}): {split} chrF {out.chrf[split]:.2f}, loss {out.loss[split]:+.2f}, "
                      f"{out.weight_bytes / 1e6:.1f} MB")
@@ -311,7 +340,10 @@ class Search:
                                        directions=c.directions)
                 result.registered = c.register_name
         for split in {c.split, *([c.confirm_split] if c.confirm_split and chosen else [])}:
-            result.parent[split] = statistics.fmean(r.chrf for r in self.scores(None, split).values())
+            parent = self.scores(None, split).values()
+            result.parent[split] = statistics.fmean(r.chrf for r in parent)
+            if c.metric == "comet":
+                result.parent_comet[split] = statistics.fmean(self.value(r) for r in parent)
         result.candidates = [self.measured[key] for key in sorted(self.measured)]
         result.evaluations = sum(c.split in x.chrf for x in result.candidates)
         result.new_evaluations, result.seconds = self.new_evaluations, time.time() - t
@@ -330,40 +362,29 @@ class Search:
 
     def close(self) -> None:
         self._generator = None
+        if hasattr(self._comet, "close"):
+            self._comet.close()  # type: ignore[union-attr]
 
 
 def with_statistics(config: SearchConfig, log: Callable[[str], None] = print) -> SearchConfig:
-    """``config`` with its statistics: as given, else ``work_dir/stats.safetensors``, calibrated when missing or
-    short of a direction (module docstring)."""
+    """``config`` with its statistics: as given, else ``work_dir/stats.safetensors`` (``calibrated_for``)."""
     if config.statistics is not None:
         return config
-    from moe_specialists.pruning.calibrate import CalibrationConfig, calibrate
+    from moe_specialists.pruning.calibrate import calibrated_for
 
-    out = config.work_dir / "stats.safetensors"
-    if out.is_file() and set(RoutingStats.load(out).groups) >= set(config.directions):
-        log(f"statistics: {out} (calibrated before)")
-    else:
-        pairs = parse_directions(config.directions)
-        pivot = "en" if any("en" in p for p in pairs) else pairs[0][0]
-        if any(pivot not in p for p in pairs):
-            raise ValueError(f"the job calibrates pairs with one pivot; {config.directions} have none in common: "
-                             "calibrate them (`calibrate`) and pass --statistics")
-        sides = {"to" if a == pivot else "from" for a, _ in pairs}
-        direction = sides.pop() if len(sides) == 1 else "both"
-        languages = sorted({x for p in pairs for x in p} - {pivot})
-        log(f"statistics: calibrating {config.model} on {languages} ({direction} {pivot}), "
-            f"{config.calibration_limit} dev passages each, into {out}")
-        calibrate(CalibrationConfig(model=config.model, out=out, languages=languages, direction=direction,
-                                    pivot=pivot, data_dir=config.data_dir, split="dev",
-                                    limit=config.calibration_limit, dtype=config.dtype, device=config.device))
+    c = config
+    out = calibrated_for(c.model, parse_directions(c.directions), c.work_dir / "stats.safetensors", c.data_dir,
+                         c.calibration_limit, c.dtype, c.device, log)
     return config.model_copy(update={"statistics": out})
 
 
-def search(config: SearchConfig, log: Callable[[str], None] = print) -> SearchResult:
+def search(
+    config: SearchConfig, log: Callable[[str], None] = print, comet: SegmentScorer | None = None
+) -> SearchResult:
     """Run ``config`` and write ``work_dir/search.json`` (the result), ``search.md`` (the Pareto table) and
-    ``search.png`` (bytes vs chrF)."""
+    ``search.png`` (bytes vs chrF). ``comet``: as for ``Search``."""
     config = with_statistics(config, log)  # here too: the report below names them
-    job = Search(config, log)
+    job = Search(config, log, comet)
     try:
         result = job.run()
     finally:

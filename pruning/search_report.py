@@ -25,24 +25,29 @@ def pareto(candidates: list[Candidate], split: str) -> list[Candidate]:
 def render(config: SearchConfig, result: SearchResult) -> str:
     c = config
     front = {(x.kept_total, x.dropped) for x in pareto(result.candidates, c.split)}
+    unit = "COMET" if c.metric == "comet" else "chrF"
+    comet_head = f" {c.split} COMET |" if c.metric == "comet" else ""
     lines = [
         f"# search: {', '.join(c.directions)}",
         "",
-        ("no floor" if c.max_loss is None else f"floor {c.max_loss} chrF ({c.criterion} over the directions)")
+        ("no floor" if c.max_loss is None else f"floor {c.max_loss} {unit} ({c.criterion} over the directions)")
         + f", budget {'none' if c.max_bytes is None else f'{int(c.max_bytes) / 1e9:.3f} GB'}; parent "
         + ", ".join(f"{s} chrF {v:.2f}" for s, v in sorted(result.parent.items()))
+        + "".join(f", {s} COMET {v:.2f}" for s, v in sorted(result.parent_comet.items()))
         + f", {result.parent_bytes / 1e9:.3f} GB. {result.evaluations} candidates evaluated on {c.split} "
         f"({result.new_evaluations} measured in this run), {result.seconds / 60:.1f} min.",
         "",
-        f"| kept experts | dropped experts | per layer | GB | {c.split} chrF | loss | degenerate | Pareto |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| kept experts | dropped experts | per layer | GB | {c.split} chrF |{comet_head} loss ({unit}) | degenerate "
+        "| Pareto |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if comet_head else ""),
     ]
     for x in result.candidates:
         if c.split not in x.chrf:
             continue
         lines.append(
             f"| {x.kept_total} | {x.dropped} | {' '.join(map(str, x.experts_per_layer))} | {x.weight_bytes / 1e9:.4f} "
-            f"| {x.chrf[c.split]:.2f} | {x.loss[c.split]:+.2f} | {x.degenerate_rate[c.split]:.3f} | "
+            f"| {x.chrf[c.split]:.2f} |{f' {x.comet[c.split]:.2f} |' if comet_head else ''} {x.loss[c.split]:+.2f} | "
+            f"{x.degenerate_rate[c.split]:.3f} | "
             f"{'yes' if (x.kept_total, x.dropped) in front else ''} |")
     lines.append("")
     if result.chosen is not None:

@@ -87,6 +87,7 @@ def test_bad_input_is_refused_before_any_evaluation(stats, sample_dir, tmp_path)
         ("-d", "en-de", "--max-loss", "1", "--limit", "12"): "12 passages per direction: too few",
         ("-d", "en-de"): "give a quality floor",
         ("-d", "en-de", "--max-loss", "1", "--dropped", "keep"): "'drop', 'substitute' or 'either'",
+        ("-d", "en-de", "--max-loss", "1", "--metric", "comet"): "metric comet needs a COMET model",
     }
     for args, message in cases.items():
         res = CliRunner().invoke(app, [*common, *args])
@@ -151,3 +152,27 @@ def test_without_statistics_the_search_calibrates_first_then_reuses_them(sample_
     logs.clear()
     search(c, log=logs.append)
     assert any("calibrated before" in x for x in logs) and not any("calibrating" in x for x in logs)
+
+
+def test_a_comet_floor_judges_candidates_by_the_comet_scorer(stats, sample_dir, tmp_path):
+    """metric comet: the loss is in the scorer's points (a stand-in scorer here, word overlap with the reference:
+    xCOMET needs the hub and a GPU-size model); chrF is still reported, and chrF-only caches are not reused."""
+    calls = []
+
+    def overlap(sources, hyps, refs):
+        calls.append(len(hyps))
+        return [len(set(h.split()) & set(r.split())) / max(len(r.split()), 1) for h, r in zip(hyps, refs, strict=True)]
+
+    with pytest.raises(ValueError, match="metric comet needs a COMET model"):
+        config(stats, sample_dir, tmp_path / "w", max_loss=1.0, metric="comet")
+    c = config(stats, sample_dir, tmp_path / "work", max_loss=5.0, metric="comet", comet_model="stand-in",
+               confirm_split=None)
+    job = Search(c, log=lambda _: None, comet=overlap)
+    x = job.candidate(128, ["dev"])
+    parent = job.scores(None, "dev")["en-de"]
+    got = job.scores(dict(zip(job.plan(128).layers, job.plan(128).kept, strict=True)), "dev")["en-de"]
+    assert x.loss["dev"] == pytest.approx(parent.comet - got.comet) and x.comet["dev"] == pytest.approx(got.comet)
+    assert x.chrf["dev"] == pytest.approx(got.chrf) and sum(calls) > 0
+    result = search(c, log=lambda _: None, comet=overlap)
+    assert result.parent_comet["dev"] == pytest.approx(parent.comet)
+    assert "loss (COMET)" in (tmp_path / "work" / "search.md").read_text()
