@@ -340,6 +340,8 @@ def search(
     ] = None,
     criterion: Annotated[str, typer.Option(help="mean (of the directions' losses) or worst.")] = "mean",
     metric: Annotated[str, typer.Option(help="What --max-loss is in: chrf, or comet (with --comet).")] = "chrf",
+    backend: Annotated[str, typer.Option(help="Judge candidates in transformers, or in vllm (the parent loaded once "
+                                              "in an engine, its experts masked per candidate).")] = "transformers",
     comet: Annotated[str | None, typer.Option(help="COMET model for --metric comet, e.g. Unbabel/XCOMET-XL.")] = None,
     comet_python: Annotated[str | None, typer.Option(help="A Python with unbabel-comet (its own venv).")] = None,
     method: Annotated[str, typer.Option(help="Plan method (see sweep): rm-dynamic by default.")] = "rm-dynamic",
@@ -385,7 +387,7 @@ def search(
                    max_bytes=max_bytes, method=method, dropped=dropped, resolution=resolution, data=data, split=split,
                    confirm_split=confirm_split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                    dtype=dtype, device=device, out=out, register=register, registry=registry, overwrite=overwrite,
-                   metric=metric, comet_model=comet, comet_python=comet_python)
+                   metric=metric, comet_model=comet, comet_python=comet_python, backend=backend)
     try:
         if fleet:
             job = job_config(ctx, FleetConfig, config, names, **options, gpus=gpus, gpu_memory=gpu_memory,

@@ -32,14 +32,15 @@ from pydantic import BaseModel, ByteSize, Field, model_validator
 from moe_specialists.models.adapters import adapter_for
 from moe_specialists.models.apply import check_plan_matches
 from moe_specialists.models.checkpoint import read_config, resolve_model
+from moe_specialists.models.generation import Backend
 from moe_specialists.models.plan import Dropped, Plan, Recipe
-from moe_specialists.models.plan_loading import kept_weight_stats
 from moe_specialists.models.registry.store import Registry, default_registry_dir
-from moe_specialists.pruning.budget import check_budget, largest_within_bytes, plan_bytes, smallest_within
+from moe_specialists.pruning.budget import check_budget, largest_within_bytes, smallest_within
 from moe_specialists.pruning.config import CommaList, DataRef, Device, DType, JobConfig, ModelRef
 from moe_specialists.pruning.data import DEFAULT_DATA, read_parallel
 from moe_specialists.pruning.evaluate import EvaluationConfig, PairResult, evaluate, parse_directions
 from moe_specialists.pruning.methods import DEFAULT_METHOD, METHODS
+from moe_specialists.pruning.model_bytes import ModelBytes
 from moe_specialists.pruning.plan import make_plan
 from moe_specialists.pruning.quality import SegmentScorer
 from moe_specialists.pruning.search_report import plot, render
@@ -73,7 +74,8 @@ class SearchConfig(JobConfig):
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(32, ge=1)
     dtype: DType = "float32"
-    device: Device = "cpu"
+    device: Device = "cpu"  # transformers
+    backend: Backend = "transformers"  # or vllm: candidates judged in a vLLM engine (models.vllm_masking)
     out: Path | None = None  # the plan found (default: work_dir/plan.json)
     register_name: str | None = None
     registry: Path | None = None
@@ -119,30 +121,6 @@ class SearchResult(BaseModel):
     seconds: float
     problem: str | None = None
     registered: str | None = None
-
-
-class ModelBytes(BaseModel):
-    """Weight bytes of the model as stored: ``dense`` (no expert) and one expert per MoE layer."""
-
-    dense: int
-    per_expert: list[int]
-    num_experts: int = 0
-    per_substitute: int = 0  # a substituted expert: its router row (as stored) and its constant (H float32)
-
-    @classmethod
-    def of(cls, model_dir: Path, layers: list[int], num_experts: int = 0) -> ModelBytes:
-        none = {layer: [] for layer in layers}
-        _, dense = kept_weight_stats(model_dir, none)
-        per_expert = [kept_weight_stats(model_dir, {m: [0] if m == layer else [] for m in layers})[1] - dense
-                      for layer in layers]
-        substituted = kept_weight_stats(model_dir, none, substitute=True)[1] - dense  # every expert substituted
-        return cls(dense=dense, per_expert=per_expert, num_experts=num_experts,
-                   per_substitute=substituted // max(1, len(layers) * num_experts))
-
-    def of_counts(self, counts: list[int], substitute: bool = False) -> int:
-        """plan_bytes; ``substitute``: + per_substitute for each of the (E - n_l) dropped experts of a layer."""
-        extra = sum(self.num_experts - n for n in counts) * self.per_substitute if substitute else 0
-        return plan_bytes(self.dense, self.per_expert, counts) + extra
 
 
 def passage_counts(config: SearchConfig, split: str) -> int:
@@ -220,9 +198,13 @@ class Search:
                                    dtype=c.dtype, device=c.device)
             generator = self.generator()
             scorer = self.comet_scorer() if c.metric == "comet" else None
-            if mode == "substitute" and kept:
-                assert self.constants is not None
-                routed = experts_substituted(generator.model, self.adapter, kept, self.constants)
+            constants = self.constants if mode == "substitute" and kept else None
+            if c.backend == "vllm":
+                from moe_specialists.models.vllm_masking import experts_masked_in_vllm
+
+                routed = experts_masked_in_vllm(generator.llm, kept or None, constants)
+            elif constants is not None:
+                routed = experts_substituted(generator.model, self.adapter, kept, constants)  # type: ignore[arg-type]
             else:
                 routed = experts_masked(generator.model, self.adapter, kept or {})
             with routed:
@@ -240,6 +222,8 @@ class Search:
             parts += [mode, str(c.statistics), c.statistics.stat().st_mtime_ns]
         if c.metric == "comet":  # results with COMET scores (chrF-only keys stay as they were)
             parts += ["comet", c.comet_model]
+        if c.backend == "vllm":  # judged in vLLM (transformers keys stay as they were)
+            parts += ["vllm"]
         key = json.dumps(parts)
         return c.work_dir / "evals" / f"{direction}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
@@ -259,11 +243,21 @@ class Search:
         return r.comet
 
     def generator(self) -> Any:
+        """The parent, loaded once: in transformers, or in a vLLM engine whose workers can mask its experts
+        (``models.vllm_masking``; eager: a compiled graph would keep the routers it was traced with; no prefix
+        cache: a cached prefix would be another candidate's)."""
         if self._generator is None:
-            from moe_specialists.models.generation import TransformersGenerator
+            from moe_specialists.models.generation import TransformersGenerator, VllmGenerator
 
             c = self.config
-            self._generator = TransformersGenerator.load(self.model_dir, c.dtype, c.device, c.batch_size)
+            if c.backend == "vllm":
+                from moe_specialists.models.vllm_masking import MASKING
+
+                self._generator = VllmGenerator(self.model_dir, c.dtype, worker_extension_cls=MASKING,
+                                                enforce_eager=True, enable_prefix_caching=False,
+                                                max_num_seqs=c.batch_size)
+            else:
+                self._generator = TransformersGenerator.load(self.model_dir, c.dtype, c.device, c.batch_size)
         return self._generator
 
     def weight_bytes(self, counts: list[int], mode: Dropped | None = None) -> int:
@@ -361,6 +355,8 @@ class Search:
         return out
 
     def close(self) -> None:
+        if hasattr(self._generator, "close"):
+            self._generator.close()
         self._generator = None
         if hasattr(self._comet, "close"):
             self._comet.close()  # type: ignore[union-attr]

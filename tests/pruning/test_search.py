@@ -176,3 +176,19 @@ def test_a_comet_floor_judges_candidates_by_the_comet_scorer(stats, sample_dir, 
     result = search(c, log=lambda _: None, comet=overlap)
     assert result.parent_comet["dev"] == pytest.approx(parent.comet)
     assert "loss (COMET)" in (tmp_path / "work" / "search.md").read_text()
+
+
+def test_candidates_judged_in_vllm_score_as_in_transformers(stats, sample_dir, tmp_path):
+    """backend vllm: the parent loads once in a vLLM engine and each candidate's experts are masked (or
+    substituted) in its workers; fp32 greedy, so the scores are transformers' (the same tokens)."""
+    for mode in ("drop", "substitute"):
+        judged = {}
+        for backend in ("transformers", "vllm"):
+            job = Search(config(stats, sample_dir, tmp_path / backend, max_loss=1.0, dropped=mode, backend=backend),
+                         log=lambda _: None)
+            try:
+                judged[backend] = job.candidate(128, ["dev"])
+            finally:
+                job.close()
+        assert judged["vllm"].chrf["dev"] == pytest.approx(judged["transformers"].chrf["dev"], abs=0.05), mode
+        assert judged["vllm"].loss["dev"] == pytest.approx(judged["transformers"].loss["dev"], abs=0.05), mode
