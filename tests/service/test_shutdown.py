@@ -86,7 +86,10 @@ def test_sigterm_drains_in_flight_then_exits(model_dir, tmp_path):
             for line in r.iter_lines():
                 if line.startswith("event:"):
                     events.append(line)
-                if "delta" in line and "signalled" not in during:
+                # SIGTERM once the stream is in flight (its meta event sent, the text admitted): not at the first
+                # delta, which the gateway holds back while a random model's text may still be reasoning (seen:
+                # a whole 16000-token stream held back, drained before the signal came)
+                if line == "event: meta" and "signalled" not in during:
                     proc.send_signal(signal.SIGTERM)
                     signalled = time.monotonic()
                     during["signalled"] = r
