@@ -23,10 +23,11 @@ from tests.tiny import save_endless
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(READY_TIMEOUT_S + 180)]
 
-LONG = 16000  # tokens: 10 - 30 s of generation here (the model never ends early), so the checks made while it
-# runs (at once, in parallel) still find it running on a busy machine (4000 tokens drained in 4.2 s once, 12000 in
-# 6.3 s once, before the three checks made one after the other had their answers)
-MAX_MODEL_LEN = 16384
+LONG = 24000  # tokens: 40 - 60 s of generation here (the model never ends early), so the checks made while it
+# runs still find it running on a busy machine: in CI, with the other worker building images, the gateway once
+# answered none of them during a 28 s drain of 16000 tokens (4000 drained in 4.2 s once, 12000 in 6.3 s once)
+MAX_MODEL_LEN = 24576
+CHECK_TIMEOUT_S = 60  # each check's answer may come late on a busy machine; it must come before the drain ends
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +97,12 @@ def test_sigterm_drains_in_flight_then_exits(model_dir, tmp_path):
                     checks = {"healthz": ("GET", "/healthz", None),
                               "new": ("POST", "/v1/translate", {**body, "max_tokens": 4})}
                     try:  # new connections while draining: once /readyz says so (the signal is handled), at once
-                        while (ready := httpx.get(f"{url}/readyz", timeout=10)).status_code == 200:
+                        while (ready := httpx.get(f"{url}/readyz", timeout=CHECK_TIMEOUT_S)).status_code == 200:
                             assert time.monotonic() - signalled < 5, "/readyz still 200 5 s after SIGTERM"
                             time.sleep(0.05)
                         during["readyz"] = ready
                         with ThreadPoolExecutor(len(checks)) as pool:
-                            asked = {k: pool.submit(httpx.request, m, url + p, json=j, timeout=10)
+                            asked = {k: pool.submit(httpx.request, m, url + p, json=j, timeout=CHECK_TIMEOUT_S)
                                      for k, (m, p, j) in checks.items()}
                             during |= {k: f.result() for k, f in asked.items()}
                     except httpx.TransportError as e:
