@@ -40,7 +40,7 @@ from moe_specialists.models.checkpoint import (
     weight_totals,
 )
 from moe_specialists.models.model_card import model_card
-from moe_specialists.models.plan import Plan
+from moe_specialists.models.plan import Plan, router_order
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 PARENT_ONLY = ("README.md", "eval_results.json")  # the parent's card and scores describe the parent
@@ -110,18 +110,18 @@ def row_ranges(start: int, row_bytes: int, rows: list[int]) -> tuple[tuple[int, 
 
 def slice_entry(
     adapter: FamilyAdapter, name: str, info: dict[str, Any], data_start: int, kept_by_layer: dict[int, list[int]],
-    router_rows: dict[int, list[int]] | None = None,
+    substitute: bool = False,
 ) -> TensorCopy | None:
-    """What the specialist stores for one base tensor, or None when it belongs to a dropped expert.
-    ``router_rows``: the router rows of a substitute plan (the kept experts, then the dropped ones)."""
+    """What the specialist stores for one base tensor, or None when it belongs to a dropped expert (a
+    ``substitute`` router keeps every row: ``plan.router_order``, as ``plan_loading.slice_tensor``)."""
     begin, end = info["data_offsets"]
     shape, start = tuple(info["shape"]), data_start + begin
     role = adapter.tensor_role(name)
     if role is None or role.layer not in kept_by_layer:
         return TensorCopy(name, info["dtype"], shape, ((start, end - begin),))
     kept = kept_by_layer[role.layer]
-    if role.kind == "router" and router_rows is not None:
-        kept = router_rows[role.layer]
+    if role.kind == "router" and substitute:
+        kept = router_order(kept, shape[0])
     if role.kind in ("router", "packed"):
         row_bytes = (end - begin) // shape[0]
         return TensorCopy(name, info["dtype"], (len(kept), *shape[1:]), row_ranges(start, row_bytes, kept))
@@ -307,8 +307,6 @@ def apply_plan(
     kept_by_layer = dict(zip(plan.layers, plan.kept, strict=True))
     substitute = plan.recipe.dropped == "substitute"
     constants = plan.constants() if substitute else {}  # refused here when missing or changed
-    router_rows = ({lay: k + d for lay, k, d in zip(plan.layers, plan.kept, plan.dropped(), strict=True)}
-                   if substitute else None)
     layouts = [read_shard_layout(s) for s in shard_files(base_dir)]  # truncated files refused here
     fmt = storage_format(config, layouts)
     base_params, base_bytes = weight_totals(entry for lay in layouts for entry in lay.tensors.items())
@@ -329,7 +327,7 @@ def apply_plan(
         weight_map: dict[str, str] = {}
         total_size = 0
         for lay in layouts:
-            copies = [slice_entry(adapter, n, i, lay.data_start, kept_by_layer, router_rows)
+            copies = [slice_entry(adapter, n, i, lay.data_start, kept_by_layer, substitute)
                       for n, i in lay.tensors.items()]
             copies = sorted((c for c in copies if c is not None), key=lambda c: c.ranges[0][0])
             if substitute:  # each layer's constants in the shard of its router

@@ -149,6 +149,11 @@ class Plan(BaseModel):
         return plan
 
 
+def router_order(kept: list[int], experts: int) -> list[int]:
+    """Router rows of a substituting layer: the kept experts, then the dropped ones, each ascending."""
+    return kept + sorted(set(range(experts)) - set(kept))
+
+
 def check_constants(plan: Plan, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """``constants`` as float32, refused unless it has [E - c_l, H] rows for every MoE layer of ``plan``
     (one H for all)."""

@@ -42,15 +42,10 @@ from moe_specialists.models.checkpoint import (
     weight_totals,
 )
 from moe_specialists.models.file_hashes import FileHashes
-from moe_specialists.models.plan import Plan, save_constants
+from moe_specialists.models.plan import Plan, router_order, save_constants
 
 PLAN_KEPT_KEY = "plan_kept_experts"  # config.json of a plan view: {"<layer>": [original expert ids]}
 VIEW_SUBSTITUTES = "substitutes.safetensors"  # a substitute plan view's constants, ``substitutes_tensor`` names
-
-
-def router_order(kept: list[int], experts: int) -> list[int]:
-    """Router rows of a substituting layer: the kept experts, then the dropped ones, each ascending."""
-    return kept + sorted(set(range(experts)) - set(kept))
 
 
 def slice_tensor(
