@@ -27,7 +27,7 @@ from vllm.model_executor.layers.fused_moe.config import RoutingMethodType
 from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
 from vllm.model_executor.layers.fused_moe.router.zero_expert_router import ZeroExpertRouter
 
-from moe_specialists.models.vllm_models import routed_over_all
+from moe_specialists.models.vllm_models import routed_over_all, substitutes_part
 
 MASKING = "moe_specialists.models.vllm_masking.ExpertMasking"
 _RUNNER = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.experts$")
@@ -64,9 +64,9 @@ class SubstitutedRouter(ZeroExpertRouter):
         weights, ids = routed_over_all(router_logits, self.top_k, self.renormalize)
         dropped = ~self.allowed.to(ids.device)[ids]
         constants = self.constants.to(device=router_logits.device, dtype=hidden_states.dtype)
-        dense = torch.zeros(router_logits.shape, dtype=torch.float32, device=router_logits.device)
-        dense.scatter_(1, ids.long(), weights.masked_fill(~dropped, 0.0))
-        self._zero_expert_output = dense.to(constants.dtype) @ constants
+        # the specialist's maths with every row a candidate (kept = 0): the kept experts' weights left out
+        self._zero_expert_output = substitutes_part(weights.masked_fill(~dropped, 0.0), ids.long(),
+                                                    router_logits.shape[-1], 0, constants)
         return weights.masked_fill(dropped, 0.0), ids.masked_fill(dropped, 0).to(indices_type or torch.int32)
 
 
