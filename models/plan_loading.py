@@ -210,15 +210,16 @@ def plan_view(
 
 
 def kept_weight_stats(
-    base_dir: Path, kept_by_layer: dict[int, list[int]], substitute: bool = False
+    base_dir: Path, kept_by_layer: dict[int, list[int]], substitute: bool = False,
+    entries: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> tuple[int, int]:
     """(parameters, weight bytes) of the specialist that ``kept_by_layer`` cuts from ``base_dir``, from the
-    base's safetensors headers alone: a stacked expert tensor or router counts len(kept) / E of its size (a
-    ``substitute`` router all of it, plus (E - len(kept)) * H float32 constants), a per-expert tensor counts
-    when its expert is kept: the numbers of the sliced copy."""
+    base's safetensors headers alone (``entries``: those headers, already read): a stacked expert tensor or
+    router counts len(kept) / E of its size (a ``substitute`` router all of it, plus (E - len(kept)) * H float32
+    constants), a per-expert tensor counts when its expert is kept: the numbers of the sliced copy."""
     config = read_config(base_dir)
     adapter = adapter_for(config)
-    entries = list(header_entries(base_dir))
+    entries = list(header_entries(base_dir)) if entries is None else entries
 
     def share(name: str, info: dict[str, Any]) -> float:
         role = adapter.tensor_role(name)

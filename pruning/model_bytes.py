@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from moe_specialists.models.checkpoint import header_entries
 from moe_specialists.models.plan_loading import kept_weight_stats
 from moe_specialists.pruning.budget import plan_bytes
 
@@ -21,11 +22,15 @@ class ModelBytes(BaseModel):
 
     @classmethod
     def of(cls, model_dir: Path, layers: list[int], num_experts: int = 0) -> ModelBytes:
+        entries = list(header_entries(model_dir))  # read once, weighed L + 2 ways
+
+        def stored(kept: dict[int, list[int]], substitute: bool = False) -> int:
+            return kept_weight_stats(model_dir, kept, substitute, entries)[1]
+
         none = {layer: [] for layer in layers}
-        _, dense = kept_weight_stats(model_dir, none)
-        per_expert = [kept_weight_stats(model_dir, {m: [0] if m == layer else [] for m in layers})[1] - dense
-                      for layer in layers]
-        substituted = kept_weight_stats(model_dir, none, substitute=True)[1] - dense  # every expert substituted
+        dense = stored(none)
+        per_expert = [stored({m: [0] if m == layer else [] for m in layers}) - dense for layer in layers]
+        substituted = stored(none, substitute=True) - dense  # every expert substituted
         return cls(dense=dense, per_expert=per_expert, num_experts=num_experts,
                    per_substitute=substituted // max(1, len(layers) * num_experts))
 
