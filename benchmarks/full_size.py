@@ -17,7 +17,6 @@ is the exact one's (random weights: only the agreement matters; near-flat logits
 paths part at near-ties, so the exact model is the referee).
 
     python benchmarks/full_size.py --work /work/tmp/full-size [--qwen-layers 12] [--skip-vllm | --agreement-only]
-
 Needs about 30 GB free under --work (checked first); everything it writes there is deleted at the end.
 Random bytes stand for the MXFP4 blocks (every byte is two valid FP4 codes) with scales near 2^-8.
 """
@@ -177,11 +176,11 @@ def random_plan(base: Path, drop: float, like: Plan | None = None) -> Plan:
         (E - keep) * like.base.parameters_per_expert[i] for i in like.layers)})
 
 
-def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None) -> list[dict]:
+def measure(name: str, base: Path, info: dict, work: Path, keep_spec: str | None, drops: tuple) -> list[dict]:
     rows = []
     plan0 = None
     snapshot = hub_cached(base, work / "hub", name)
-    for drop in (0.5, 0.75):
+    for drop in drops:
         t = time.perf_counter()
         plan = random_plan(base, drop, plan0)
         plan0 = plan0 or plan
@@ -352,7 +351,10 @@ def main() -> None:
                     help="only the 75%% GPT-OSS specialist (applied once, untimed) and the vLLM/transformers agreement")
     ap.add_argument("--vocab", type=int, default=None, help="smaller vocabularies for a smoke run")
     ap.add_argument("--min-free-gb", type=float, default=30)
+    ap.add_argument("--drops", default="0.5,0.75", help="plans to time, as fractions of experts dropped: 0.5")
     args = ap.parse_args()
+    if not args.skip_vllm and 0.75 not in (drops := tuple(float(x) for x in args.drops.split(","))):
+        raise SystemExit("the vLLM comparison loads the 75% GPT-OSS specialist: keep 0.75 in --drops or --skip-vllm")
     args.work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.work).free
     print(f"free disk under {args.work}: {free / GB:.1f} GB", flush=True)
@@ -373,12 +375,12 @@ def main() -> None:
             random_plan(base, 0.75).save(args.work / "gpt-oss-0.75.plan.json")
             run_apply(args.work / "gpt-oss-0.75.plan.json", spec, base, verify=False)
         else:
-            results["gpt_oss"]["rows"] = measure("gpt-oss", base, info, args.work, keep_spec="75")
+            results["gpt_oss"]["rows"] = measure("gpt-oss", base, info, args.work, keep_spec="75", drops=drops)
         shutil.rmtree(base)
         if not args.skip_vllm:
             results["gpt_oss"]["agreement"] = agreement(spec)
             print(json.dumps(results["gpt_oss"]["agreement"]), flush=True)
-        shutil.rmtree(spec)
+        shutil.rmtree(spec, ignore_errors=True)  # absent when --drops leaves 0.75 out
         if args.agreement_only:
             return
         qwen = {**QWEN3_30B_A3B, **vocab, "num_hidden_layers": args.qwen_layers, "max_window_layers": args.qwen_layers}
@@ -387,7 +389,7 @@ def main() -> None:
         print(f"qwen3-30b-a3b-shaped ({args.qwen_layers} layers): {info} in {time.perf_counter() - t:.0f} s",
               flush=True)
         results["qwen3_moe"] = {"checkpoint": info, "rows": measure("qwen3", args.work / "qwen3-30b-a3b", info,
-                                                                      args.work, keep_spec=None)}
+                                                                      args.work, keep_spec=None, drops=drops)}
     finally:
         print(json.dumps(results, indent=1))
         for p in args.work.iterdir():

@@ -47,7 +47,7 @@ def main() -> None:
                                           max_loss=0, dropped=mode), log=lambda _: None)
                 for mode in ("drop", "substitute")}
         n, e = len(jobs["drop"].layers), jobs["drop"].num_experts
-        parent = statistics.fmean(r.chrf for r in jobs["drop"].scores(None, args.split).values())
+        parent = statistics.fmean(r.chrf for r in jobs["drop"].evals.scores(None, args.split).values())
         for d in map(int, args.drops.split(",")):
             got = {mode: job.candidate(n * (e - d), [args.split]) for mode, job in jobs.items()}
             dr, su = got["drop"], got["substitute"]

@@ -47,6 +47,8 @@ class Recipe(BaseModel):
     drop: int = Field(ge=0, description="average experts dropped per MoE layer")
     kept_total: int | None = Field(None, description="experts kept over all MoE layers, when finer than drop "
                                    "(drop is then its floor); default N * (E - drop)")
+    kept_per_layer: list[int] | None = Field(None, description="experts kept per MoE layer, as a search refined "
+                                             "them (instead of the allocation's; they sum to kept_total)")
     invert: bool = False  # control: drop the highest-ranked experts instead
     dropped: Dropped = "drop"
     seed: int = 0

@@ -84,3 +84,15 @@ def check_kept_total(kept_total: int, num_layers: int, num_experts: int, top_k: 
             f"cannot keep {kept_total} experts in total over {num_layers} MoE layers of {num_experts} with "
             f"top-k={top_k}: choose from {num_layers * top_k} to {num_layers * num_experts}"
         )
+
+
+def check_counts(counts: list[int], num_layers: int, num_experts: int, top_k: int, kept_total: int) -> list[int]:
+    """Explicit experts per layer (a refined allocation): one per MoE layer, each in [k, E], summing to B."""
+    if len(counts) != num_layers:
+        raise ValueError(f"{len(counts)} kept counts for {num_layers} MoE layers: give one per layer")
+    if bad := [(slot, c) for slot, c in enumerate(counts) if not top_k <= c <= num_experts]:
+        raise ValueError(f"kept counts {bad} (MoE layer, count) outside [{top_k}, {num_experts}]: each layer keeps "
+                         f"between top-k and all of its experts")
+    if sum(counts) != kept_total:
+        raise ValueError(f"kept counts sum to {sum(counts)}, the recipe's kept total is {kept_total}")
+    return list(counts)

@@ -13,6 +13,10 @@ The quality search assumes the loss against the parent grows with the experts dr
 d in [0, E - k] (B = N * (E - d); d = 0 is the parent, within any floor, never evaluated), then over the totals
 between the last level within the floor and the next one, N * (E - d - 1) < B < N * (E - d), at ``resolution``
 experts. Each costs at most ceil(log2(number of candidates)) evaluations.
+
+Then the allocation is refined layer by layer (``refinement_order``): from the total found, each layer in turn,
+the one whose next experts hold the least of its importance first, is offered ``step`` experts fewer; a change
+within the floor is kept. One evaluation per layer tried, at most ``refine`` of them.
 """
 
 from __future__ import annotations
@@ -71,6 +75,26 @@ def search_calls(num_layers: int, num_experts: int, top_k: int, resolution: int 
     """An upper bound on the evaluations of ``smallest_within``."""
     levels = bisection_calls(num_experts - top_k + 1)
     return levels + (bisection_calls((num_layers - 1) // resolution + 1) if resolution < num_layers else 0)
+
+
+def refinement_order(
+    scores: Sequence[Sequence[float]], counts: Sequence[int], top_k: int, step: int, invert: bool = False
+) -> list[int]:
+    """The MoE layers that can give up ``step`` more experts (c_l - step >= k), cheapest first. A layer's cost is
+    the share of its importance those experts hold: the sum of its (c_l - step + 1)-th .. c_l-th highest scores
+    (lowest with ``invert``: the ranking the plan keeps by) over the sum of all its scores, 0 when they sum to 0.
+    Ties: the earlier layer first."""
+    if len(scores) != len(counts):
+        raise ValueError(f"{len(counts)} layer counts for {len(scores)} layers of scores")
+    if step < 1:
+        raise ValueError(f"a refinement step drops at least one expert, got {step}")
+    cost = {}
+    for slot, (layer, c) in enumerate(zip(scores, counts, strict=True)):
+        if c - step >= top_k:
+            ranked = sorted(layer, reverse=not invert)
+            total = sum(layer)
+            cost[slot] = sum(ranked[c - step:c]) / total if total else 0.0
+    return sorted(cost, key=lambda slot: (cost[slot], slot))
 
 
 def largest_within_bytes(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from moe_specialists.models.adapters import adapter_for, find_config
 from moe_specialists.models.languages import canonical, split_direction
 from moe_specialists.models.plan import BaseRef, Plan, Recipe, pruned_parameters
-from moe_specialists.pruning.allocation import allocate, check_drop
+from moe_specialists.pruning.allocation import allocate, check_counts, check_drop
 from moe_specialists.pruning.scores import importance, keep_top, routing_divergence
 from moe_specialists.pruning.stats import RoutingStats
 
@@ -31,6 +31,8 @@ def make_plan(stats: RoutingStats, recipe: Recipe) -> Plan:
         divergence = routing_divergence(stats.passages, langs, recipe.pivot).tolist()
         recipe = recipe.model_copy(update={"divergence_languages": langs})
     counts = allocate(len(layers), E, k, recipe.drop, recipe.allocation, divergence, recipe.kept_total)
+    if recipe.kept_per_layer is not None:
+        counts = check_counts(recipe.kept_per_layer, len(layers), E, k, sum(counts))
     kept = [keep_top(scores[slot], counts[slot], recipe.invert) for slot in range(len(layers))]
     plan = Plan(
         base=base,

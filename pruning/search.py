@@ -4,9 +4,11 @@ split), or the largest within a byte budget (``max_bytes``, weights as stored), 
 Candidates are plans of one method (default: routing mass, dynamic allocation) at a kept total B, evaluated on
 the parent loaded once with their dropped experts masked out of its routers (``models.masking``: the numbers of
 the sliced specialist, no copy written). Which B are tried: ``pruning.budget`` (two bisections, far fewer than a
-grid). Every evaluation is cached per (kept experts, direction, split, limit, decoding) under
-``work_dir/evals``, so a rerun, another floor or a fleet reuses what was measured. The plan found is confirmed on
-``confirm_split`` (devtest), saved (and read back), and with ``register`` put in the registry as a plan entry.
+grid), then, with ``refine`` > 0, the allocation at the B found refined layer by layer (``refine_step`` experts
+fewer in one layer at a time, kept when within the floor; the plan's recipe records the counts). Every evaluation
+is cached (``pruning.search_evals``), so a rerun, another floor or a fleet reuses what was measured. The plan
+found is confirmed on ``confirm_split`` (devtest), saved (and read back), and with ``register`` put in the registry
+as a plan entry.
 
 The loss of B over the directions is the mean of the parent's score minus the candidate's (``criterion="worst"``:
 the largest one, for fleets whose every pair must meet the floor), in chrF points or, with ``metric="comet"``, in
@@ -18,14 +20,12 @@ tie). Without ``statistics`` the model is calibrated first (``pruning.calibrate.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ByteSize, Field, model_validator
 
@@ -35,14 +35,15 @@ from moe_specialists.models.checkpoint import read_config, resolve_model
 from moe_specialists.models.generation import Backend
 from moe_specialists.models.plan import Dropped, Plan, Recipe
 from moe_specialists.models.registry.store import Registry, default_registry_dir
-from moe_specialists.pruning.budget import check_budget, largest_within_bytes, smallest_within
+from moe_specialists.pruning.budget import check_budget, largest_within_bytes, refinement_order, smallest_within
 from moe_specialists.pruning.config import CommaList, DataRef, Device, DType, JobConfig, ModelRef
 from moe_specialists.pruning.data import DEFAULT_DATA, read_parallel
-from moe_specialists.pruning.evaluate import EvaluationConfig, PairResult, evaluate, parse_directions
+from moe_specialists.pruning.evaluate import PairResult, parse_directions
 from moe_specialists.pruning.methods import DEFAULT_METHOD, METHODS
 from moe_specialists.pruning.model_bytes import ModelBytes
 from moe_specialists.pruning.plan import make_plan
 from moe_specialists.pruning.quality import SegmentScorer
+from moe_specialists.pruning.search_evals import Evaluations
 from moe_specialists.pruning.search_report import plot, render
 from moe_specialists.pruning.stats import RoutingStats
 
@@ -50,6 +51,7 @@ MIN_PASSAGES = 20  # fewer cannot tell 1 chrF from noise (a passage's chrF sprea
 Criterion = Literal["mean", "worst"]
 DroppedChoice = Literal["drop", "substitute", "either"]
 Metric = Literal["chrf", "comet"]
+Counts = tuple[int, ...]  # experts kept per MoE layer
 
 
 class SearchConfig(JobConfig):
@@ -67,6 +69,8 @@ class SearchConfig(JobConfig):
     method: str = DEFAULT_METHOD
     dropped: DroppedChoice = "drop"  # substitute / either: module docstring
     resolution: int = Field(1, ge=1)  # experts in total between two drop levels
+    refine: int = Field(0, ge=0)  # per-layer refinement after the bisection: at most this many evaluations
+    refine_step: int | None = Field(None, ge=1)  # experts a refinement takes from a layer (None: E // 16, >= 1)
     data_dir: DataRef = DEFAULT_DATA
     split: str = "dev"
     confirm_split: str | None = "devtest"
@@ -142,7 +146,6 @@ class Search:
         """``comet``: a loaded segment scorer for metric "comet" (default: ``CometScorer`` of the config's model,
         started at the first evaluation)."""
         self.config, self.log = with_statistics(config, log), log
-        self._comet = comet
         c = self.config
         assert c.statistics is not None
         for split in {c.split, *([c.confirm_split] if c.confirm_split else [])}:
@@ -158,147 +161,93 @@ class Search:
         self.layers = self.stats.layers
         # decoder layer -> [E, H] constants of its dropped experts (substitute), None: dropped experts are masked
         self.constants = None if means is None else {layer: means[slot] for slot, layer in enumerate(self.layers)}
-        self._plans: dict[tuple[int, str], Plan] = {}
+        self._plans: dict[tuple[int, str, Counts | None], Plan] = {}
         check_plan_matches(self.plan(len(self.layers) * self.num_experts), self.model_config, self.adapter)
         self.bytes = ModelBytes.of(self.model_dir, self.layers, self.num_experts)
         if c.max_bytes is not None:
             check_budget(int(c.max_bytes), self.bytes.dense,
                          self.bytes.of_counts([self.top_k] * len(self.layers)))
-        self._generator: Any = None
-        self.evaluated: dict[int, Candidate] = {}  # kept total -> the better of its modes
-        self.measured: dict[tuple[int, str], Candidate] = {}  # (kept total, mode) -> every one measured
-        self.new_evaluations = 0
+        self.evals = Evaluations(c, self.model_dir, self.adapter, self.constants, comet)
+        self.evaluated: dict[Counts, Candidate] = {}  # experts per layer -> the better of its modes
+        self.measured: dict[tuple[Counts, str], Candidate] = {}  # (experts per layer, mode) -> every one measured
 
     # -- candidates --
 
-    def plan(self, kept_total: int, mode: Dropped = "drop") -> Plan:
-        """The method's plan keeping ``kept_total`` experts in all, its dropped ones ``mode`` (made once each)."""
-        if (kept_total, mode) not in self._plans:
+    def plan(self, kept_total: int, mode: Dropped = "drop", counts: Counts | None = None) -> Plan:
+        """The method's plan keeping ``kept_total`` experts in all, its dropped ones ``mode``; with ``counts``,
+        those experts per layer (a refinement: the recipe records them) instead of its allocation. Made once each."""
+        if counts is not None and counts == self.allocation(kept_total):
+            counts = None
+        if (kept_total, mode, counts) not in self._plans:
             n, e = len(self.layers), self.num_experts
             m = METHODS[self.config.method]
             drop = (n * e - kept_total) // n
             recipe = Recipe(ranking=m.ranking, allocation=m.allocation, invert=m.invert, drop=drop,
                             kept_total=None if kept_total == n * (e - drop) else kept_total,
+                            kept_per_layer=None if counts is None else list(counts),
                             directions=self.config.directions, dropped=mode if kept_total < n * e else "drop")
-            self._plans[kept_total, mode] = make_plan(self.stats, recipe)
-        return self._plans[kept_total, mode]
+            self._plans[kept_total, mode, counts] = make_plan(self.stats, recipe)
+        return self._plans[kept_total, mode, counts]
 
-    def scores(self, kept: dict[int, list[int]] | None, split: str, mode: Dropped = "drop") -> dict[str, PairResult]:
-        """Per direction results of the parent (``kept`` None) or the plan on ``split`` (its dropped experts
-        masked, or substituted), cached."""
-        c = self.config
-        files = {d: self._cache_file(kept, d, split, mode) for d in c.directions}
-        missing = [d for d, f in files.items() if not f.exists()]
-        if missing:
-            from moe_specialists.models.masking import experts_masked, experts_substituted  # torch: when measured
-
-            self.new_evaluations += kept is not None and split == c.split
-            job = EvaluationConfig(model=self.model_dir, directions=missing, data_dir=c.data_dir, split=split,
-                                   limit=c.limit, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
-                                   dtype=c.dtype, device=c.device)
-            generator = self.generator()
-            scorer = self.comet_scorer() if c.metric == "comet" else None
-            constants = self.constants if mode == "substitute" and kept else None
-            if c.backend == "vllm":
-                from moe_specialists.models.vllm_masking import experts_masked_in_vllm
-
-                routed = experts_masked_in_vllm(generator.llm, kept or None, constants)
-            elif constants is not None:
-                routed = experts_substituted(generator.model, self.adapter, kept, constants)  # type: ignore[arg-type]
-            else:
-                routed = experts_masked(generator.model, self.adapter, kept or {})
-            with routed:
-                res = evaluate(job, generator, comet=scorer)
-            for d in missing:
-                files[d].parent.mkdir(parents=True, exist_ok=True)
-                files[d].write_text(res.directions[d].model_dump_json(indent=1))
-        return {d: PairResult.model_validate_json(f.read_text()) for d, f in files.items()}
-
-    def _cache_file(self, kept: dict[int, list[int]] | None, direction: str, split: str, mode: Dropped) -> Path:
-        c = self.config
-        parts = [sorted(kept.items()) if kept else None, direction, split, c.limit, c.max_new_tokens, c.dtype,
-                 str(self.model_dir)]
-        if kept and mode == "substitute":  # the constants are the statistics' (the drop key stays as it was)
-            parts += [mode, str(c.statistics), c.statistics.stat().st_mtime_ns]
-        if c.metric == "comet":  # results with COMET scores (chrF-only keys stay as they were)
-            parts += ["comet", c.comet_model]
-        if c.backend == "vllm":  # judged in vLLM (transformers keys stay as they were)
-            parts += ["vllm"]
-        key = json.dumps(parts)
-        return c.work_dir / "evals" / f"{direction}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-
-    def comet_scorer(self) -> SegmentScorer:
-        if self._comet is None:
-            from moe_specialists.pruning.comet import CometScorer
-
-            c = self.config
-            self._comet = CometScorer(c.comet_model, c.comet_python)  # type: ignore[arg-type]
-        return self._comet
-
-    def value(self, r: PairResult) -> float:
-        """A direction's result in the metric."""
-        if self.config.metric == "chrf":
-            return r.chrf
-        assert r.comet is not None
-        return r.comet
-
-    def generator(self) -> Any:
-        """The parent, loaded once: in transformers, or in a vLLM engine whose workers can mask its experts
-        (``models.vllm_masking``; eager: a compiled graph would keep the routers it was traced with; no prefix
-        cache: a cached prefix would be another candidate's)."""
-        if self._generator is None:
-            from moe_specialists.models.generation import TransformersGenerator, VllmGenerator
-
-            c = self.config
-            if c.backend == "vllm":
-                from moe_specialists.models.vllm_masking import MASKING
-
-                self._generator = VllmGenerator(self.model_dir, c.dtype, worker_extension_cls=MASKING,
-                                                enforce_eager=True, enable_prefix_caching=False,
-                                                max_num_seqs=c.batch_size)
-            else:
-                self._generator = TransformersGenerator.load(self.model_dir, c.dtype, c.device, c.batch_size)
-        return self._generator
+    def allocation(self, kept_total: int) -> Counts:
+        """The method's experts per layer at ``kept_total``."""
+        return tuple(len(x) for x in self.plan(kept_total).kept)
 
     def weight_bytes(self, counts: list[int], mode: Dropped | None = None) -> int:
         """Bytes of a plan with these counts, ``mode`` (default: the config's; "either": the larger, substitute)."""
         return self.bytes.of_counts(counts, substitute=(mode or self.modes[-1]) == "substitute")
 
     def loss(self, parent: dict[str, PairResult], got: dict[str, PairResult]) -> tuple[float, dict[str, float]]:
-        pair = {d: self.value(parent[d]) - self.value(got[d]) for d in self.config.directions}
+        pair = {d: self.evals.value(parent[d]) - self.evals.value(got[d]) for d in self.config.directions}
         worst = self.config.criterion == "worst"
         return (max(pair.values()) if worst else statistics.fmean(pair.values())), pair
 
-    def candidate(self, kept_total: int, splits: list[str]) -> Candidate:
-        """The candidate keeping ``kept_total`` experts, measured on ``splits``: of its modes, the one that loses
-        less on the search split (each mode measured there; the other splits only for the one kept)."""
+    def candidate(self, kept_total: int, splits: list[str], counts: Counts | None = None) -> Candidate:
+        """The candidate keeping ``kept_total`` experts (``counts`` per layer, default the method's allocation),
+        measured on ``splits``: of its modes, the one that loses less on the search split (each mode measured
+        there; the other splits only for the one kept)."""
         c = self.config
-        if kept_total not in self.evaluated:
-            measured = [self.measure(kept_total, mode, [c.split]) for mode in self.modes]
-            self.evaluated[kept_total] = min(measured, key=lambda x: x.loss[c.split])  # the first (drop) on a tie
-        best = self.evaluated[kept_total]
-        return self.measure(kept_total, best.dropped, splits)
+        counts = counts or self.allocation(kept_total)
+        if counts not in self.evaluated:
+            measured = [self.measure(counts, mode, [c.split]) for mode in self.modes]
+            self.evaluated[counts] = min(measured, key=lambda x: x.loss[c.split])  # the first (drop) on a tie
+        return self.measure(counts, self.evaluated[counts].dropped, splits)
 
-    def measure(self, kept_total: int, mode: Dropped, splits: list[str]) -> Candidate:
-        plan = self.plan(kept_total, mode)
+    def measure(self, counts: Counts, mode: Dropped, splits: list[str]) -> Candidate:
+        kept_total = sum(counts)
+        plan = self.plan(kept_total, mode, counts)
         kept = dict(zip(plan.layers, plan.kept, strict=True))
-        counts = [len(x) for x in plan.kept]
-        out = self.measured.get((kept_total, mode)) or Candidate(
-            kept_total=kept_total, dropped=mode, experts_per_layer=counts, weight_bytes=self.weight_bytes(counts, mode),
-            chrf={}, loss={}, pair_loss={}, degenerate_rate={})
+        out = self.measured.get((counts, mode)) or Candidate(
+            kept_total=kept_total, dropped=mode, experts_per_layer=list(counts),
+            weight_bytes=self.weight_bytes(list(counts), mode), chrf={}, loss={}, pair_loss={}, degenerate_rate={})
         for split in splits:
             if split in out.chrf:
                 continue
-            parent, got = self.scores(None, split), self.scores(kept, split, mode)
+            parent, got = self.evals.scores(None, split), self.evals.scores(kept, split, mode)
             out.loss[split], out.pair_loss[split] = self.loss(parent, got)
             out.chrf[split] = statistics.fmean(r.chrf for r in got.values())
             if self.config.metric == "comet":
-                out.comet[split] = statistics.fmean(self.value(r) for r in got.values())
+                out.comet[split] = statistics.fmean(self.evals.value(r) for r in got.values())
             out.degenerate_rate[split] = statistics.fmean(r.degenerate_rate for r in got.values())
-            self.log(f"kept {kept_total} ({mode}): {split} chrF {out.chrf[split]:.2f}, loss {out.loss[split]:+.2f}, "
-                     f"{out.weight_bytes / 1e6:.1f} MB")
-        self.measured[kept_total, mode] = out
+            shape = f", {' '.join(map(str, counts))} per layer" if plan.recipe.kept_per_layer else ""
+            self.log(f"kept {kept_total} ({mode}{shape}): {split} chrF {out.chrf[split]:.2f}, "
+                     f"loss {out.loss[split]:+.2f}, {out.weight_bytes / 1e6:.1f} MB")
+        self.measured[counts, mode] = out
         return out
+
+    def refine(self, counts: Counts) -> Counts:
+        """The allocation refined layer by layer (``pruning.budget.refinement_order``): each layer in turn offered
+        ``refine_step`` experts fewer, the change kept when the candidate stays within the floor; at most
+        ``refine`` evaluations."""
+        c = self.config
+        step = c.refine_step or max(1, self.num_experts // 16)
+        scores = self.plan(sum(counts)).scores
+        order = refinement_order(scores, counts, self.top_k, step, METHODS[c.method].invert)
+        for slot in order[:c.refine]:
+            trial = tuple(n - step if i == slot else n for i, n in enumerate(counts))
+            if self.candidate(sum(trial), [c.split], trial).loss[c.split] <= c.max_loss:  # type: ignore[operator]
+                counts = trial
+        return counts
 
     # -- the job --
 
@@ -310,7 +259,7 @@ class Search:
         if c.max_bytes is not None:
             cap = largest_within_bytes(n, e, k, lambda b: self.weight_bytes([len(x) for x in self.plan(b).kept]),
                                        int(c.max_bytes))  # "either": the cap of the larger mode
-        chosen: int | None = cap
+        chosen: Counts | None = self.allocation(cap)
         problem = None
         if c.max_loss is not None:
             best = smallest_within(n, e, k, lambda b: self.candidate(b, [c.split]).loss[c.split] <= c.max_loss,
@@ -321,26 +270,27 @@ class Search:
                     f"({self.candidate(best, [c.split]).weight_bytes / 1e9:.3f} GB), more than the budget of "
                     f"{int(c.max_bytes) / 1e9:.3f} GB allows ({cap} experts): loosen the floor or raise the budget")  # type: ignore[arg-type]
             else:
-                chosen = best
+                chosen = self.refine(self.allocation(best)) if c.refine and best < full else self.allocation(best)
         result = SearchResult(plan=None, chosen=None, parent={}, parent_bytes=self.bytes.of_counts([e] * n),
                               candidates=[], evaluations=0, new_evaluations=0, seconds=0.0, problem=problem)
         if chosen is not None:
             splits = [c.split, *([c.confirm_split] if c.confirm_split else [])]
-            result.chosen = self.candidate(chosen, splits) if chosen < full else None
-            result.plan = self.save(self.plan(chosen, result.chosen.dropped if result.chosen else "drop"))
+            total = sum(chosen)
+            result.chosen = self.candidate(total, splits, chosen) if total < full else None
+            result.plan = self.save(self.plan(total, result.chosen.dropped if result.chosen else "drop", chosen))
             if c.register_name and result.plan is not None:
                 registry = Registry(c.registry if c.registry is not None else default_registry_dir())
                 registry.register_plan(c.register_name, result.plan, overwrite=c.overwrite,
                                        directions=c.directions)
                 result.registered = c.register_name
         for split in {c.split, *([c.confirm_split] if c.confirm_split and chosen else [])}:
-            parent = self.scores(None, split).values()
+            parent = self.evals.scores(None, split).values()
             result.parent[split] = statistics.fmean(r.chrf for r in parent)
             if c.metric == "comet":
-                result.parent_comet[split] = statistics.fmean(self.value(r) for r in parent)
-        result.candidates = [self.measured[key] for key in sorted(self.measured)]
+                result.parent_comet[split] = statistics.fmean(self.evals.value(r) for r in parent)
+        result.candidates = [self.measured[key] for key in sorted(self.measured, key=lambda x: (sum(x[0]), x))]
         result.evaluations = sum(c.split in x.chrf for x in result.candidates)
-        result.new_evaluations, result.seconds = self.new_evaluations, time.time() - t
+        result.new_evaluations, result.seconds = self.evals.new, time.time() - t
         return result
 
     def save(self, plan: Plan) -> Path:
@@ -355,12 +305,7 @@ class Search:
         return out
 
     def close(self) -> None:
-        if hasattr(self._generator, "close"):
-            self._generator.close()
-        self._generator = None
-        if hasattr(self._comet, "close"):
-            self._comet.close()  # type: ignore[union-attr]
-
+        self.evals.close()
 
 def with_statistics(config: SearchConfig, log: Callable[[str], None] = print) -> SearchConfig:
     """``config`` with its statistics: as given, else ``work_dir/stats.safetensors`` (``calibrated_for``)."""

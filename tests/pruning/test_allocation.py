@@ -2,7 +2,7 @@
 
 import pytest
 
-from moe_specialists.pruning.allocation import allocate, capped_proportional, check_drop, hamilton_round
+from moe_specialists.pruning.allocation import allocate, capped_proportional, check_counts, check_drop, hamilton_round
 
 
 def test_hamilton_round_by_hand():
@@ -47,3 +47,13 @@ def test_check_drop_refuses_impossible_levels(drop):
 def test_dynamic_needs_one_divergence_per_layer():
     with pytest.raises(ValueError, match="one routing divergence per MoE layer"):
         allocate(3, 8, 2, 2, "dynamic", [0.1])
+
+
+def test_check_counts_takes_one_count_per_layer_within_bounds_summing_to_the_total():
+    assert check_counts([4, 6, 5], num_layers=3, num_experts=8, top_k=2, kept_total=15) == [4, 6, 5]
+    with pytest.raises(ValueError, match="2 kept counts for 3 MoE layers"):
+        check_counts([4, 6], 3, 8, 2, 10)
+    with pytest.raises(ValueError, match=r"\[\(0, 1\), \(2, 9\)\] \(MoE layer, count\) outside \[2, 8\]"):
+        check_counts([1, 6, 9], 3, 8, 2, 16)
+    with pytest.raises(ValueError, match="sum to 15, the recipe's kept total is 16"):
+        check_counts([4, 6, 5], 3, 8, 2, 16)

@@ -10,6 +10,7 @@ from moe_specialists.pruning.budget import (
     largest_true,
     largest_within_bytes,
     plan_bytes,
+    refinement_order,
     search_calls,
     smallest_bytes,
     smallest_within,
@@ -59,3 +60,23 @@ def test_a_byte_budget_by_hand():
     check_budget(1040, 1000, 1040)
     with pytest.raises(ValueError, match=r"dense\) weights alone need 0.000 GB .* smallest specialist"):
         check_budget(1039, 1000, 1040)
+
+
+def test_refinement_order_by_hand():
+    """Cost of a layer: the share of its scores held by the experts ranked c - step + 1 .. c (the next dropped)."""
+    scores = [[4, 3, 2, 1], [1, 1, 1, 1], [10, 0, 0, 0], [5, 5, 0, 0]]
+    counts = [3, 3, 2, 4]
+    # step 1: layer 0 gives up its 3rd best (2 of 10 = 0.2), layer 1 its 3rd (1 of 4 = 0.25), layer 2 its 2nd
+    # (0 of 10), layer 3 its 4th (0 of 10); top-k 2 leaves layer 2 (2 - 1 < 2) out
+    assert refinement_order(scores, counts, top_k=2, step=1) == [3, 0, 1]
+    assert refinement_order(scores, counts, top_k=1, step=1) == [2, 3, 0, 1]  # ties: the earlier layer
+    # step 2: layer 0 its 2nd and 3rd (5 of 10), layer 1 two (2 of 4: a tie, layer 0 first), layer 3 its 3rd and
+    # 4th (0 of 10); layer 2 (2 - 2 < 1) out
+    assert refinement_order(scores, counts, top_k=1, step=2) == [3, 0, 1]
+    # invert (the control keeps the lowest-scoring): layer 0 gives up its 3rd lowest, 3 of 10
+    assert refinement_order([[4, 3, 2, 1]], [3], top_k=1, step=1, invert=True) == [0]
+    assert refinement_order([[0, 0], [1, 3]], [2, 2], top_k=1, step=1) == [0, 1]  # all-zero scores: cost 0
+    with pytest.raises(ValueError, match="at least one expert"):
+        refinement_order(scores, counts, top_k=1, step=0)
+    with pytest.raises(ValueError, match="3 layer counts for 4 layers"):
+        refinement_order(scores, counts[:3], top_k=1, step=1)
