@@ -90,7 +90,7 @@ def test_a_fleet_serves_every_pair_within_the_floor(stats, sample_dir, tmp_path)
     pairs = ["en-de", "de-en"]  # candidates: one per direction and one for both
     common = {"model": TINY, "statistics": stats, "directions": pairs, "data_dir": sample_dir,
               "work_dir": tmp_path / "work", "max_loss": 1.5, "kinds": ["direction", "multilingual"],
-              "registry": tmp_path / "registry", **FAST}
+              "registry": tmp_path / "registry", "resolution": 8, **FAST}  # whole drop levels: 5 evaluations each
     roomy = search_fleet(FleetConfig(**common, gpus=1, gpu_memory="1GB", kv_cache="10MB"))
     assert roomy.problem is None and set(roomy.routes) == set(pairs)
     loss = {x["name"]: x["loss"] for x in roomy.candidates}

@@ -73,7 +73,7 @@ def test_a_comet_floor_judges_candidates_by_the_comet_scorer(stats, sample_dir, 
     with pytest.raises(ValueError, match="metric comet needs a COMET model"):
         config(stats, sample_dir, tmp_path / "w", max_loss=1.0, metric="comet")
     c = config(stats, sample_dir, tmp_path / "work", max_loss=5.0, metric="comet", comet_model="stand-in",
-               confirm_split=None)
+               confirm_split=None, resolution=8)  # whole drop levels: the metric is tested, not the bisection
     job = Search(c, log=lambda _: None, comet=overlap)
     x = job.candidate(128, ["dev"])
     parent = job.evals.scores(None, "dev")["en-de"]
