@@ -353,14 +353,15 @@ def main() -> None:
     ap.add_argument("--min-free-gb", type=float, default=30)
     ap.add_argument("--drops", default="0.5,0.75", help="plans to time, as fractions of experts dropped: 0.5")
     args = ap.parse_args()
-    if not args.skip_vllm and 0.75 not in (drops := tuple(float(x) for x in args.drops.split(","))):
-        raise SystemExit("the vLLM comparison loads the 75% GPT-OSS specialist: keep 0.75 in --drops or --skip-vllm")
+    drops = tuple(float(x) for x in args.drops.split(","))
+    if not args.skip_vllm and 0.75 not in drops:  # the vLLM comparison loads the 75% GPT-OSS specialist
+        raise SystemExit("keep 0.75 in --drops, or --skip-vllm")
     args.work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.work).free
     print(f"free disk under {args.work}: {free / GB:.1f} GB", flush=True)
     if free < args.min_free_gb * GB:
         raise SystemExit("needs about 30 GB free: pass fewer --qwen-layers / --gpt-layers")
-    results = {}
+    results: dict = {}
     os.environ["MOE_CACHE_DIR"] = str(args.work / "hash-cache")  # the hashes plan creation keeps
     try:
         vocab = {"vocab_size": args.vocab} if args.vocab else {}
