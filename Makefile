@@ -22,13 +22,12 @@ serve: $(BIN)/.installed-serve
 	$(BIN)/moe-specialists serve
 
 # Two workers, each running whole test files (module fixtures start engines once): the suite waits on vLLM and
-# Docker start-ups more than it computes, so two overlap on two cores. Files are handed out in the order
-# tests/conftest.py gives (those with slow tests first), not xdist's by test count, which left the long files last.
+# Docker start-ups more than it computes, so two overlap on two cores.
 test: $(BIN)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 # The inner loop: everything but the tests marked slow (docker image, fault injection, end-to-end runs).
 test-fast: $(BIN)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" --durations=10
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow" --durations=10

@@ -19,15 +19,6 @@ import pytest  # noqa: E402
 SESSION_MARK = "PYTEST_SESSION_MARK"  # not MOE_*: the settings refuse unknown MOE_ variables
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with tests marked slow first, then the rest, each in its order. `make test` runs two workers that
-    take whole files as they free up (xdist --dist loadfile, its reordering by test count turned off): the long
-    files (image, fault injection, search jobs) then start early and the run ends on short ones, instead of one
-    worker running the last long file while the other waits."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # stable: the order within each group; files stay whole
-
-
 def become_subreaper() -> bool:
     """Make this process the reaper of the orphans among its descendants (Linux ``prctl(PR_SET_CHILD_SUBREAPER)``):
     a process whose parent dies is re-parented here instead of to init, so it stays a descendant."""
