@@ -173,9 +173,10 @@ class Search:
 
     # -- candidates --
 
-    def plan(self, kept_total: int, mode: Dropped = "drop", counts: Counts | None = None) -> Plan:
-        """The method's plan keeping ``kept_total`` experts in all, its dropped ones ``mode``; with ``counts``,
-        those experts per layer (a refinement: the recipe records them) instead of its allocation. Made once each."""
+    def plan(self, kept: int | Counts, mode: Dropped = "drop") -> Plan:
+        """The method's plan keeping ``kept`` experts: a total (allocated over the layers by the method) or
+        experts per layer (a refinement: the recipe records them); its dropped ones ``mode``. Made once each."""
+        kept_total, counts = (kept, None) if isinstance(kept, int) else (sum(kept), tuple(kept))
         if counts is not None and counts == self.allocation(kept_total):
             counts = None
         if (kept_total, mode, counts) not in self._plans:
@@ -202,12 +203,12 @@ class Search:
         worst = self.config.criterion == "worst"
         return (max(pair.values()) if worst else statistics.fmean(pair.values())), pair
 
-    def candidate(self, kept_total: int, splits: list[str], counts: Counts | None = None) -> Candidate:
-        """The candidate keeping ``kept_total`` experts (``counts`` per layer, default the method's allocation),
+    def candidate(self, kept: int | Counts, splits: list[str]) -> Candidate:
+        """The candidate keeping ``kept`` experts (a total: the method's allocation, or experts per layer),
         measured on ``splits``: of its modes, the one that loses less on the search split (each mode measured
         there; the other splits only for the one kept)."""
         c = self.config
-        counts = counts or self.allocation(kept_total)
+        counts = self.allocation(kept) if isinstance(kept, int) else tuple(kept)
         if counts not in self.evaluated:
             measured = [self.measure(counts, mode, [c.split]) for mode in self.modes]
             self.evaluated[counts] = min(measured, key=lambda x: x.loss[c.split])  # the first (drop) on a tie
@@ -215,7 +216,7 @@ class Search:
 
     def measure(self, counts: Counts, mode: Dropped, splits: list[str]) -> Candidate:
         kept_total = sum(counts)
-        plan = self.plan(kept_total, mode, counts)
+        plan = self.plan(counts, mode)
         kept = dict(zip(plan.layers, plan.kept, strict=True))
         out = self.measured.get((counts, mode)) or Candidate(
             kept_total=kept_total, dropped=mode, experts_per_layer=list(counts),
@@ -245,7 +246,7 @@ class Search:
         order = refinement_order(scores, counts, self.top_k, step, METHODS[c.method].invert)
         for slot in order[:c.refine]:
             trial = tuple(n - step if i == slot else n for i, n in enumerate(counts))
-            if self.candidate(sum(trial), [c.split], trial).loss[c.split] <= c.max_loss:  # type: ignore[operator]
+            if self.candidate(trial, [c.split]).loss[c.split] <= c.max_loss:  # type: ignore[operator]
                 counts = trial
         return counts
 
@@ -275,9 +276,8 @@ class Search:
                               candidates=[], evaluations=0, new_evaluations=0, seconds=0.0, problem=problem)
         if chosen is not None:
             splits = [c.split, *([c.confirm_split] if c.confirm_split else [])]
-            total = sum(chosen)
-            result.chosen = self.candidate(total, splits, chosen) if total < full else None
-            result.plan = self.save(self.plan(total, result.chosen.dropped if result.chosen else "drop", chosen))
+            result.chosen = self.candidate(chosen, splits) if sum(chosen) < full else None
+            result.plan = self.save(self.plan(chosen, result.chosen.dropped if result.chosen else "drop"))
             if c.register_name and result.plan is not None:
                 registry = Registry(c.registry if c.registry is not None else default_registry_dir())
                 registry.register_plan(c.register_name, result.plan, overwrite=c.overwrite,
@@ -306,6 +306,7 @@ class Search:
 
     def close(self) -> None:
         self.evals.close()
+
 
 def with_statistics(config: SearchConfig, log: Callable[[str], None] = print) -> SearchConfig:
     """``config`` with its statistics: as given, else ``work_dir/stats.safetensors`` (``calibrated_for``)."""

@@ -108,8 +108,8 @@ def test_refinement_offers_each_layer_fewer_experts_and_keeps_what_stays_within_
     first, second, third, *_ = refinement_order(job.plan(192).scores, start, 4, 4)
     tried: list[tuple[int, ...]] = []
 
-    def candidate(total, splits, counts=None):
-        assert total == sum(counts) and splits == ["dev"]
+    def candidate(counts, splits):
+        assert splits == ["dev"]
         tried.append(counts)
         return SimpleNamespace(loss={"dev": 1.5 if counts[second] < start[second] else 1.0})
 
@@ -135,8 +135,8 @@ def test_a_refined_plan_records_its_counts_and_its_sliced_copy_scores_as_judged(
     job = Search(config(stats, sample_dir, tmp_path / "work", max_loss=2.0))
     counts = list(job.allocation(160))
     counts[0], counts[-1] = counts[0] - 2, counts[-1] + 2
-    x = job.candidate(160, ["dev"], tuple(counts))
-    plan = job.plan(160, "drop", tuple(counts))
+    x = job.candidate(tuple(counts), ["dev"])
+    plan = job.plan(tuple(counts), "drop")
     assert plan.recipe.kept_per_layer == counts and x.experts_per_layer == counts
     sliced = apply_plan(plan, tmp_path / "sliced")
     got = evaluate(EvaluationConfig(model=sliced, directions=["en-de"], data_dir=sample_dir, split="dev", **FAST))
